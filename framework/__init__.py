@@ -1,0 +1,1 @@
+"""thoughtlab: post-training research on visible and latent reasoning models."""
