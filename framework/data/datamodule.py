@@ -1,0 +1,145 @@
+"""A `LightningDataModule` of examples, formatted and tokenized by a `Reasoner`."""
+
+from __future__ import annotations
+
+import os
+import random
+from functools import partial
+from typing import TYPE_CHECKING, Any, Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from framework.data.formats import read_examples
+from framework.data.sample import Example
+from framework.data.tasks.base import Task
+from framework.data.tokenize import TokenizedSample, collate
+
+if TYPE_CHECKING:
+    from framework.models.reasoner import Reasoner
+
+
+def generate_splits(task: Task, seed: int, *, n_train: int, n_val: int, n_test: int) -> dict[str, list[Example]]:
+    """Disjoint train/val/test problems, a deterministic function of `seed`.
+
+    Problems are drawn as one stream of distinct prompts: test first, then
+    val, then train, so growing the training set never changes the
+    evaluation sets.
+    """
+    rng = random.Random(seed)
+    wanted = n_test + n_val + n_train
+    seen: set[str] = set()
+    problems: list[Example] = []
+    attempts = 0
+    while len(problems) < wanted:
+        attempts += 1
+        if attempts > 20 * wanted + 1000:
+            raise ValueError(
+                f"task {task.name!r} yielded only {len(problems)} distinct problems in {attempts} draws, "
+                f"but {wanted} were asked for (n_train={n_train}, n_val={n_val}, n_test={n_test}); "
+                "make the task larger or ask for fewer"
+            )
+        example = task.generate(rng)
+        if example.prompt not in seen:
+            seen.add(example.prompt)
+            problems.append(example)
+    return {
+        "test": problems[:n_test],
+        "val": problems[n_test : n_test + n_val],
+        "train": problems[n_test + n_val :],
+    }
+
+
+def _collate_training(samples: list[TokenizedSample], pad_token_id: int) -> dict[str, Any]:
+    return collate(samples, pad_token_id)
+
+
+def _collate_evaluation(items: list[tuple[Example, TokenizedSample]], pad_token_id: int) -> dict[str, Any]:
+    """Teacher-forced tensors (for a loss) plus the raw examples (for generation and checking)."""
+    batch = collate([sample for _, sample in items], pad_token_id)
+    batch["examples"] = [example for example, _ in items]
+    return batch
+
+
+class ReasoningDataModule(L.LightningDataModule):
+    """Serves train/val/test splits of `Example`s in the reasoner's format.
+
+    Training batches hold `input_ids`, `attention_mask` and `roles`; evaluation
+    batches also hold `examples`, so a regime can generate and check answers.
+    """
+
+    def __init__(
+        self,
+        reasoner: "Reasoner",
+        train: Sequence[Example],
+        val: Sequence[Example],
+        test: Sequence[Example] = (),
+        *,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not train:
+            raise ValueError("ReasoningDataModule needs at least one training example")
+        self.reasoner = reasoner
+        self.splits = {"train": list(train), "val": list(val), "test": list(test)}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self._tokenized: dict[str, list[TokenizedSample]] = {}
+
+    @classmethod
+    def from_task(
+        cls, task: Task, reasoner: "Reasoner", *, n_train: int, n_val: int, n_test: int = 0, seed: int = 0, **kwargs
+    ) -> "ReasoningDataModule":
+        splits = generate_splits(task, seed, n_train=n_train, n_val=n_val, n_test=n_test)
+        return cls(reasoner, splits["train"], splits["val"], splits["test"], **kwargs)
+
+    @classmethod
+    def from_jsonl(
+        cls,
+        reasoner: "Reasoner",
+        train: str | os.PathLike,
+        val: str | os.PathLike,
+        test: str | os.PathLike | None = None,
+        **kwargs,
+    ) -> "ReasoningDataModule":
+        return cls(reasoner, read_examples(train), read_examples(val), read_examples(test) if test else (), **kwargs)
+
+    def tokenized(self, split: str) -> list[TokenizedSample]:
+        if split not in self._tokenized:
+            self._tokenized[split] = [self.reasoner.tokenize(example) for example in self.splits[split]]
+        return self._tokenized[split]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.tokenized("train"),
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=partial(_collate_training, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+        )
+
+    def _evaluation_loader(self, split: str) -> DataLoader:
+        return DataLoader(
+            list(zip(self.splits[split], self.tokenized(split))),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=partial(_collate_evaluation, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+        )
+
+    def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
+        # Examples are plain Python objects: move only the tensors beside them.
+        examples = batch.pop("examples", None) if isinstance(batch, dict) else None
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if examples is not None:
+            batch["examples"] = examples
+        return batch
+
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader("test")

@@ -1,0 +1,58 @@
+"""Segments -> token ids with an exact per-token role, and batch collation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from framework.data.sample import Role, Segment
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    input_ids: list[int]
+    roles: list[int]
+
+
+def tokenize_segments(
+    tokenizer: PreTrainedTokenizerBase, segments: Sequence[Segment], *, add_eos: bool = True
+) -> TokenizedSample:
+    """Tokenize each segment on its own and concatenate.
+
+    Tokenizing segment by segment makes every token belong to exactly one
+    segment, so roles are exact for any tokenizer, sub-word ones included: a
+    BPE merge can never straddle the prompt/trace boundary. The tokenizer's
+    own special tokens (e.g. BOS) are added once, at the start, as its
+    post-processor would; EOS closes the last segment so the model learns to stop.
+    """
+    if not segments:
+        raise ValueError("tokenize_segments needs at least one segment")
+    input_ids: list[int] = []
+    roles: list[int] = []
+    for position, segment in enumerate(segments):
+        ids = tokenizer(segment.text, add_special_tokens=position == 0)["input_ids"]
+        input_ids += ids
+        roles += [int(segment.role)] * len(ids)
+    if add_eos:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos_token; set one before training")
+        input_ids.append(tokenizer.eos_token_id)
+        roles.append(int(segments[-1].role))
+    return TokenizedSample(input_ids, roles)
+
+
+def collate(samples: Sequence[TokenizedSample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: `input_ids`, `attention_mask` and `roles` (PAD on padding)."""
+    length = max(len(s.input_ids) for s in samples)
+    input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
+    roles = torch.full((len(samples), length), int(Role.PAD), dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        n = len(sample.input_ids)
+        input_ids[row, :n] = torch.tensor(sample.input_ids)
+        roles[row, :n] = torch.tensor(sample.roles)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "roles": roles}

@@ -1,0 +1,70 @@
+"""Tokenizers: the word-level one of the synthetic tasks, and the reasoning tokens every reasoner needs."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+
+# Markup of the reasoning modes. `<think>`/`</think>` delimit a visible trace (as
+# in Qwen3 and DeepSeek-R1); `<pause>` is the filler of the pause-token control;
+# `<bot>`/`<latent>`/`<eot>` frame Coconut's continuous thoughts.
+THINK_START, THINK_END, PAUSE = "<think>", "</think>", "<pause>"
+LATENT_START, LATENT, LATENT_END = "<bot>", "<latent>", "<eot>"
+REASONING_TOKENS = (THINK_START, THINK_END, PAUSE, LATENT_START, LATENT, LATENT_END)
+
+
+def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A real `PreTrainedTokenizerFast` over whitespace-separated `words`.
+
+    Every task text is space-separated words, so a word-level vocabulary is
+    exact and tiny (tens of tokens), which keeps the synthetic models small.
+    The reasoning tokens are added as special tokens: they split text wherever
+    they occur, even without surrounding spaces, and vanish from decodes that
+    skip special tokens.
+    """
+    specials = [PAD, BOS, EOS, UNK, *REASONING_TOKENS]
+    vocab = {token: index for index, token in enumerate(specials)}
+    for word in sorted(set(words) - set(specials)):
+        vocab[word] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        additional_special_tokens=list(REASONING_TOKENS),
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def missing_tokens(tokenizer: PreTrainedTokenizerBase, tokens: Iterable[str]) -> list[str]:
+    """The `tokens` that `tokenizer` does not encode as one single id."""
+    missing = []
+    for token in tokens:
+        ids = tokenizer.convert_tokens_to_ids(token)
+        if ids is None or ids == tokenizer.unk_token_id:
+            missing.append(token)
+    return missing
+
+
+def add_reasoning_tokens(tokenizer: PreTrainedTokenizerBase, model=None) -> list[str]:
+    """Add any missing reasoning tokens to `tokenizer` (and grow `model`'s embeddings).
+
+    New embedding rows start as the mean of the existing ones, the usual
+    choice that keeps initial logits for them in range. Returns what was added.
+    """
+    added = missing_tokens(tokenizer, REASONING_TOKENS)
+    if added:
+        tokenizer.add_special_tokens({"additional_special_tokens": added}, replace_extra_special_tokens=False)
+    if model is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return added

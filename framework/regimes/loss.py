@@ -1,0 +1,39 @@
+"""The causal-LM loss of every regime: backbone hidden states into the fused head loss."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from kernels import linear_cross_entropy
+
+
+def backbone_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states `[B, T, H]` of any `AutoModelForCausalLM`, without its LM head."""
+    output = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return output.last_hidden_state
+
+
+def causal_lm_loss(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    loss_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted next-token cross-entropy: sum(w * loss) / sum(w) over labelled tokens.
+
+    `labels` and `loss_weights` are aligned with `input_ids` (the Hugging Face
+    convention); the shift by one happens here. The head's logits are never
+    materialised: the fused op tiles over the vocabulary.
+    """
+    hidden = backbone_hidden_states(model, input_ids, attention_mask)
+    head = model.get_output_embeddings()
+    return linear_cross_entropy(
+        hidden[:, :-1],
+        head.weight,
+        labels[:, 1:],
+        None if loss_weights is None else loss_weights[:, 1:],
+        bias=head.bias,
+        softcap=getattr(model.config, "final_logit_softcapping", None),
+    )

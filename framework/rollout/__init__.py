@@ -1,0 +1,3 @@
+from framework.rollout.sampling import SamplingConfig, sample
+
+__all__ = ["SamplingConfig", "sample"]

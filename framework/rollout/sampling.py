@@ -1,0 +1,71 @@
+"""Batched sampling with a KV cache, on top of Hugging Face `generate`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 64
+    do_sample: bool = False  # greedy by default: evaluation should be deterministic
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts so every row's next token is generated at the same column."""
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long, device=device)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            input_ids[row, length - len(sequence):] = torch.tensor(sequence, device=device)
+            attention_mask[row, length - len(sequence):] = 1
+    return input_ids, attention_mask
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    eos_token_id: int,
+    config: SamplingConfig = SamplingConfig(),
+) -> list[list[int]]:
+    """New tokens per prompt, cut after the first EOS (which is kept).
+
+    Left padding plus the attention mask lets `generate` derive each row's
+    position ids, so a batched row decodes exactly as it would alone.
+    """
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    input_ids, attention_mask = left_pad(prompts, pad_token_id, device)
+    was_training = model.training
+    model.eval()
+    try:
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=config.max_new_tokens,
+            do_sample=config.do_sample,
+            temperature=config.temperature if config.do_sample else None,
+            top_p=config.top_p if config.do_sample else None,
+            top_k=config.top_k if config.do_sample else None,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            use_cache=True,
+        )
+    finally:
+        model.train(was_training)
+    completions = []
+    for row in output[:, input_ids.shape[1]:].tolist():
+        completions.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
+    return completions

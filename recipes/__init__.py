@@ -1,0 +1,1 @@
+"""Reproducible comparisons: `python -m recipes.<name> --preset smoke|cpu|gpu`."""

@@ -1,0 +1,50 @@
+"""The command line every recipe shares: a typed `main` plus YAML presets.
+
+Precedence, lowest first: `main`'s defaults, the preset (`--preset`, default
+`cpu`), a `--config` file, then individual flags (`--train.max_steps 50`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_path(recipe: str, preset: str) -> Path:
+    path = PRESETS / recipe / f"{preset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (PRESETS / recipe).glob("*.yaml"))
+        raise SystemExit(f"unknown preset {preset!r} for recipe {recipe!r}; expected one of {known}")
+    return path
+
+
+def _preset_from(argv: Sequence[str], default: str) -> str:
+    for index, argument in enumerate(argv):
+        if argument == "--preset" and index + 1 < len(argv):
+            return argv[index + 1]
+        if argument.startswith("--preset="):
+            return argument.split("=", 1)[1]
+    return default
+
+
+def run(main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None, default_preset: str = "cpu") -> Any:
+    """Parse `argv` into `main`'s typed arguments and call it with the resolved config."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    preset = _preset_from(argv, default_preset)
+    parser = ArgumentParser(prog=f"python -m recipes.{recipe}", description=(main.__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--preset", default=default_preset, help=f"settings to start from: one of {sorted(p.stem for p in (PRESETS / recipe).glob('*.yaml'))}")
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of settings (overrides the preset)")
+    parser.add_function_arguments(main, as_group=False, skip={"resolved_config"})
+    parser.set_defaults(yaml.safe_load(preset_path(recipe, preset).read_text()))
+    config = parser.parse_args(argv)
+    resolved = parser.dump(config, skip_none=False)
+    arguments = parser.instantiate_classes(config).as_dict()
+    for meta in ("preset", "config", "__path__"):
+        arguments.pop(meta, None)
+    return main(**arguments, resolved_config=resolved)

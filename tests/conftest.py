@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny tokenizers and models built from configs (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from framework.data.tasks import AdditionChain
+from framework.data.tokenizer import BOS, EOS, PAD, REASONING_TOKENS, UNK, build_word_tokenizer
+
+
+@pytest.fixture(scope="session")
+def addition_task() -> AdditionChain:
+    return AdditionChain(n_terms=3, max_operand=9)
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer(addition_task) -> PreTrainedTokenizerFast:
+    return build_word_tokenizer(addition_task.vocabulary())
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained here on English-ish text, so merges straddle word pieces."""
+    corpus = [
+        "Question: what is 12 plus 35? Let me think step by step.",
+        "First add the tens, then add the units; the answer is 47.",
+        "The model reasons in a chain of thought before it answers.",
+        "Every wumpus is a yumpus. Tom is a wumpus. Is Tom a yumpus?",
+    ] * 50
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=[PAD, BOS, EOS, UNK], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        additional_special_tokens=list(REASONING_TOKENS),
+        clean_up_tokenization_spaces=False,
+    )

@@ -1,0 +1,138 @@
+"""Model factory, local checkpoints, the Reasoner's format/parse and batched generation."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from framework.data.sample import Example, Role
+from framework.models import FAMILIES, MODES, Reasoner, build_model, count_parameters, load_pretrained
+from framework.rollout import SamplingConfig, sample
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_factory_sizes_are_about_right(family, word_tokenizer):
+    small = count_parameters(build_model(family, "1m", word_tokenizer))
+    assert 0.5e6 < small < 1.5e6
+    config = build_model(family, "20m", word_tokenizer).config
+    assert config.vocab_size == len(word_tokenizer)
+
+
+def test_factory_rejects_unknown_family_and_size(word_tokenizer):
+    with pytest.raises(ValueError, match="family 'mamba'"):
+        build_model("mamba", "1m", word_tokenizer)
+    with pytest.raises(ValueError, match="size '3b'"):
+        build_model("llama", "3b", word_tokenizer)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_format_then_parse_round_trips(mode, word_tokenizer, addition_task):
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, mode, pause_tokens=3)
+    for seed in range(10):
+        example = addition_task.generate(random.Random(seed))
+        sample = reasoner.tokenize(example)
+        prompt_length = len(reasoner.prompt_ids(example))
+        assert sample.input_ids[:prompt_length] == reasoner.prompt_ids(example)
+        generation = reasoner.parse(sample.input_ids[prompt_length:])
+        assert generation.answer == example.answer
+        assert generation.trace == (example.trace if mode == "cot" else "")
+        assert generation.finished
+        assert generation.num_tokens == len(sample.input_ids) - prompt_length
+        if mode == "pause":
+            assert sample.roles.count(Role.LATENT) == 3
+
+
+def test_parse_of_an_unfinished_trace_has_no_answer(word_tokenizer):
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
+    ids = word_tokenizer("1 + 2 = 3 ;", add_special_tokens=False).input_ids
+    generation = reasoner.parse(ids)
+    assert (generation.trace, generation.answer, generation.finished) == ("1 + 2 = 3 ;", "", False)
+
+
+def test_reasoner_requires_its_special_tokens(word_tokenizer):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    bare = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<eos>": 1, "<unk>": 2}, unk_token="<unk>")),
+        eos_token="<eos>", unk_token="<unk>",
+    )
+    with pytest.raises(ValueError, match=r"lacks .*'<think>'.*add_reasoning_tokens"):
+        Reasoner(build_model("gpt2", "1m", word_tokenizer), bare, "cot")
+    with pytest.raises(ValueError, match="unknown reasoning mode 'latentish'"):
+        Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "latentish")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_generation_equals_one_row_at_a_time(family, word_tokenizer, addition_task):
+    torch.manual_seed(0)
+    model = build_model(family, "1m", word_tokenizer)
+    with torch.no_grad():  # a default-initialised model repeats one token; make it prompt-dependent
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.normal_(0.0, 0.5)
+    reasoner = Reasoner(model, word_tokenizer, "cot")
+    rng = random.Random(1)
+    examples = [addition_task.generate(rng) for _ in range(5)]
+    examples.append(Example("1 + 1 + 1 + 1 + 1 + 1 + 1", "", "7"))  # a longer prompt forces left padding
+    prompts = [reasoner.prompt_ids(example) for example in examples]
+    config = SamplingConfig(max_new_tokens=12)
+    ids = dict(pad_token_id=word_tokenizer.pad_token_id, eos_token_id=word_tokenizer.eos_token_id, config=config)
+    batched = sample(model, prompts, **ids)
+    alone = [sample(model, [prompt], **ids)[0] for prompt in prompts]
+    assert batched == alone
+    assert len({tuple(row) for row in batched}) > 1
+    assert reasoner.generate(examples, config) == [reasoner.parse(row) for row in batched]
+
+
+def test_sampling_is_seeded_and_differs_from_greedy(word_tokenizer, addition_task):
+    reasoner = Reasoner(build_model("qwen3", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    examples = [addition_task.generate(random.Random(s)) for s in range(4)]
+    config = SamplingConfig(max_new_tokens=10, do_sample=True, temperature=1.5)
+    torch.manual_seed(7)
+    first = reasoner.generate(examples, config)
+    torch.manual_seed(7)
+    assert reasoner.generate(examples, config) == first
+    assert first != reasoner.generate(examples, SamplingConfig(max_new_tokens=10))
+
+
+def test_checkpoint_round_trip_through_from_pretrained(tmp_path, word_tokenizer, addition_task):
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    reasoner.save_pretrained(tmp_path / "ckpt")
+    model, tokenizer = load_pretrained(tmp_path / "ckpt")
+    assert isinstance(model, type(reasoner.model))
+    ids = torch.tensor([reasoner.prompt_ids(addition_task.generate(random.Random(0)))])
+    torch.testing.assert_close(model(ids).logits, reasoner.model(ids).logits)
+    again = Reasoner.from_pretrained(tmp_path / "ckpt", mode="pause")
+    assert again.mode == "pause" and len(again.tokenizer) == len(word_tokenizer)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt"), type(reasoner.model))
+
+
+def test_load_pretrained_errors_name_the_problem(tmp_path, word_tokenizer):
+    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+        load_pretrained(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_pretrained(tmp_path)
+    build_model("gpt2", "1m", word_tokenizer).save_pretrained(tmp_path / "no_tokenizer")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer"):
+        load_pretrained(tmp_path / "no_tokenizer")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, word_tokenizer, monkeypatch):
+    reasoner = Reasoner(build_model("gpt2", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    reasoner.save_pretrained(tmp_path / "ckpt")
+    before = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(reasoner.tokenizer, "save_pretrained", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        reasoner.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text()) == before
+    load_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
