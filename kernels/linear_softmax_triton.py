@@ -102,7 +102,7 @@ def _stats_kernel(
         p = tl.exp(s - new_max[:, None])
         running_sum = running_sum * rescale + tl.sum(p, axis=1)
         if MEAN_LOGIT:
-            running_dot = running_dot * rescale + tl.sum(tl.where(col_mask[None, :], p * s, 0.0), axis=1)
+            running_dot = running_dot * rescale + tl.sum(p * tl.where(col_mask[None, :], s, 0.0), axis=1)
         target += tl.sum(tl.where(cols[None, :] == labels[:, None], s, 0.0), axis=1)
         running_max = new_max
 

@@ -166,3 +166,13 @@ def test_chunking_does_not_change_the_result(monkeypatch):
 def test_property_torch_path(n, h, v, masked, reduction, bias, weighted):
     check(make_inputs(n, h, v, masked=masked, bias=bias, weighted=weighted), torch.float32, "torch",
           reduction=reduction)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@settings(max_examples=4, deadline=None)
+@given(
+    n=st.integers(1, 40), h=st.integers(1, 40), v=st.integers(2, 80),
+    masked=st.sampled_from([0.0, 0.5, 1.0]), reduction=st.sampled_from(["mean", "none"]),
+)
+def test_property_triton_path(n, h, v, masked, reduction):
+    check(make_inputs(n, h, v, masked=masked), torch.float32, "triton", reduction=reduction, softcap=4.0)
