@@ -1,0 +1,6 @@
+"""Fused ops for reasoning-model training: losses over an LM head without [tokens, vocab] logits."""
+
+from .linear_cross_entropy import linear_cross_entropy
+from .token_logprobs import linear_token_logprobs
+
+__all__ = ["linear_cross_entropy", "linear_token_logprobs"]
