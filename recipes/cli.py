@@ -43,7 +43,7 @@ def run(main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None
     parser.add_function_arguments(main, as_group=False, skip={"resolved_config"})
     parser.set_defaults(yaml.safe_load(preset_path(recipe, preset).read_text()))
     config = parser.parse_args(argv)
-    resolved = parser.dump(config, skip_none=False)
+    resolved = yaml.safe_load(parser.dump(config, skip_none=False))
     arguments = parser.instantiate_classes(config).as_dict()
     for meta in ("preset", "config", "__path__"):
         arguments.pop(meta, None)
