@@ -44,7 +44,7 @@ def run(main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None
     parser.set_defaults(yaml.safe_load(preset_path(recipe, preset).read_text()))
     config = parser.parse_args(argv)
     resolved = yaml.safe_load(parser.dump(config, skip_none=False))
-    arguments = parser.instantiate_classes(config).as_dict()
+    arguments = parser.instantiate(config).as_dict()
     for meta in ("preset", "config", "__path__"):
         arguments.pop(meta, None)
     return main(**arguments, resolved_config=resolved)
