@@ -78,7 +78,10 @@ class SFT(L.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self._last_step_end = None  # validation time is not training throughput
+        self._last_step_end = None  # time between epochs is not training throughput
+
+    def on_validation_end(self) -> None:
+        self._last_step_end = None  # nor is time spent validating
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -122,7 +125,7 @@ class SFT(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, parameter in self.model.named_parameters():
+        for parameter in self.model.parameters():
             if parameter.requires_grad:
                 (no_decay if parameter.ndim < 2 else decay).append(parameter)
         optimizer = torch.optim.AdamW(
