@@ -24,7 +24,7 @@ import torch
 
 # About 16 MiB of fp32 logits per chunk: small next to materialised logits, large
 # enough that each chunk's matmul still runs near the GEMM rate.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 23
 
 Coefficients = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
 
@@ -110,24 +110,34 @@ def sweep(
         h = hidden[rows]
         t = safe_targets[rows]
         s, ds_dz = _logits(h, weight, bias, softcap, inv_temperature)
+        chunk_target = chunk_mean = None
         if want_stats:
-            chunk_lse = torch.logsumexp(s, dim=1)
-            chunk_target = s.gather(1, t[:, None]).squeeze(1)
-            chunk_target = torch.where(in_range[rows], chunk_target, float("nan"))
-            lse_out[rows] = chunk_lse
+            chunk_target = torch.where(in_range[rows], s.gather(1, t[:, None]).squeeze(1), float("nan"))
             target_out[rows] = chunk_target
+            shift = s.amax(dim=1)
         else:
-            chunk_lse = lse[rows]
-        if not (want_stats and mean_logit) and not want_grads:
-            continue
-        p = s.sub(chunk_lse[:, None]).exp_()
-        chunk_mean = None
+            shift = lse[rows]
+        # One exp per logit: exp(s - max) yields both the log-sum-exp and, once
+        # normalised, the probabilities. s itself is kept only where E_p[s] or a
+        # beta term needs it (entropy); otherwise the shift happens in place.
+        keep_s = mean_logit or not want_stats
+        p = (s - shift[:, None] if keep_s else s.sub_(shift[:, None])).exp_()
+        if want_stats:
+            total = p.sum(dim=1)
+            chunk_lse = shift + total.log()
+            lse_out[rows] = chunk_lse
+            if not (mean_logit or want_grads):
+                continue
+            p.div_(total[:, None])
+        else:
+            chunk_lse = shift
         if want_stats and mean_logit:
             chunk_mean = torch.linalg.vecdot(p, s)
             mean_out[rows] = chunk_mean
         if not want_grads:
             continue
-        alpha, beta, gamma = coefficients(RowStats(chunk_lse, chunk_target if want_stats else None, chunk_mean), rows)
+        alpha, beta, gamma = coefficients(RowStats(chunk_lse, chunk_target, chunk_mean), rows)
+        assert beta is None or keep_s, "a beta term needs s: pass mean_logit or a saved lse"
         # p becomes the logit gradient in place: p * (alpha + beta * s) + gamma * onehot
         if beta is not None:
             p.mul_(s.mul_(beta[:, None]).add_(alpha[:, None]))
