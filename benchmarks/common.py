@@ -9,7 +9,8 @@ be read, not reset, from inside for CPU tensors:
 - CPU: the kernel's high-water mark of resident memory (``VmHWM`` in
   ``/proc/self/status``), reset with ``/proc/self/clear_refs`` after the inputs
   exist and after a warm-up call (which also absorbs ``torch.compile``), minus
-  the resident memory at that moment. It counts everything the call allocates,
+  the resident memory at that moment (after ``malloc_trim``, so memory glibc
+  kept from the warm-up is not mistaken for free headroom). It counts everything the call allocates,
   gradients included, as the operating system sees it. (tracemalloc does not
   see torch's allocations.)
 - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``,
@@ -19,6 +20,7 @@ be read, not reset, from inside for CPU tensors:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import importlib.util
 import json
@@ -161,6 +163,9 @@ def _peak_here(name: str, shape: Shape, masked: float) -> int:
         before = torch.cuda.memory_allocated()
         step(fn, inputs)
         return torch.cuda.max_memory_allocated() - before
+    # Return memory the allocator kept from the warm-up to the system, so the
+    # baseline is live memory only and the call's own allocations show up.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # reset VmHWM to the current resident size
     before = _rss_kib("VmRSS")

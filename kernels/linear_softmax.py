@@ -24,7 +24,7 @@ import torch
 
 # About 16 MiB of fp32 logits per chunk: small next to materialised logits, large
 # enough that each chunk's matmul still runs near the GEMM rate.
-CHUNK_ELEMENTS = 1 << 23
+CHUNK_ELEMENTS = 1 << 22
 
 Coefficients = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
 
@@ -42,6 +42,11 @@ class Grads(NamedTuple):
     bias: torch.Tensor | None  # [V] likewise
 
 
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for the training dtypes, fp64 for fp64 inputs (gradcheck)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def chunk_rows_for(vocab: int, chunk_rows: int | None = None) -> int:
     if chunk_rows is not None:
         return max(1, chunk_rows)
@@ -55,7 +60,7 @@ def _logits(
     z = h @ weight.T
     if bias is not None:
         z += bias
-    s = z.to(torch.promote_types(z.dtype, torch.float32))
+    s = z.to(accumulator_dtype(z.dtype))
     if softcap is not None:
         tanh = s.div_(softcap).tanh_()
         s = tanh * softcap
@@ -96,7 +101,7 @@ def sweep(
     in_range = safe_targets == targets
     want_stats = lse is None
     want_grads = coefficients is not None
-    acc = torch.promote_types(hidden.dtype, torch.float32)
+    acc = accumulator_dtype(hidden.dtype)
     lse_out = torch.empty(n, dtype=acc, device=hidden.device) if want_stats else None
     target_out = torch.empty_like(lse_out) if want_stats else None
     mean_out = torch.empty_like(lse_out) if want_stats and mean_logit else None
