@@ -2,7 +2,8 @@
 
 Every provider runs forward + backward of a token cross-entropy over a linear
 head on the same inputs. Time is wall clock around the call, with
-``torch.cuda.synchronize`` on GPU. Peak memory is measured in a fresh
+``torch.cuda.synchronize`` on GPU; ``report.py`` interleaves the providers
+round by round and takes medians. Peak memory is measured in a fresh
 subprocess per (provider, masked fraction), because a process's peak can only
 be read, not reset, from inside for CPU tensors:
 
@@ -119,13 +120,26 @@ def step(fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor]) -> No
 
 def time_step(fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor], rounds: int) -> float:
     """Median seconds of ``rounds`` calls after one warm-up call."""
-    step(fn, inputs)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+    return time_interleaved({"fn": fn}, inputs, rounds)["fn"]
+
+
+def time_interleaved(
+    fns: dict[str, Callable[..., torch.Tensor]], inputs: dict[str, torch.Tensor], rounds: int
+) -> dict[str, float]:
+    """Median seconds per function, calling them in turn each round after one warm-up call each.
+
+    Interleaving keeps slow drifts of a shared machine (other tenants, clock
+    changes) from landing on one provider only.
+    """
+    for fn in fns.values():
         step(fn, inputs)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            step(fn, inputs)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def gemm_seconds(shape: Shape, rounds: int = 5) -> float:

@@ -1,7 +1,7 @@
 """Print the linear cross-entropy benchmark as a table: ``python -m benchmarks.report``.
 
 Runs every provider on the same inputs for each masked fraction and reports
-median forward + backward time, peak extra memory (see ``benchmarks.common``),
+median forward + backward time (providers interleaved round by round), peak extra memory (see ``benchmarks.common``),
 both relative to naive torch, and on GPU the fraction of the matmul floor:
 6 * N_unmasked * H * V FLOPs at the dtype's GEMM rate measured in the same run.
 """
@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from benchmarks.common import CPU_SHAPE, GPU_SHAPE, MASKED, gemm_seconds, loss_fn, make_inputs, peak_bytes, \
-    providers, time_step
+    providers, time_interleaved
 
 
 def main() -> None:
@@ -32,22 +32,20 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for masked in ns.masked:
-        naive_time = naive_peak = None
-        for name, available in providers(ns.device).items():
-            if available is None:
+        available = {name: fn for name, fn in providers(ns.device).items() if fn is not None}
+        seconds = time_interleaved({name: loss_fn(name, ns.device) for name in available},
+                                   make_inputs(shape, masked), ns.rounds)
+        peaks = {name: peak_bytes(name, shape, masked) for name in available}
+        for name in providers(ns.device):
+            if name not in available:
                 print(f"| {masked:.0%} | {name} | skipped: not available here |" + " |" * (len(header) - 3))
                 continue
-            seconds = time_step(loss_fn(name, ns.device), make_inputs(shape, masked), ns.rounds)
-            peak = peak_bytes(name, shape, masked)
-            if name == "naive":
-                naive_time, naive_peak = seconds, peak
-            row = [f"{masked:.0%}", name, f"{seconds:.3f}", f"{seconds / naive_time:.2f}",
-                   f"{peak / 2**20:.0f}", f"{peak / naive_peak:.3f}"]
+            row = [f"{masked:.0%}", name, f"{seconds[name]:.3f}", f"{seconds[name] / seconds['naive']:.2f}",
+                   f"{peaks[name] / 2**20:.0f}", f"{peaks[name] / peaks['naive']:.3f}"]
             if floor_gemm is not None:
                 unmasked = shape.n - round(masked * shape.n)
-                row.append(f"{3 * floor_gemm * unmasked / shape.n / seconds:.0%}")
+                row.append(f"{3 * floor_gemm * unmasked / shape.n / seconds[name]:.0%}")
             print("| " + " | ".join(row) + " |", flush=True)
-
 
 if __name__ == "__main__":
     main()

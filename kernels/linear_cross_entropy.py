@@ -76,27 +76,31 @@ def linear_cross_entropy(
         if path == "triton":
             check_kernel_dtype(hidden)
         loss = _LinearCrossEntropy.apply(
-            h, weight, bias, y, w if w is None else w.detach(), ignore_index, reduction, softcap, float(z_loss), path
+            h, weight, bias, y, w if w is None else w.detach(), ignore_index, reduction, softcap, float(z_loss), path,
+            torch.is_grad_enabled(),
         )
     return loss.reshape(labels.shape) if reduction == "none" else loss
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, weights, ignore_index, reduction, softcap, z_loss, path):
+    def forward(ctx, hidden, weight, bias, labels, weights, ignore_index, reduction, softcap, z_loss, path, grad_mode):
         backend = primitive(path)
         active = labels != ignore_index
         token_weight = active.to(linear_softmax.accumulator_dtype(hidden.dtype))
         if weights is not None:
             active &= weights != 0
-            token_weight = token_weight * weights
+            token_weight = torch.where(active, weights, 0.0).to(token_weight.dtype)
         rows = backend.compact(active)
         row_weight = token_weight.index_select(0, rows.index)
         total = token_weight.sum()
         # 1 where no token counts, so an all-masked batch gives 0 / 1, never 0 / 0.
         denominator = torch.where(total != 0, total, torch.ones_like(total)) if reduction == "mean" else None
         row_scale = row_weight / denominator if denominator is not None else row_weight
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        # needs_input_grad ignores torch.no_grad(); the grad mode of the caller decides whether
+        # evaluation pays for in-forward gradients.
+        needs = tuple(grad_mode and n for n in ctx.needs_input_grad[:3])
+        needs = (needs[0], needs[1], bias is not None and needs[2])
         fuse = path == "torch" and reduction != "none" and any(needs)
 
         if fuse:
@@ -145,7 +149,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             _finish(d_hidden, grad_out, ctx.dtype),
             _finish(d_weight, grad_out, ctx.dtype),
             _finish(d_bias, grad_out, ctx.dtype),
-            None, None, None, None, None, None, None,
+            None, None, None, None, None, None, None, None,
         )
 
 

@@ -129,6 +129,18 @@ def test_torch_path_skips_masked_rows(monkeypatch):
     assert seen == [10]
 
 
+def test_no_grad_evaluation_takes_no_gradients(monkeypatch):
+    import kernels.linear_softmax as primitive
+
+    calls = []
+    original = primitive.sweep
+    monkeypatch.setattr(primitive, "sweep", lambda *a, **k: calls.append(k.get("coefficients")) or original(*a, **k))
+    hidden = torch.randn(N, H, requires_grad=True)
+    with torch.no_grad():
+        loss = linear_cross_entropy(hidden, torch.randn(V, H), torch.randint(0, V, (N,)), impl="torch")
+    assert calls == [None] and not loss.requires_grad
+
+
 def test_gradcheck_torch_path():
     """Float64 finite differences through every option, including a non-scalar upstream gradient."""
     t = make_inputs(9, 5, 13, masked=0.3)
