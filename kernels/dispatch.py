@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from types import ModuleType
 
 import torch
 
@@ -48,3 +49,14 @@ def resolve_impl(impl: str | None, device: torch.device) -> str:
                 "set TRITON_INTERPRET=1 before importing triton to run the kernels on CPU"
             )
     return chosen
+
+
+def primitive(path: str) -> ModuleType:
+    """The module implementing the shared linear-softmax primitive for ``path`` ("triton" or "torch")."""
+    if path == "triton":
+        from . import linear_softmax_triton  # imported late: Triton reads TRITON_INTERPRET at definition
+
+        return linear_softmax_triton
+    from . import linear_softmax
+
+    return linear_softmax

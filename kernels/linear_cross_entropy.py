@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import linear_softmax
-from .dispatch import resolve_impl
+from .dispatch import primitive, resolve_impl
 from .validation import check_kernel_dtype, flatten_tokens
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -76,27 +76,31 @@ def linear_cross_entropy(
         if path == "triton":
             check_kernel_dtype(hidden)
         loss = _LinearCrossEntropy.apply(
-            h, weight, bias, y, w if w is None else w.detach(), ignore_index, reduction, softcap, float(z_loss), path
+            h, weight, bias, y, w if w is None else w.detach(), ignore_index, reduction, softcap, float(z_loss), path,
+            torch.is_grad_enabled(),
         )
     return loss.reshape(labels.shape) if reduction == "none" else loss
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, weights, ignore_index, reduction, softcap, z_loss, path):
-        backend = _backend(path)
+    def forward(ctx, hidden, weight, bias, labels, weights, ignore_index, reduction, softcap, z_loss, path, grad_mode):
+        backend = primitive(path)
         active = labels != ignore_index
-        token_weight = active.to(_acc_dtype(hidden))
+        token_weight = active.to(linear_softmax.accumulator_dtype(hidden.dtype))
         if weights is not None:
             active &= weights != 0
-            token_weight = token_weight * weights
+            token_weight = torch.where(active, weights, 0.0).to(token_weight.dtype)
         rows = backend.compact(active)
         row_weight = token_weight.index_select(0, rows.index)
         total = token_weight.sum()
         # 1 where no token counts, so an all-masked batch gives 0 / 1, never 0 / 0.
         denominator = torch.where(total != 0, total, torch.ones_like(total)) if reduction == "mean" else None
         row_scale = row_weight / denominator if denominator is not None else row_weight
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        # needs_input_grad ignores torch.no_grad(); the grad mode of the caller decides whether
+        # evaluation pays for in-forward gradients.
+        needs = tuple(grad_mode and n for n in ctx.needs_input_grad[:3])
+        needs = (needs[0], needs[1], bias is not None and needs[2])
         fuse = path == "torch" and reduction != "none" and any(needs)
 
         if fuse:
@@ -117,10 +121,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
         ctx.reduction, ctx.softcap, ctx.z_loss, ctx.path, ctx.needs = reduction, softcap, z_loss, path, needs
         ctx.rows_count, ctx.dtype = rows.count, hidden.dtype
-        if fuse:
-            ctx.save_for_backward(grads.hidden, grads.weight, grads.bias)
-        else:
-            ctx.save_for_backward(hidden, weight, bias, labels, rows.index, stats.lse, row_scale)
+        # Fused gradients live on ctx rather than in save_for_backward so the first
+        # backward can scale them in place and hand them over: a copy of an fp32
+        # [V, H] buffer would double the op's peak memory. A later backward
+        # through the same graph (retain_graph=True) recomputes from the inputs.
+        ctx.fused_grads = grads
+        ctx.save_for_backward(hidden, weight, bias, labels, rows.index, stats.lse, row_scale)
         if reduction == "none":
             return torch.zeros_like(token_weight).index_copy_(0, rows.index, weighted)
         loss = weighted.sum()
@@ -128,14 +134,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.path == "torch" and ctx.reduction != "none" and any(ctx.needs):
-            d_hidden, d_weight, d_bias = ctx.saved_tensors
+        if ctx.fused_grads is not None:
+            (d_hidden, d_weight, d_bias), ctx.fused_grads = ctx.fused_grads, None
         else:
             hidden, weight, bias, labels, index, lse, row_scale = ctx.saved_tensors
             rows = linear_softmax.Rows(index, ctx.rows_count)
             scale = row_scale * (grad_out.index_select(0, index) if ctx.reduction == "none" else grad_out)
             coefficients = (scale * (1 + 2 * ctx.z_loss * lse), None, -scale)
-            d_hidden, d_weight, d_bias = _backend(ctx.path).grads(
+            d_hidden, d_weight, d_bias = primitive(ctx.path).grads(
                 hidden, weight, bias, labels, rows, lse, coefficients, softcap=ctx.softcap, needs=ctx.needs
             )
             grad_out = None  # already folded into the coefficients
@@ -143,29 +149,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             _finish(d_hidden, grad_out, ctx.dtype),
             _finish(d_weight, grad_out, ctx.dtype),
             _finish(d_bias, grad_out, ctx.dtype),
-            None, None, None, None, None, None, None,
+            None, None, None, None, None, None, None, None,
         )
 
 
-def _finish(grad: torch.Tensor | None, grad_out: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
-    """Apply a scalar upstream gradient kept out of the fused pass and cast to the parameter's dtype."""
+def _finish(grad: torch.Tensor | None, grad_out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Apply the scalar upstream gradient kept out of the fused pass (in place: the buffer is ours), then cast."""
     if grad is None:
         return None
     if grad_out is not None:
-        grad = grad * grad_out
+        grad.mul_(grad_out)
     return grad.to(dtype)
-
-
-def _acc_dtype(hidden: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(hidden.dtype, torch.float32)
-
-
-def _backend(path: str):
-    if path == "triton":
-        from . import linear_softmax_triton  # imported late: Triton reads TRITON_INTERPRET at definition
-
-        return linear_softmax_triton
-    return linear_softmax
 
 
 def linear_cross_entropy_reference(
@@ -189,7 +183,7 @@ def linear_cross_entropy_reference(
     active = labels != ignore_index
     lse = torch.logsumexp(logits, dim=-1)
     target = logits.gather(-1, labels.clamp(0, weight.shape[0] - 1).unsqueeze(-1)).squeeze(-1)
-    loss = (lse - target + z_loss * lse.square()).to(_acc_dtype(hidden))
+    loss = (lse - target + z_loss * lse.square()).to(linear_softmax.accumulator_dtype(hidden.dtype))
     token_weight = active.to(loss.dtype) if weights is None else active * weights.to(loss.dtype)
     weighted = torch.where(active, token_weight * loss, 0.0)
     if reduction == "none":

@@ -42,6 +42,11 @@ class Grads(NamedTuple):
     bias: torch.Tensor | None  # [V] likewise
 
 
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for the training dtypes, fp64 for fp64 inputs (gradcheck)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def chunk_rows_for(vocab: int, chunk_rows: int | None = None) -> int:
     if chunk_rows is not None:
         return max(1, chunk_rows)
@@ -55,7 +60,7 @@ def _logits(
     z = h @ weight.T
     if bias is not None:
         z += bias
-    s = z.to(torch.promote_types(z.dtype, torch.float32))
+    s = z.to(accumulator_dtype(z.dtype))
     if softcap is not None:
         tanh = s.div_(softcap).tanh_()
         s = tanh * softcap
@@ -96,7 +101,7 @@ def sweep(
     in_range = safe_targets == targets
     want_stats = lse is None
     want_grads = coefficients is not None
-    acc = torch.promote_types(hidden.dtype, torch.float32)
+    acc = accumulator_dtype(hidden.dtype)
     lse_out = torch.empty(n, dtype=acc, device=hidden.device) if want_stats else None
     target_out = torch.empty_like(lse_out) if want_stats else None
     mean_out = torch.empty_like(lse_out) if want_stats and mean_logit else None
@@ -110,24 +115,34 @@ def sweep(
         h = hidden[rows]
         t = safe_targets[rows]
         s, ds_dz = _logits(h, weight, bias, softcap, inv_temperature)
+        chunk_target = chunk_mean = None
         if want_stats:
-            chunk_lse = torch.logsumexp(s, dim=1)
-            chunk_target = s.gather(1, t[:, None]).squeeze(1)
-            chunk_target = torch.where(in_range[rows], chunk_target, float("nan"))
-            lse_out[rows] = chunk_lse
+            chunk_target = torch.where(in_range[rows], s.gather(1, t[:, None]).squeeze(1), float("nan"))
             target_out[rows] = chunk_target
+            shift = s.amax(dim=1)
         else:
-            chunk_lse = lse[rows]
-        if not (want_stats and mean_logit) and not want_grads:
-            continue
-        p = s.sub(chunk_lse[:, None]).exp_()
-        chunk_mean = None
+            shift = lse[rows]
+        # One exp per logit: exp(s - max) yields both the log-sum-exp and, once
+        # normalised, the probabilities. s itself is kept only where E_p[s] or a
+        # beta term needs it (entropy); otherwise the shift happens in place.
+        keep_s = mean_logit or not want_stats
+        p = (s - shift[:, None] if keep_s else s.sub_(shift[:, None])).exp_()
+        if want_stats:
+            total = p.sum(dim=1)
+            chunk_lse = shift + total.log()
+            lse_out[rows] = chunk_lse
+            if not (mean_logit or want_grads):
+                continue
+            p.div_(total[:, None])
+        else:
+            chunk_lse = shift
         if want_stats and mean_logit:
             chunk_mean = torch.linalg.vecdot(p, s)
             mean_out[rows] = chunk_mean
         if not want_grads:
             continue
-        alpha, beta, gamma = coefficients(RowStats(chunk_lse, chunk_target if want_stats else None, chunk_mean), rows)
+        alpha, beta, gamma = coefficients(RowStats(chunk_lse, chunk_target, chunk_mean), rows)
+        assert beta is None or keep_s, "a beta term needs s: pass mean_logit or a saved lse"
         # p becomes the logit gradient in place: p * (alpha + beta * s) + gamma * onehot
         if beta is not None:
             p.mul_(s.mul_(beta[:, None]).add_(alpha[:, None]))

@@ -2,10 +2,11 @@
 
 Two kernels, never a ``[N, V]`` buffer:
 
-- ``_stats_kernel``: one program per block of token rows walks the vocabulary in
-  tiles, building each ``[BLOCK_N, BLOCK_V]`` logit tile from ``BLOCK_H`` slices of
-  the hidden size, and keeps an online log-sum-exp, the target logit and
-  (for entropies) an online ``E_p[s]``.
+- ``_stats_kernel``: one program per (row block, vocabulary split) walks its
+  split in tiles, building each ``[BLOCK_N, BLOCK_V]`` logit tile from
+  ``BLOCK_H`` slices of the hidden size, and keeps an online max and sum of
+  exponentials, the target logit and (for entropies) an online ``sum p * s``;
+  the splits' partials merge into a log-sum-exp in torch.
 - ``_grads_kernel``: one program per (row block, vocabulary tile) recomputes its
   logit tile, forms the logit gradient ``p * (alpha + beta * s) + gamma * onehot``
   and adds its share of ``dhidden`` and ``dweight`` (and ``dbias``) into fp32
@@ -17,7 +18,7 @@ from device memory and programs past it return at once. Row and column offsets
 are widened to int64 before multiplying by strides, so ``N * V`` or ``V * H``
 past 2**31 address correctly.
 
-Imported lazily (see ``linear_cross_entropy._backend``): Triton decides at
+Imported lazily (see ``dispatch.primitive``): Triton decides at
 definition time whether ``@triton.jit`` compiles or interprets.
 """
 
@@ -73,11 +74,12 @@ def _logit_tile(
 @triton.jit
 def _stats_kernel(
     hidden_ptr, weight_ptr, bias_ptr, labels_ptr, order_ptr, count_ptr,
-    lse_ptr, target_ptr, mean_ptr,
+    max_ptr, sum_ptr, target_ptr, dot_ptr, n_slots,
     V, H, stride_hn, stride_hh, stride_wv, stride_wh, softcap, inv_temperature,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MEAN_LOGIT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_TILES: tl.constexpr,
 ):
+    """Partial statistics of one row block over one vocabulary split, merged in ``stats``."""
     count = tl.load(count_ptr)
     slots = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     if tl.program_id(0) * BLOCK_N >= count:
@@ -90,7 +92,8 @@ def _stats_kernel(
     running_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     running_dot = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum_j exp(s_j - max) * s_j
     target = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for v0 in range(0, V, BLOCK_V):
+    split_start = tl.program_id(1) * SPLIT_TILES * BLOCK_V
+    for v0 in range(split_start, tl.minimum(split_start + SPLIT_TILES * BLOCK_V, V), BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         col_mask = cols < V
         s = _logit_tile(hidden_ptr, weight_ptr, bias_ptr, rows, row_mask, cols, col_mask, H,
@@ -106,11 +109,12 @@ def _stats_kernel(
         target += tl.sum(tl.where(cols[None, :] == labels[:, None], s, 0.0), axis=1)
         running_max = new_max
 
-    in_range = (labels >= 0) & (labels < V)
-    tl.store(lse_ptr + slots, running_max + tl.log(running_sum), mask=row_mask)
-    tl.store(target_ptr + slots, tl.where(in_range, target, float("nan")), mask=row_mask)
+    out = tl.program_id(1).to(tl.int64) * n_slots + slots
+    tl.store(max_ptr + out, running_max, mask=row_mask)
+    tl.store(sum_ptr + out, running_sum, mask=row_mask)
+    tl.store(target_ptr + out, target, mask=row_mask)
     if MEAN_LOGIT:
-        tl.store(mean_ptr + slots, running_dot / running_sum, mask=row_mask)
+        tl.store(dot_ptr + out, running_dot, mask=row_mask)
 
 
 @triton.jit
@@ -172,16 +176,18 @@ def _grads_kernel(
                           mask=col_mask[:, None] & h_mask[None, :])
 
 
-def _blocks(device: torch.device) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_V, BLOCK_H, num_warps).
+def _blocks(device: torch.device) -> tuple[int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_V, BLOCK_H, SPLIT_TILES, num_warps).
 
     The interpreter runs on CPU on the small shapes of the test suite, where
-    small tiles make every masking edge (rows, vocabulary, hidden) happen.
-    The GPU tiles are a conventional GEMM shape, not tuned in this session.
+    small tiles and two-tile vocabulary splits make every masking edge (rows,
+    vocabulary, hidden, splits) happen. The GPU tiles are a conventional GEMM
+    shape, not tuned in this session; 4096-column splits keep a few hundred
+    programs busy in the forward even when 90% of the rows are masked.
     """
     if device.type != "cuda":
-        return 16, 32, 16, 1
-    return 64, 128, 64, 8
+        return 16, 32, 16, 2, 1
+    return 64, 128, 64, 32, 8
 
 
 def compact(active: torch.Tensor) -> Rows:
@@ -210,17 +216,36 @@ def stats(
     inv_temperature: float = 1.0,
     mean_logit: bool = False,
 ) -> RowStats:
-    """Row statistics in ``rows.index`` order; slots past ``rows.count`` hold zeros."""
+    """Row statistics in ``rows.index`` order; slots past ``rows.count`` hold zeros.
+
+    The forward is split over the vocabulary as well as the rows, so masking
+    many rows does not leave the GPU idle; the per-split partial maxima, sums
+    and target logits are merged here with a few [splits, N] torch ops.
+    """
     _check_interpretable(hidden)
-    n = rows.index.shape[0]
-    lse, target, mean = (torch.zeros(n, dtype=torch.float32, device=hidden.device) for _ in range(3))
-    block_n, block_v, block_h, warps = _blocks(hidden.device)
-    args, scalars, flags = _common(hidden, weight, bias, labels, rows, softcap, inv_temperature)
-    _stats_kernel[(triton.cdiv(n, block_n),)](
-        *args, lse, target, mean, *scalars, **flags, MEAN_LOGIT=mean_logit,
-        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, num_warps=warps,
+    n, vocab = rows.index.shape[0], weight.shape[0]
+    block_n, block_v, block_h, split_tiles, warps = _blocks(hidden.device)
+    splits = triton.cdiv(vocab, split_tiles * block_v)
+    part_max, part_sum, part_target, part_dot = (
+        torch.zeros(splits, n, dtype=torch.float32, device=hidden.device) for _ in range(4)
     )
-    return RowStats(lse, target, mean if mean_logit else None)
+    args, scalars, flags = _common(hidden, weight, bias, labels, rows, softcap, inv_temperature)
+    _stats_kernel[(triton.cdiv(n, block_n), splits)](
+        *args, part_max, part_sum, part_target, part_dot, n, *scalars, **flags, MEAN_LOGIT=mean_logit,
+        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, SPLIT_TILES=split_tiles, num_warps=warps,
+    )
+    counted = torch.arange(n, device=hidden.device) < rows.count
+    row_max = part_max.amax(dim=0)
+    rescale = torch.exp(part_max - row_max)
+    total = (rescale * part_sum).sum(dim=0)
+    slot_labels = labels.index_select(0, rows.index)
+    in_range = (slot_labels >= 0) & (slot_labels < vocab)
+    target = torch.where(in_range, part_target.sum(dim=0), float("nan"))
+    # Uncounted slots never ran (their sums are 0, their lse -inf): zero them.
+    lse = torch.where(counted, row_max + total.log(), 0.0)
+    target = torch.where(counted, target, 0.0)
+    mean = torch.where(counted, (rescale * part_dot).sum(dim=0) / total, 0.0) if mean_logit else None
+    return RowStats(lse, target, mean)
 
 
 def grads(
@@ -244,7 +269,7 @@ def grads(
     d_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
     d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
     d_bias = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if need_b else None
-    block_n, block_v, block_h, warps = _blocks(hidden.device)
+    block_n, block_v, block_h, _, warps = _blocks(hidden.device)
     args, scalars, flags = _common(hidden, weight, bias, labels, rows, softcap, inv_temperature)
     unused = lse  # placeholder pointer for outputs a flag switches off
     _grads_kernel[(triton.cdiv(n, block_n), triton.cdiv(vocab, block_v))](

@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import linear_softmax
-from .dispatch import resolve_impl
-from .linear_cross_entropy import _acc_dtype, _backend
+from .dispatch import primitive, resolve_impl
 from .validation import check_kernel_dtype, flatten_tokens
 
 
@@ -61,12 +60,13 @@ def linear_token_logprobs(
 class _LinearTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index, inv_temperature, with_entropy, path):
-        backend = _backend(path)
+        backend = primitive(path)
         rows = backend.compact(labels != ignore_index)
         stats = backend.stats(
             hidden, weight, None, labels, rows, inv_temperature=inv_temperature, mean_logit=with_entropy
         )
-        zeros = torch.zeros(labels.shape, dtype=_acc_dtype(hidden), device=hidden.device)
+        acc = linear_softmax.accumulator_dtype(hidden.dtype)
+        zeros = torch.zeros(labels.shape, dtype=acc, device=hidden.device)
         logprobs = zeros.index_copy(0, rows.index, stats.target_logit - stats.lse)
         entropy = zeros.index_copy(0, rows.index, stats.lse - stats.mean_logit) if with_entropy else zeros
         saved_mean = stats.mean_logit if with_entropy else stats.lse.new_empty(0)
@@ -74,7 +74,8 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         ctx.rows_count, ctx.inv_temperature, ctx.with_entropy, ctx.path = (
             rows.count, inv_temperature, with_entropy, path
         )
-        ctx.mark_non_differentiable(entropy) if not with_entropy else None
+        if not with_entropy:
+            ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
 
     @staticmethod
@@ -88,7 +89,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         else:
             coefficients = (-g_lp, None, g_lp)
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False)
-        d_hidden, d_weight, _ = _backend(ctx.path).grads(
+        d_hidden, d_weight, _ = primitive(ctx.path).grads(
             hidden, weight, None, labels, linear_softmax.Rows(index, ctx.rows_count), lse, coefficients,
             inv_temperature=ctx.inv_temperature, needs=needs,
         )
@@ -112,5 +113,5 @@ def token_logprobs_reference(
     active = labels != ignore_index
     target = logp.gather(-1, labels.clamp(0, weight.shape[0] - 1).unsqueeze(-1)).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(-1)
-    acc = _acc_dtype(hidden)
+    acc = linear_softmax.accumulator_dtype(hidden.dtype)
     return torch.where(active, target, 0.0).to(acc), torch.where(active, entropy, 0.0).to(acc)
