@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from framework.data.tasks import AdditionChain
-from framework.data.tokenizer import BOS, EOS, PAD, REASONING_TOKENS, UNK, build_word_tokenizer
+from framework.data.tokenizer import BOS, EOS, PAD, UNK, build_word_tokenizer, wrap_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +36,4 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
         vocab_size=400, special_tokens=[PAD, BOS, EOS, UNK], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     backend.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        additional_special_tokens=list(REASONING_TOKENS),
-        clean_up_tokenization_spaces=False,
-    )
+    return wrap_tokenizer(backend)

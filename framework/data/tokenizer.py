@@ -35,6 +35,11 @@ def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])]
     )
+    return wrap_tokenizer(backend)
+
+
+def wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """A `tokenizers.Tokenizer` as a Hugging Face tokenizer with this project's special tokens."""
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD,
