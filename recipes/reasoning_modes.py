@@ -29,10 +29,12 @@ from typing import Any, Literal
 import lightning as L
 import yaml
 from lightning.pytorch.loggers import CSVLogger
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.callbacks import HuggingFaceCheckpoint
 from framework.data.datamodule import ReasoningDataModule, generate_splits
-from framework.data.tasks import make_task
+from framework.data.sample import Example
+from framework.data.tasks import Task, make_task
 from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
 from framework.io import atomic_write_text
 from framework.models import MODES, Reasoner, build_model, count_parameters, load_pretrained
@@ -134,7 +136,18 @@ def main(
     return run_dir
 
 
-def _train_and_test(arm, seed, task, splits, model_config, train, pause_tokens, run_dir, save_checkpoints):
+def _train_and_test(
+    arm: str,
+    seed: int,
+    task: Task,
+    splits: dict[str, list[Example]],
+    model_config: ModelConfig,
+    train: TrainConfig,
+    pause_tokens: int,
+    run_dir: Path,
+    save_checkpoints: bool,
+) -> tuple[dict[str, Any], list[tuple[float, float]]]:
+    """Train one arm with one seed, score the test split: (results row, validation curve)."""
     L.seed_everything(seed, verbose=False)
     reasoner = Reasoner(*_model_and_tokenizer(model_config, task, seed), mode=arm, pause_tokens=pause_tokens)
     data = ReasoningDataModule(reasoner, splits["train"], splits["val"], splits["test"],
@@ -169,7 +182,7 @@ def _train_and_test(arm, seed, task, splits, model_config, train, pause_tokens, 
     return row, _validation_curve(Path(logger.log_dir) / "metrics.csv")
 
 
-def _model_and_tokenizer(config: ModelConfig, task, seed: int):
+def _model_and_tokenizer(config: ModelConfig, task: Task, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if config.checkpoint:
         model, tokenizer = load_pretrained(config.checkpoint)
         add_reasoning_tokens(tokenizer, model)
@@ -184,7 +197,7 @@ def _validation_curve(metrics_csv: Path) -> list[tuple[float, float]]:
         return [(float(r["step"]), float(r["val/accuracy"])) for r in csv.DictReader(f) if r.get("val/accuracy")]
 
 
-def _report(results, task: TaskConfig, model: ModelConfig, train: TrainConfig) -> str:
+def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     metrics = ["accuracy", "step_validity", "tokens_generated", "train_time_s"]
     seeds = "\n".join(
