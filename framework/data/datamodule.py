@@ -50,10 +50,6 @@ def generate_splits(task: Task, seed: int, *, n_train: int, n_val: int, n_test: 
     }
 
 
-def _collate_training(samples: list[TokenizedSample], pad_token_id: int) -> dict[str, Any]:
-    return collate(samples, pad_token_id)
-
-
 def _collate_evaluation(items: list[tuple[Example, TokenizedSample]], pad_token_id: int) -> dict[str, Any]:
     """Teacher-forced tensors (for a loss) plus the raw examples (for generation and checking)."""
     batch = collate([sample for _, sample in items], pad_token_id)
@@ -118,7 +114,7 @@ class ReasoningDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.num_workers,
-            collate_fn=partial(_collate_training, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+            collate_fn=partial(collate, pad_token_id=self.reasoner.tokenizer.pad_token_id),
         )
 
     def _evaluation_loader(self, split: str) -> DataLoader:
