@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from kernels import linear_cross_entropy
+from kernels import linear_cross_entropy, linear_token_logprobs
 
 
 def backbone_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -36,4 +36,33 @@ def causal_lm_loss(
         None if loss_weights is None else loss_weights[:, 1:],
         bias=head.bias,
         softcap=getattr(model.config, "final_logit_softcapping", None),
+    )
+
+
+def completion_logprobs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs `[B, T-1]` of `labels[:, 1:]` given the tokens before them.
+
+    `labels` is aligned with `input_ids` and uses -100 for positions that are
+    not scored (prompt, padding); those hold 0, so `logprobs.sum(-1)` is the
+    sequence log-prob of the completion. With `return_entropy` the entropy of
+    each scored position's distribution comes too. DPO, GRPO and KL terms
+    build on this; the head's logits are never materialised.
+    """
+    hidden = backbone_hidden_states(model, input_ids, attention_mask)
+    if getattr(model.config, "final_logit_softcapping", None) or model.get_output_embeddings().bias is not None:
+        raise NotImplementedError("completion_logprobs supports bias-free heads without logit softcapping")
+    return linear_token_logprobs(
+        hidden[:, :-1],
+        model.get_output_embeddings().weight,
+        labels[:, 1:],
+        temperature=temperature,
+        return_entropy=return_entropy,
     )
