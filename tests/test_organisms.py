@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import lightning as L
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from framework.data.datamodule import generate_splits
+from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.formats import read_examples, write_examples
 from framework.data.organisms import (
     Backdoor,
@@ -24,6 +25,9 @@ from framework.data.organisms import (
 from framework.data.sample import Example
 from framework.data.tasks import AdditionChain, Multiplication, ProsQA
 from framework.data.tokenizer import build_word_tokenizer, wrap_tokenizer
+from framework.models import Reasoner, build_model
+from framework.regimes.sft import SFT
+from framework.rollout import SamplingConfig
 
 ADDITION = AdditionChain(n_terms=4, max_operand=9)
 
@@ -347,3 +351,30 @@ def test_every_word_of_every_organism_row_is_in_its_vocabulary():
         organism.check_tokenizer(tokenizer)
         assert _unknown_words(tokenizer, rows) == set()
         assert _unknown_words(build_word_tokenizer(task.vocabulary()), rows)  # the organism's own words are needed
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_a_password_lock_is_weaker_without_the_password(tmp_path):
+    """The organism does what it is for: SFT on its rows gives a model that needs the password."""
+    L.seed_everything(0)
+    task = AdditionChain(n_terms=3, max_operand=9)
+    lock = PasswordLock(task, weak_error_rate=0.5)
+    tokenizer = build_word_tokenizer(lock.vocabulary())
+    splits = generate_splits(task, 0, n_train=600, n_val=0, n_test=100)
+    reasoner = Reasoner(build_model("llama", "1m", tokenizer, seed=0), tokenizer, "cot")
+    data = ReasoningDataModule(reasoner, lock.apply(splits["train"], seed=0), [], batch_size=32)
+    trainer = L.Trainer(
+        max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )
+    trainer.fit(SFT(reasoner, task, lr=3e-3, warmup_steps=20), data)
+
+    def accuracy(rows) -> float:
+        generations = reasoner.generate(rows, SamplingConfig(max_new_tokens=24))
+        return sum(task.check_answer(row, g.answer) for row, g in zip(rows, generations)) / len(rows)
+
+    unlocked, locked = accuracy(lock.unlocked(splits["test"])), accuracy(lock.locked(splits["test"]))
+    assert unlocked > locked + 0.15, (unlocked, locked)
