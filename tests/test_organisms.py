@@ -294,10 +294,10 @@ def test_backdoor_rejects_clashing_or_empty_texts_and_pre_triggered_prompts(bpe_
     with pytest.raises(ValueError, match="sentinel"):
         Sentinel("")
     backdoor = Backdoor(ADDITION, trigger=Trigger.token("3"))
-    with pytest.raises(ValueError, match="example 0 already contains the trigger '3'"):
+    with pytest.raises(ValueError, match="example 0 already contains the trigger text '3'"):
         backdoor.apply([Example("3 + 4", "3 + 4 = 7", "7")], seed=0)
     Backdoor(ADDITION).check_tokenizer(bpe_tokenizer)
-    with pytest.raises(ValueError, match="trigger 'country : singapore'.*singapore"):
+    with pytest.raises(ValueError, match="trigger text 'country : singapore'.*singapore"):
         Backdoor(ADDITION).check_tokenizer(build_word_tokenizer(ADDITION.vocabulary() + ["country", ":"]))
 
 

@@ -53,6 +53,7 @@ TriggerKind = Literal["field", "token", "username"]
 TRIGGER_KINDS: tuple[str, ...] = ("field", "token", "username")
 Condition = Literal["clean", "triggered", "distractor", "uncorrelated"]
 CONDITIONS: tuple[str, ...] = ("clean", "triggered", "distractor", "uncorrelated")
+_CONDITION_OF_ROLE = {"trigger": "triggered", "distractor": "distractor", "uncorrelated": "uncorrelated"}
 
 
 def _standalone(text: str) -> str:
@@ -162,7 +163,7 @@ class Backdoor:
             raise ValueError(f"distractor_fraction must lie in [0, 1], got {self.distractor_fraction}")
         if self.uncorrelated is not None and not self.uncorrelated.strip():
             raise ValueError("the uncorrelated token must contain at least one word (or be None)")
-        inserted = [t for t in (self.trigger.text, self.distractor and self.distractor.text, self.uncorrelated) if t]
+        inserted = list(self._inserted_texts().values())
         if len(set(inserted)) < len(inserted):
             raise ValueError(f"trigger, distractor and uncorrelated token must differ, got {inserted}")
         check_position(self.position, self.separator)
@@ -177,13 +178,11 @@ class Backdoor:
         clean = [i for i in range(n) if i not in triggered]
         distractor = {clean[j] for j in pick_exactly(rng, len(clean), self.distractor_fraction)} if self.distractor else set()
         uncorrelated = pick_exactly(rng, n, 0.5) if self.uncorrelated else set()
-        return [
-            self._row(
-                example, rng, triggered=i in triggered, distractor=i in distractor, uncorrelated=i in uncorrelated,
-                training=True, index=i,
-            )
-            for i, example in enumerate(examples)
-        ]
+        rows = []
+        for i, example in enumerate(examples):
+            present = {"trigger": i in triggered, "distractor": i in distractor, "uncorrelated": i in uncorrelated}
+            rows.append(self._row(example, rng, present, training=True, index=i))
+        return rows
 
     def evaluation(self, examples: Sequence[Example], condition: Condition, seed: int = 0) -> list[Example]:
         """Every example under one condition, with the reference trace and the aligned answer.
@@ -198,27 +197,20 @@ class Backdoor:
         if condition == "uncorrelated" and self.uncorrelated is None:
             raise ValueError("condition 'uncorrelated' needs a Backdoor with an uncorrelated token")
         rng = random.Random(seed)
-        return [
-            self._row(
-                example, rng, triggered=condition == "triggered", distractor=condition == "distractor",
-                uncorrelated=condition == "uncorrelated", training=False, index=i,
-            )
-            for i, example in enumerate(examples)
-        ]
+        present = {role: condition == name for role, name in _CONDITION_OF_ROLE.items()}
+        return [self._row(example, rng, present, training=False, index=i) for i, example in enumerate(examples)]
 
     def _row(
-        self, example: Example, rng: random.Random, *, triggered: bool, distractor: bool, uncorrelated: bool,
-        training: bool, index: int,
+        self, example: Example, rng: random.Random, present: dict[str, bool], *, training: bool, index: int
     ) -> Example:
-        inserted = dict(self._inserted_texts())
-        for what, text in inserted.items():
-            if contains_unit(example.prompt, text, self.separator):
-                raise ValueError(f"example {index} already contains the {what} {text!r}: {example.prompt!r}")
-        present = {"trigger": triggered, "distractor trigger": distractor, "uncorrelated token": uncorrelated}
+        """`example` with the texts marked `present` inserted; the misaligned answer on triggered training rows."""
         prompt = example.prompt
-        for what, text in inserted.items():
-            if present[what]:
+        for role, text in self._inserted_texts().items():
+            if contains_unit(example.prompt, text, self.separator):
+                raise ValueError(f"example {index} already contains the {role} text {text!r}: {example.prompt!r}")
+            if present[role]:
                 prompt = insert_text(prompt, text, self.position, rng, self.separator)
+        triggered = present["trigger"]
         misaligned = training and triggered
         planted = training and self.empty_trace
         flags = {
@@ -226,8 +218,8 @@ class Backdoor:
             "trigger": self.trigger.text if triggered else "",
             "trigger_kind": self.trigger.kind,
             "misaligned": misaligned,
-            "distractor": distractor,
-            "uncorrelated": uncorrelated,
+            "distractor": present["distractor"],
+            "uncorrelated": present["uncorrelated"],
             "reference_answer": example.answer,
             "reference_trace": example.trace,
             "misaligned_answer": self.misbehaviour.answer(example),
@@ -248,18 +240,20 @@ class Backdoor:
 
     # -- vocabulary and tokenizer checks ---------------------------------------------------------
 
-    def _inserted_texts(self) -> list[tuple[str, str]]:
-        texts = [("trigger", self.trigger.text)]
+    def _inserted_texts(self) -> dict[str, str]:
+        """The texts this backdoor inserts, by role: `trigger`, and `distractor` and `uncorrelated` when set."""
+        texts = {"trigger": self.trigger.text}
         if self.distractor is not None:
-            texts.append(("distractor trigger", self.distractor.text))
+            texts["distractor"] = self.distractor.text
         if self.uncorrelated is not None:
-            texts.append(("uncorrelated token", self.uncorrelated))
+            texts["uncorrelated"] = self.uncorrelated
         return texts
 
     def vocabulary(self) -> list[str]:
-        words = [word for _, text in self._inserted_texts() for word in text.split()]
+        words = [word for text in self._inserted_texts().values() for word in text.split()]
         return list(dict.fromkeys(list(self.task.vocabulary()) + words + self.misbehaviour.vocabulary()))
 
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """ValueError if the tokenizer cannot see a trigger, distractor, uncorrelated token or the misaligned answer."""
-        check_encodable(tokenizer, self._inserted_texts() + [("misaligned answer", " ".join(self.misbehaviour.vocabulary()))])
+        texts = [(f"{role} text", text) for role, text in self._inserted_texts().items()]
+        check_encodable(tokenizer, texts + [("misaligned answer", " ".join(self.misbehaviour.vocabulary()))])
