@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from framework.data.organisms.placement import remove_text
+from framework.data.sample import Example
+from framework.data.tokenizer import THINK_END
 from framework.probes.episode import Episode
 from framework.probes.metrics import Rate, wilson_interval
 from framework.rollout.sampling import SamplingConfig, sample
@@ -182,9 +184,6 @@ def _flips(episodes: Sequence[Episode], answers: list[str], misbehaved: Callable
 
 def reasoner_answer_fn(reasoner: Reasoner, config: SamplingConfig | None = None) -> AnswerFn:
     """An `AnswerFn` for a `Reasoner`: free generation in its own mode, or the answer after a forced cot trace."""
-    from framework.data.sample import Example
-    from framework.data.tokenizer import THINK_END
-
     tokenizer = reasoner.tokenizer
     config = config or SamplingConfig()
 
