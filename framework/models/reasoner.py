@@ -156,7 +156,7 @@ class Reasoner:
         """What the model is given at inference time (`stage`: latent mode only, default `self.stage`)."""
         if self.latent is not None:
             return latent_prompt_segments(example, self.latent, self._resolve_stage(stage))
-        self._resolve_stage(stage)
+        self._resolve_stage(stage)  # rejects a stage outside the latent mode
         if self.mode == "cot":
             return [Segment(Role.PROMPT, example.prompt + THINK_START)]
         if self.mode == "none":
@@ -171,7 +171,7 @@ class Reasoner:
         """What the model is trained to write (`stage`: latent mode only, default `self.stage`)."""
         if self.latent is not None:
             return latent_completion_segments(example, self.latent, self._resolve_stage(stage))
-        self._resolve_stage(stage)
+        self._resolve_stage(stage)  # rejects a stage outside the latent mode
         answer = Segment(Role.ANSWER, example.answer)
         if self.mode == "cot":
             return [Segment(Role.TRACE, example.trace + THINK_END), answer]
