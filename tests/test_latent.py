@@ -404,5 +404,5 @@ def test_a_prompt_ending_in_a_slot_is_an_error(word_tokenizer):
     model = build_model("llama", "1m", word_tokenizer)
     latent_id = word_tokenizer.convert_tokens_to_ids(LATENT)
     prompt = word_tokenizer("1 + 2 <think> " + LATENT_START + LATENT).input_ids
-    with pytest.raises(ValueError, match="ends in a <latent> slot"):
+    with pytest.raises(ValueError, match="shorter than two tokens or ends in a <latent> slot"):
         latent_rollout(model, [prompt], latent_token_id=latent_id, pad_token_id=0, eos_token_id=2)

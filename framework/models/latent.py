@@ -267,15 +267,14 @@ def latent_forward(
     ).hidden
 
 
-def gather_thoughts(hidden: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """The thoughts fed to each row's slots, `[B, K, H]` zero-padded to the most slots, and the per-row counts.
+def gather_thoughts(hidden: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The thoughts fed to each row's slots, `[B, K, H]`, zero-padded to the most slots in a row.
 
     Thought i of a row is the hidden state of the column before its slot i,
     before any projection: the vector the LM head would read there.
     """
     per_row = [hidden[row, slots[row].nonzero().flatten() - 1] for row in range(hidden.shape[0])]
-    counts = [len(thoughts) for thoughts in per_row]
-    return torch.nn.utils.rnn.pad_sequence(per_row, batch_first=True), counts
+    return torch.nn.utils.rnn.pad_sequence(per_row, batch_first=True)
 
 
 def collate_latent(samples: Sequence[TokenizedSample], pad_token_id: int, start_token_id: int) -> dict[str, torch.Tensor]:

@@ -19,10 +19,11 @@ Choices, following Coconut (Hao et al. 2024) and its code:
 - Batches are re-tokenized from their `examples` at the stage in effect, in
   `on_before_batch_transfer` (on the host, before the device copy), with each
   row's `<bot>` aligned so the thought loop is as short as the longest row's.
-- Validation, test and `reasoner.generate` use the current stage (the
-  reasoner's `stage`, which this module keeps in step), so validation accuracy
-  follows the curriculum as Coconut's does; after the last stage that is the
-  final stage, which is also a fresh reasoner's default for inference.
+- Validation, test and `reasoner.generate` use the stage of the last training
+  batch (this module keeps the reasoner's `stage` in step), so validation
+  accuracy follows the curriculum as Coconut's does and `val/stage` says which
+  stage it measured; once the curriculum is done that is the final stage, a
+  fresh reasoner's default for inference.
 - "Pause as thought" is a reasoner option (`LatentConfig(thought="pause")`):
   the same curriculum with learned `<pause>` embeddings in the slots.
 - A `LatentProjection` owned by the reasoner is registered here, so Lightning

@@ -61,8 +61,10 @@ def latent_rollout(
     if not prompts:
         return LatentRollout([], [], [], None)
     for row, prompt in enumerate(prompts):
-        if not prompt or prompt[-1] == latent_token_id:
-            raise ValueError(f"prompt {row} is empty or ends in a <latent> slot; latent prompts end with <eot>")
+        if len(prompt) < 2 or prompt[-1] == latent_token_id:
+            raise ValueError(
+                f"prompt {row} is shorter than two tokens or ends in a <latent> slot; latent prompts end with <bot> … <eot>"
+            )
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompts, pad_token_id, device)
     was_training = model.training
@@ -83,10 +85,9 @@ def latent_rollout(
         config=config,
         past_key_values=filled.cache,
     )
-    thoughts, counts = gather_thoughts(filled.hidden, filled.slots)
     return LatentRollout(
         completions=completions,
-        num_thoughts=counts,
+        num_thoughts=filled.slots.sum(1).tolist(),
         num_tokens=[len(completion) for completion in completions],
-        thoughts=thoughts if return_thoughts else None,
+        thoughts=gather_thoughts(filled.hidden, filled.slots) if return_thoughts else None,
     )
