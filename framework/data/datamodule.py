@@ -50,8 +50,8 @@ def generate_splits(task: Task, seed: int, *, n_train: int, n_val: int, n_test: 
     }
 
 
-def _collate_evaluation(items: list[tuple[Example, TokenizedSample]], pad_token_id: int) -> dict[str, Any]:
-    """Teacher-forced tensors (for a loss) plus the raw examples (for generation and checking)."""
+def _collate_with_examples(items: list[tuple[Example, TokenizedSample]], pad_token_id: int) -> dict[str, Any]:
+    """Teacher-forced tensors (for a loss) plus the raw examples (for generation, checking or re-formatting)."""
     batch = collate([sample for _, sample in items], pad_token_id)
     batch["examples"] = [example for example, _ in items]
     return batch
@@ -60,8 +60,10 @@ def _collate_evaluation(items: list[tuple[Example, TokenizedSample]], pad_token_
 class ReasoningDataModule(L.LightningDataModule):
     """Serves train/val/test splits of `Example`s in the reasoner's format.
 
-    Training batches hold `input_ids`, `attention_mask` and `roles`; evaluation
-    batches also hold `examples`, so a regime can generate and check answers.
+    Batches hold `input_ids`, `attention_mask` and `roles`, and the `examples`
+    they came from: evaluation generates and checks answers from them, and a
+    regime whose format changes during training (`LatentSFT`'s curriculum
+    stages) re-tokenizes them.
     """
 
     def __init__(
@@ -110,11 +112,11 @@ class ReasoningDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.tokenized("train"),
+            list(zip(self.splits["train"], self.tokenized("train"))),
             batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+            collate_fn=partial(_collate_with_examples, pad_token_id=self.reasoner.tokenizer.pad_token_id),
         )
 
     def _evaluation_loader(self, split: str) -> DataLoader:
@@ -123,7 +125,7 @@ class ReasoningDataModule(L.LightningDataModule):
             batch_size=self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=partial(_collate_evaluation, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+            collate_fn=partial(_collate_with_examples, pad_token_id=self.reasoner.tokenizer.pad_token_id),
         )
 
     def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:

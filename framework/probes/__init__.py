@@ -1,5 +1,6 @@
 from framework.probes.episode import Episode, Monitor
 from framework.probes.linear_probe import LinearProbe, fit_linear_probe, thought_features
+from framework.probes.logit_lens import LensReading, logit_lens
 from framework.probes.metrics import AnswerAccuracy, Rate, StepValidity, wilson_interval
 from framework.probes.monitors import KeywordMonitor, ThoughtProbe, TraceClassifier, fit_trace_classifier
 from framework.probes.organism_metrics import (
@@ -28,6 +29,7 @@ __all__ = [
     "Episode",
     "FalseTriggerRate",
     "KeywordMonitor",
+    "LensReading",
     "LinearProbe",
     "Monitor",
     "MonitorRecall",
@@ -40,6 +42,7 @@ __all__ = [
     "elicitation_recovery",
     "fit_linear_probe",
     "fit_trace_classifier",
+    "logit_lens",
     "names_trigger",
     "reasoner_answer_fn",
     "recall_at_fpr",

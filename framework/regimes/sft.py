@@ -102,7 +102,7 @@ class SFT(L.LightningModule):
         generations = self.reasoner.generate(examples, self.sampling)
         self.accuracy.update([self._check_answer(e, g.answer) for e, g in zip(examples, generations)])
         if self.task is not None:
-            self.step_validity.update([self.task.check_steps(e, g.trace) for e, g in zip(examples, generations)])
+            self.step_validity.update([self._step_verdicts(e, g.trace) for e, g in zip(examples, generations)])
         self._tokens_generated += sum(g.num_tokens for g in generations)
         self._episodes += len(generations)
 
@@ -118,6 +118,10 @@ class SFT(L.LightningModule):
         self.step_validity.reset()
         self._tokens_generated = self._episodes = 0
 
+    def _step_verdicts(self, example, trace: str) -> list[bool]:
+        """Validity of each generated step, by the task's step checker."""
+        return self.task.check_steps(example, trace)
+
     def _check_answer(self, example, answer: str) -> bool:
         if self.task is not None:
             return self.task.check_answer(example, answer)
@@ -125,7 +129,7 @@ class SFT(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for parameter in self.model.parameters():
+        for parameter in self.parameters():  # the model, and any trainable module a subclass registers
             if parameter.requires_grad:
                 (no_decay if parameter.ndim < 2 else decay).append(parameter)
         optimizer = torch.optim.AdamW(
