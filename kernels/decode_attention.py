@@ -30,6 +30,7 @@ import torch
 from .dispatch import resolve_impl
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_MAX_HEAD_DIM = 256  # the largest head-dim block the kernel's tiles are sized for
 
 
 def decode_attention(
@@ -62,6 +63,9 @@ def decode_attention(
     if path == "triton":
         if query.dtype not in TRITON_DTYPES:
             raise ValueError(f"impl='triton' supports query dtypes {TRITON_DTYPES}, got {query.dtype}")
+        if query.shape[-1] > TRITON_MAX_HEAD_DIM:
+            raise ValueError(f"impl='triton' supports head dims up to {TRITON_MAX_HEAD_DIM}, got query head dim "
+                             f"{query.shape[-1]}; use impl='torch'")
         out = _TritonDecodeAttention.apply(q, key, value, key_mask, scale)
     elif path == "torch":
         out = decode_attention_torch(q, key, value, key_mask, scale)

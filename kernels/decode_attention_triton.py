@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -140,18 +141,39 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _plan(batch: int, kv_heads: int, length: int, device: torch.device) -> tuple[int, int, int, int]:
-    """(BLOCK_T, split_len, n_splits, num_warps) for a cache of ``length`` positions.
+# (BLOCK_T, num_warps) per (fp32 inputs, BLOCK_D) for a 16-row query block: the largest cache tile that
+# ptxas (Triton 3.9, sm_90) fits in registers without spilling. Checked by compiling for sm_90 ahead of
+# time; not timed (no GPU in this session). Wider query blocks (more query heads per KV head) halve BLOCK_T.
+GPU_TILES = {
+    (False, 16): (64, 4), (False, 32): (64, 4), (False, 64): (64, 8), (False, 128): (64, 4), (False, 256): (64, 8),
+    (True, 16): (32, 4), (True, 32): (32, 4), (True, 64): (32, 4), (True, 128): (32, 8), (True, 256): (32, 8),
+}
+
+
+class Plan(NamedTuple):
+    block_g: int  # query heads of one KV group, padded to at least 16 rows (the MMA tile height)
+    block_t: int  # cache positions per tile
+    block_d: int  # head dim, padded to a power of 2 and masked
+    split_len: int  # cache positions per split, a whole number of tiles
+    n_splits: int
+    num_warps: int
+
+
+def plan(batch: int, kv_heads: int, group: int, length: int, dim: int, dtype: torch.dtype,
+         device: torch.device) -> Plan:
+    """Tile sizes and the split of a ``length``-position cache.
 
     On the GPU the cache is split until batch x KV heads x splits covers the SMs
     about twice (a decode step is memory-bound; idle SMs are idle bandwidth), in
-    whole tiles and at most ``MAX_SPLITS``. The GPU tile is a conventional
-    flash-decoding shape, not tuned in this session (no GPU was available). The
-    interpreter uses small tiles and two-tile splits so the test suite's short
-    caches exercise several splits, partial tiles and skipped tiles.
+    whole tiles and at most ``MAX_SPLITS``. The interpreter uses small tiles and
+    two-tile splits so the test suite's short caches exercise several splits,
+    partial tiles and skipped tiles.
     """
+    block_g = max(16, triton.next_power_of_2(group))
+    block_d = max(16, triton.next_power_of_2(dim))
     if device.type == "cuda":
-        block_t, warps = 64, 4
+        block_t, warps = GPU_TILES[(dtype == torch.float32, block_d)]
+        block_t = max(16, block_t * 16 // block_g)
         wanted = triton.cdiv(2 * _multiprocessors(device.index or 0), batch * kv_heads)
     else:
         block_t, warps = 16, 1
@@ -159,7 +181,7 @@ def _plan(batch: int, kv_heads: int, length: int, device: torch.device) -> tuple
     tiles = triton.cdiv(length, block_t)
     splits = max(1, min(wanted, tiles, MAX_SPLITS))
     split_len = triton.cdiv(tiles, splits) * block_t
-    return block_t, split_len, triton.cdiv(length, split_len), warps
+    return Plan(block_g, block_t, block_d, split_len, triton.cdiv(length, split_len), warps)
 
 
 def decode_attention_forward(
@@ -178,30 +200,28 @@ def decode_attention_forward(
     batch, q_heads, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     group = q_heads // kv_heads
-    block_t, split_len, n_splits, warps = _plan(batch, kv_heads, length, query.device)
-    block_d = max(16, triton.next_power_of_2(dim))
-    block_g = max(16, triton.next_power_of_2(group))  # tl.dot needs at least 16 rows
+    tiles = plan(batch, kv_heads, group, length, dim, query.dtype, query.device)
 
     device = query.device
-    part_max = torch.empty(batch * q_heads * n_splits, dtype=torch.float32, device=device)
+    part_max = torch.empty(batch * q_heads * tiles.n_splits, dtype=torch.float32, device=device)
     part_sum = torch.empty_like(part_max)
-    part_acc = torch.empty(batch * q_heads * n_splits, dim, dtype=torch.float32, device=device)
+    part_acc = torch.empty(batch * q_heads * tiles.n_splits, dim, dtype=torch.float32, device=device)
     out = torch.empty(batch, q_heads, dim, dtype=query.dtype, device=device)
     # Bool and uint8 share a byte; the view reads the caller's mask (strides included) without a copy.
     mask = key_mask.view(torch.uint8) if key_mask is not None else key
     mask_strides = key_mask.stride() if key_mask is not None else (0, 0)
 
-    _split_kernel[(batch * kv_heads, n_splits)](
+    _split_kernel[(batch * kv_heads, tiles.n_splits)](
         query, key, value, mask, part_max, part_sum, part_acc,
-        length, dim, kv_heads, n_splits, split_len, scale * LOG2E,
+        length, dim, kv_heads, tiles.n_splits, tiles.split_len, scale * LOG2E,
         *query.stride(), *key.stride(), *value.stride(), *mask_strides,
         GROUP=group, HAS_MASK=key_mask is not None, UPCAST=device.type != "cuda",
         IEEE=query.dtype == torch.float32,
-        BLOCK_G=block_g, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps,
+        BLOCK_G=tiles.block_g, BLOCK_T=tiles.block_t, BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
     )
     _reduce_kernel[(batch * q_heads,)](
-        part_max, part_sum, part_acc, out, dim, q_heads, n_splits, *out.stride(),
-        BLOCK_S=triton.next_power_of_2(n_splits), BLOCK_D=block_d, num_warps=warps,
+        part_max, part_sum, part_acc, out, dim, q_heads, tiles.n_splits, *out.stride(),
+        BLOCK_S=triton.next_power_of_2(tiles.n_splits), BLOCK_D=tiles.block_d, num_warps=4,
     )
     return out
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,8 +174,9 @@ def test_triton_path_is_taken_and_interpreted(monkeypatch):
     t = {k: v.float() if v.is_floating_point() else v for k, v in make_inputs(2, 4, 2, 70, 16).items()}
     decode_attention(**t)
     assert len(calls) == 1
-    block_t, split_len, n_splits, _ = triton_decode._plan(2, 2, 70, torch.device("cpu"))
-    assert n_splits > 1 and split_len % block_t == 0 and (n_splits - 1) * split_len < 70 <= n_splits * split_len
+    tiles = triton_decode.plan(2, 2, 2, 70, 16, torch.float32, torch.device("cpu"))
+    assert tiles.n_splits > 1 and tiles.split_len % tiles.block_t == 0
+    assert (tiles.n_splits - 1) * tiles.split_len < 70 <= tiles.n_splits * tiles.split_len
 
 
 def good():
@@ -207,7 +212,49 @@ def test_bad_options_name_the_option(needle, kwargs):
 
 
 @needs_triton
-def test_triton_path_rejects_float64():
+def test_triton_path_rejects_what_it_has_no_tiles_for():
     t = {k: v.double() if v.is_floating_point() else v for k, v in good().items()}
     with pytest.raises(ValueError, match="dtypes"):
         decode_attention(**t, impl="triton")
+    wide = {"query": torch.randn(1, 2, 512), "key": torch.randn(1, 1, 3, 512), "value": torch.randn(1, 1, 3, 512)}
+    with pytest.raises(ValueError, match="head dims up to 256"):
+        decode_attention(**wide, impl="triton")
+
+
+# Compiles the GPU kernels for an H100 (sm_90) with the tiles ``plan`` picks, in a process without the
+# interpreter: the interpreter does not enforce what the compiler does (tl.dot shapes, types, layouts).
+COMPILE_FOR_SM90 = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import kernels.decode_attention_triton as m
+
+m._multiprocessors = lambda index: 132  # an H100's SM count; nothing asks a GPU
+H100 = GPUTarget("cuda", 90, 32)
+
+def compile(kernel, element, constexprs, num_warps):
+    types = {"mask_ptr": "*u8", "out_ptr": "*" + element, "scale_log2": "fp32"}
+    signature = {p.name: "constexpr" if p.is_constexpr else types.get(p.name, "*fp32" if p.name.startswith("part")
+                 else "*" + element if p.name.endswith("_ptr") else "i32") for p in kernel.params}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    assert triton.compile(source, target=H100, options={"num_warps": num_warps}).asm["cubin"]
+
+names = {torch.bfloat16: "bf16", torch.float32: "fp32"}
+for dtype, dim, group, has_mask in [(torch.bfloat16, 128, 4, True), (torch.float32, 80, 1, False),
+                                    (torch.bfloat16, 16, 32, True)]:
+    tiles = m.plan(64, 8, group, 4096, dim, dtype, torch.device("cuda"))
+    compile(m._split_kernel, names[dtype], {"GROUP": group, "HAS_MASK": has_mask, "UPCAST": False,
+            "IEEE": dtype == torch.float32, "BLOCK_G": tiles.block_g, "BLOCK_T": tiles.block_t,
+            "BLOCK_D": tiles.block_d}, tiles.num_warps)
+compile(m._reduce_kernel, "bf16", {"BLOCK_S": 64, "BLOCK_D": 128}, 4)
+print("compiled")
+"""
+
+
+@needs_triton
+def test_gpu_kernels_compile_for_sm90():
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(Path(__file__).parents[2]),
+           "TRITON_DEFAULT_FP_FUSION": "1"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
