@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from framework.models import FAMILIES, build_model
@@ -34,15 +34,19 @@ def count_decode_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def decode(model, tokenizer, steps: int = STEPS, *, hole: bool = False) -> torch.Tensor:
+def decode(model, tokenizer, steps: int = STEPS, *, hole: bool = False, static: bool = False) -> torch.Tensor:
     """Logits [steps + 1, B, V] of the prefill's last position and of each decode step.
 
     ``hole`` masks row 1's new position at the second step, as a rollout leaves
-    behind when a finished row keeps stepping with its result ignored.
+    behind when a finished row keeps stepping with its result ignored. ``static``
+    decodes into a preallocated ``StaticCache`` (whose unfilled tail is masked).
     """
     input_ids, attention_mask = left_pad(PROMPTS, tokenizer.pad_token_id, torch.device("cpu"))
     new_tokens = torch.randint(4, len(tokenizer), (len(PROMPTS), steps), generator=torch.Generator().manual_seed(1))
-    cache = DynamicCache(config=model.config)
+    if static:
+        cache = StaticCache(config=model.config, max_cache_len=40)
+    else:
+        cache = DynamicCache(config=model.config)
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache)
     logits = [out.logits[:, -1]]
@@ -80,17 +84,27 @@ def test_incremental_decode_matches_sdpa_and_eager(model, word_tokenizer, monkey
 
 
 @torch.no_grad()
-def test_triton_path_under_the_interpreter(word_tokenizer, monkeypatch):
+def test_static_cache_decode_matches_sdpa(word_tokenizer, monkeypatch):
+    model = build_model("llama", "1m", word_tokenizer, seed=0).eval()
+    expected = decode(model, word_tokenizer, static=True)
+    calls = count_decode_calls(monkeypatch)
+    ours = decode(use_decode_attention(model), word_tokenizer, static=True)
+    assert len(calls) == STEPS * model.config.num_hidden_layers
+    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic-cache", "static-cache"])
+def test_triton_path_under_the_interpreter(word_tokenizer, monkeypatch, static):
     model = build_model("qwen3", "1m", word_tokenizer, seed=0).eval()
-    model.set_attn_implementation("sdpa")
-    expected = decode(model, word_tokenizer, steps=2)
+    expected = decode(model, word_tokenizer, steps=2, static=static)
     import kernels.decode_attention_triton as triton_decode
 
     launches = []
     original = triton_decode.decode_attention_forward
     monkeypatch.setattr(triton_decode, "decode_attention_forward", lambda *a: launches.append(1) or original(*a))
     monkeypatch.setenv("THOUGHTLAB_KERNELS", "triton")
-    ours = decode(use_decode_attention(model), word_tokenizer, steps=2)
+    ours = decode(use_decode_attention(model), word_tokenizer, steps=2, static=static)
     assert len(launches) == 2 * model.config.num_hidden_layers
     torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-4)
 
