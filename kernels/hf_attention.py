@@ -11,8 +11,9 @@ Steps with one query position per row (decoding, latent thoughts) run
 ``decode_attention``; everything else (prefill, training over full sequences)
 and every feature the op does not cover (attention dropout, softcapping,
 attention sinks, position biases, additive float masks, per-head masks) is
-handed to transformers' own SDPA implementation with the same arguments, so the
-name is safe to leave switched on for a whole run.
+handed to transformers' own SDPA implementation with the same arguments (which
+supports or rejects each as it does under "sdpa"), so the name is safe to leave
+switched on for a whole run, training included.
 
 The mask builder is transformers' ``sdpa_mask``: a custom attention name without
 a registered mask builder would get no mask at all, silently dropping padding.
