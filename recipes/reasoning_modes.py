@@ -37,13 +37,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.callbacks import HuggingFaceCheckpoint
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.sample import Example
@@ -57,7 +58,7 @@ from framework.rollout import SamplingConfig
 
 RECIPE = "reasoning_modes"
 Arm = Literal["cot", "none", "pause", "latent", "latent_no_curriculum", "pause_as_thought"]
-ARMS: tuple[str, ...] = Arm.__args__
+ARMS: tuple[str, ...] = get_args(Arm)
 LATENT_ARMS = ("latent", "latent_no_curriculum", "pause_as_thought")
 # Coconut (Hao et al. 2024), Table 1, ProsQA accuracy with GPT-2 (quoted in RESEARCH.md).
 PUBLISHED_PROSQA = {"cot": 77.5, "none": 76.7, "pause": 75.9, "latent": 97.0, "latent_no_curriculum": 76.1}
@@ -82,6 +83,9 @@ class ModelConfig:
     family: Literal["llama", "qwen3", "gpt2"] = "llama"
     size: Literal["1m", "20m"] = "1m"
     checkpoint: str | None = None  # a local HF directory; overrides family and size
+    # "thoughtlab_decode" runs one-position steps (thoughts, decoding) through kernels.decode_attention and the
+    # rest through SDPA; it pays off on a GPU, where the Triton kernel runs.
+    attention: Literal["sdpa", "eager", "thoughtlab_decode"] = "sdpa"
 
 
 @dataclass
@@ -104,6 +108,10 @@ class LatentArmConfig:
     thoughts_per_step: int = 1
     max_stage: int = 2  # stages 0 … max_stage, then the final stage with max_stage·c thoughts and no language
     mix_prob: float = 0.0  # probability that a row trains at another stage (Coconut's uniform_prob)
+
+    def steps_per_stage(self, max_steps: int) -> int:
+        """Stages 0 … max_stage and the final one share the budget; the final stage also gets the remainder."""
+        return max_steps // (self.max_stage + 2)
 
 
 def main(
@@ -180,10 +188,9 @@ def main(
 
 def _check_curriculum(latent: LatentArmConfig, train: TrainConfig) -> None:
     """Every stage, the final one included, must get at least one training step."""
-    stages = latent.max_stage + 2
-    if train.max_steps < stages:
+    if latent.steps_per_stage(train.max_steps) < 1:
         raise ValueError(
-            f"train.max_steps={train.max_steps} cannot hold the latent curriculum's {stages} stages "
+            f"train.max_steps={train.max_steps} cannot hold the latent curriculum's {latent.max_stage + 2} stages "
             f"(latent.max_stage={latent.max_stage}, plus stage 0 and the final stage)"
         )
 
@@ -206,8 +213,8 @@ def _arm_module(
     reasoner = Reasoner(model, tokenizer, mode="latent", latent=config)
     if arm == "latent_no_curriculum":
         return LatentSFT(reasoner, task, curriculum=False, **options)
-    steps_per_stage = train.max_steps // (config.final_stage + 1)  # the final stage also gets the remainder
-    return LatentSFT(reasoner, task, steps_per_stage=steps_per_stage, mix_prob=latent.mix_prob, **options)
+    return LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), mix_prob=latent.mix_prob,
+                     **options)
 
 
 def _train_and_test(
@@ -260,9 +267,11 @@ def _model_and_tokenizer(config: ModelConfig, task: Task, seed: int) -> tuple[Pr
     if config.checkpoint:
         model, tokenizer = load_pretrained(config.checkpoint)
         add_reasoning_tokens(tokenizer, model)
-        return model, tokenizer
-    tokenizer = build_word_tokenizer(task.vocabulary())
-    return build_model(config.family, config.size, tokenizer, seed=seed), tokenizer
+    else:
+        tokenizer = build_word_tokenizer(task.vocabulary())
+        model = build_model(config.family, config.size, tokenizer, seed=seed)
+    model.set_attn_implementation(config.attention)
+    return model, tokenizer
 
 
 def _validation_curve(metrics_csv: Path, x: str) -> list[tuple[float, float]]:
@@ -286,7 +295,7 @@ def _report(
     curriculum = (
         f"Latent arms: {latent.thoughts_per_step} thought(s) per replaced step, stages 0 … {latent.max_stage} "
         f"then the final stage ({latent.max_stage * latent.thoughts_per_step} thoughts, no language step), "
-        f"{train.max_steps // (latent.max_stage + 2)} steps per stage.\n"
+        f"{latent.steps_per_stage(train.max_steps)} steps per stage.\n"
     )
     stages = "\n![validation accuracy per curriculum stage](accuracy_vs_stage.png)\n" if has_stages else ""
     return f"""# Reasoning modes on {task.name}

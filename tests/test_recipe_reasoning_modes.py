@@ -35,7 +35,8 @@ def test_smoke_run_writes_config_results_report_and_figure(tmp_path):
 
 def test_latent_arms_report_their_curriculum_stages(tmp_path):
     run_dir = run(reasoning_modes.main, "reasoning_modes",
-                  [*TINY, "--out", str(tmp_path), "--arms", "[latent, latent_no_curriculum, pause_as_thought]"])
+                  [*TINY, "--out", str(tmp_path), "--arms", "[latent, latent_no_curriculum, pause_as_thought]",
+                   "--model.attention", "thoughtlab_decode"])
     with open(run_dir / "results.csv") as f:
         rows = {r["arm"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"latent", "latent_no_curriculum", "pause_as_thought"}
