@@ -28,8 +28,8 @@ import math
 import torch
 
 from .dispatch import resolve_impl
+from .validation import check_kernel_dtype, check_same_device, describe
 
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_MAX_HEAD_DIM = 256  # the largest head-dim block the kernel's tiles are sized for
 
 
@@ -61,8 +61,7 @@ def decode_attention(
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     path = resolve_impl(impl, query.device)
     if path == "triton":
-        if query.dtype not in TRITON_DTYPES:
-            raise ValueError(f"impl='triton' supports query dtypes {TRITON_DTYPES}, got {query.dtype}")
+        check_kernel_dtype(query, "query")
         if query.shape[-1] > TRITON_MAX_HEAD_DIM:
             raise ValueError(f"impl='triton' supports head dims up to {TRITON_MAX_HEAD_DIM}, got query head dim "
                              f"{query.shape[-1]}; use impl='torch'")
@@ -171,7 +170,7 @@ def _validate(
     """Check the arguments; return the query as ``[B, Hq, D]``."""
     for name, tensor in (("query", query), ("key", key), ("value", value)):
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {_describe(tensor)}")
+            raise ValueError(f"{name} must be a floating-point tensor, got {describe(tensor)}")
     if query.dim() == 4 and query.shape[2] != 1:
         raise ValueError(f"query must hold one position per row, got [B, Hq, {query.shape[2]}, D] = "
                          f"{tuple(query.shape)}; use scaled_dot_product_attention for longer queries")
@@ -196,19 +195,12 @@ def _validate(
     tensors = {"query": query, "key": key, "value": value}
     if key_mask is not None:
         if not isinstance(key_mask, torch.Tensor) or key_mask.dtype != torch.bool:
-            raise ValueError(f"key_mask must be a bool tensor (True = attend), got {_describe(key_mask)}")
+            raise ValueError(f"key_mask must be a bool tensor (True = attend), got {describe(key_mask)}")
         if key_mask.shape != (batch, length):
             raise ValueError(f"key_mask must have shape (B, T) = {(batch, length)}, got {tuple(key_mask.shape)}")
         tensors["key_mask"] = key_mask
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"all tensors must be on one device, got {devices}")
+    check_same_device(tensors)
     if scale is not None and not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
     return query.reshape(batch, q_heads, dim)
 
-
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"tensor of dtype {value.dtype} and shape {tuple(value.shape)}"
-    return type(value).__name__

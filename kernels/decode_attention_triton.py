@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import triton_interpreting
+from .dispatch import check_interpretable
 
 LOG2E = math.log2(math.e)
 MAX_SPLITS = 64  # the reduce kernel holds every split of a row in one block
@@ -196,7 +196,7 @@ def decode_attention_forward(
     ``query`` is ``[B, Hq, D]``, ``key``/``value`` ``[B, Hkv, T, D]`` (any strides),
     ``key_mask`` ``[B, T]`` bool or None; the caller has validated them.
     """
-    _check_interpretable(query)
+    check_interpretable(_split_kernel, query.device, __name__)
     batch, q_heads, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     group = q_heads // kv_heads
@@ -225,11 +225,3 @@ def decode_attention_forward(
     )
     return out
 
-
-def _check_interpretable(query: torch.Tensor) -> None:
-    if query.device.type != "cuda" and not isinstance(_split_kernel, triton.runtime.interpreter.InterpretedFunction):
-        raise ValueError(
-            "the Triton kernels were defined before TRITON_INTERPRET=1 was set, so they cannot run on "
-            f"{query.device.type} tensors; set it before importing kernels.decode_attention_triton"
-            if triton_interpreting() else "impl='triton' on CPU tensors needs TRITON_INTERPRET=1"
-        )
