@@ -24,7 +24,7 @@ from framework.data.organisms import (
 )
 from framework.data.organisms.placement import pick_exactly
 from framework.data.sample import Example
-from framework.data.tasks import AdditionChain, Multiplication, ProsQA
+from framework.data.tasks import AdditionChain, Multiplication, ProsQA, Task
 from framework.data.tokenizer import build_word_tokenizer, wrap_tokenizer
 from framework.models import Reasoner, build_model
 from framework.regimes.sft import SFT
@@ -336,6 +336,33 @@ def test_cited_fields_cites_the_field_it_solves():
         wrong_citation = example.trace.replace(f"solve is {fields['solve']}", f"solve is {other}")
         assert task.check_steps(example, wrong_citation) == [False] + [True] * len(inner.steps)
         assert not any(name in example.trace for name in ("day", "color", "city"))  # irrelevant fields go uncited
+
+
+def test_cited_fields_judges_a_trace_without_the_citation_from_its_first_step():
+    task = CitedFields(ADDITION)
+    for example in _problems(task, 20):
+        inner = selected_problem(example)
+        # The computation is right but the citation is missing: one False for it, and no step read one off.
+        assert task.check_steps(example, inner.trace) == [False] + [True] * len(inner.steps)
+        assert task.check_steps(example, f"solve is {example.metadata['selected']}") == [True]
+    example = Example(
+        "alpha : 8 + 7 + 6 + 4 , solve : alpha", "", "25",
+        metadata={"selected": "alpha", "problem": {"prompt": "8 + 7 + 6 + 4", "trace": "", "answer": "25", "steps": [],
+                                                   "metadata": {"terms": [8, 7, 6, 4]}}},
+    )
+    assert task.check_steps(example, "8 + 7 = 15 ; 15 + 6 = 21 ; 21 + 4 = 25") == [False, True, True, True]
+    assert task.check_steps(example, "solve is alpha ; 8 + 7 = 15 ; 15 + 6 = 22") == [True, True, False]
+
+
+@pytest.mark.parametrize("inner", [ADDITION, Multiplication(2, 3), ProsQA(n_nodes=10, min_depth=2)], ids=lambda t: t.name)
+def test_cited_fields_joins_its_steps_with_one_separator(inner):
+    task = CitedFields(inner)
+    assert isinstance(task, Task) and task.step_separator == inner.step_separator
+    for example in _problems(task, 20):
+        assert example.trace == task.step_separator.join(example.steps)  # the Task contract, citation included
+        assert task.check_steps(example, example.trace) == [True] * len(example.steps)
+        weak = weak_policy(task, error_rate=0.5)(example, random.Random(0))
+        assert weak.trace == task.step_separator.join(weak.steps) and task.check_steps(example, weak.trace)[0]
 
 
 def test_cited_fields_round_trips_through_jsonl(tmp_path):

@@ -97,15 +97,18 @@ class ShallowSearch:
 
 @dataclass(frozen=True)
 class CitedWeak:
-    """The field curriculum: the citation stays right, the cited problem is solved by the inner weak policy."""
+    """The field curriculum: the citation stays right, the cited problem is solved by the inner weak policy.
+
+    `step_separator` is the curriculum's (`CitedFields.step_separator`), which joins the citation and the weak steps.
+    """
 
     inner: WeakPolicy
+    step_separator: str
 
     def __call__(self, example: Example, rng: random.Random) -> Example:
         weak = self.inner(selected_problem(example), rng)
-        citation = example.steps[0]
-        trace = CitedFields.citation_separator.join(filter(None, [citation, weak.trace]))
-        return replace(example, trace=trace, answer=weak.answer, steps=(citation, *weak.steps))
+        steps = (example.steps[0], *weak.steps)  # the reference citation, then the weak solution
+        return replace(example, trace=self.step_separator.join(steps), answer=weak.answer, steps=steps)
 
 
 def weak_policy(task: Task, error_rate: float = 0.3) -> WeakPolicy:
@@ -117,7 +120,7 @@ def weak_policy(task: Task, error_rate: float = 0.3) -> WeakPolicy:
     if isinstance(task, ProsQA):
         return ShallowSearch(error_rate)
     if isinstance(task, CitedFields):
-        return CitedWeak(weak_policy(task.task, error_rate))
+        return CitedWeak(weak_policy(task.task, error_rate), task.step_separator)
     raise ValueError(
         f"no weak policy is defined for task {getattr(task, 'name', type(task).__name__)!r}; "
         "pass your own `weak` (a callable (example, rng) -> weak example)"
