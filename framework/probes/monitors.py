@@ -157,15 +157,17 @@ def fit_trace_classifier(
     """Train a `TraceClassifier` on labelled episodes (1 = misbehaving) in a Lightning Trainer.
 
     With validation episodes, `val/auroc` and `val/accuracy` are logged every epoch.
+    `seed` fixes the initialisation and the shuffling; the caller's global
+    Python, NumPy and torch generators are left where they were (a monitor
+    fitted mid-recipe must not change what the recipe draws next).
     """
     labels = _check_labels(episodes, labels)
-    L.seed_everything(seed, verbose=False)
-    classifier = TraceClassifier(tokenizer, **classifier_kwargs)
+    shuffling = torch.Generator().manual_seed(seed)
 
     def loader(eps: Sequence[Episode], ys: torch.Tensor, shuffle: bool) -> DataLoader:
         rows = list(zip(eps, ys.tolist()))
         return DataLoader(
-            rows, batch_size=batch_size, shuffle=shuffle,
+            rows, batch_size=batch_size, shuffle=shuffle, generator=shuffling,
             collate_fn=lambda items: classifier.batch([e for e, _ in items], [y for _, y in items]),
         )
 
@@ -176,7 +178,10 @@ def fit_trace_classifier(
         "max_epochs": max_epochs, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
         "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
     }
-    L.Trainer(**(options | (trainer_kwargs or {}))).fit(classifier, loader(episodes, labels, True), val_loader)
+    with torch.random.fork_rng():  # the initialisation draws from torch's global generator: seed a copy of it
+        torch.manual_seed(seed)
+        classifier = TraceClassifier(tokenizer, **classifier_kwargs)
+        L.Trainer(**(options | (trainer_kwargs or {}))).fit(classifier, loader(episodes, labels, True), val_loader)
     return classifier.eval()
 
 
