@@ -109,6 +109,22 @@ def test_linear_probe_rejects_bad_shapes():
         fit_linear_probe(torch.randn(10, 3), torch.arange(10) % 3, num_classes=2)
 
 
+def test_labels_that_are_not_class_indices_are_an_error_not_truncated():
+    # .long() would silently turn 0.5 into class 0 and 1.7 into class 1.
+    features, fractional = torch.randn(10, 3), torch.tensor([0.5, 1.7] * 5)
+    with pytest.raises(ValueError, match="labels must be whole class indices"):
+        fit_linear_probe(features, fractional)
+    episodes = [Episode("p", "t", "a", thoughts=torch.randn(2, 3)) for _ in range(10)]
+    with pytest.raises(ValueError, match="labels must be whole class indices"):
+        ThoughtProbe.fit(episodes, fractional)
+    with pytest.raises(ValueError, match="need one label per episode: 10 episodes"):
+        ThoughtProbe.fit(episodes, [0, 1])
+    with pytest.raises(ValueError, match="0/1 with both classes"):
+        ThoughtProbe.fit(episodes, torch.arange(10) % 3)  # a monitor is binary; a probe may have more classes
+    fit_linear_probe(features, torch.arange(10) % 3)
+    ThoughtProbe.fit(episodes, [True, False] * 5)  # booleans are 0/1
+
+
 # -- thoughts -------------------------------------------------------------------------------------
 
 
