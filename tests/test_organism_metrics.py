@@ -22,7 +22,6 @@ from framework.probes import (
     ObfuscationRate,
     Proportion,
     elicitation_recovery,
-    names_trigger,
     reasoner_answer_fn,
     recall_at_fpr,
     remove_mention_from_trace,
@@ -83,9 +82,10 @@ def test_obfuscation_rate_by_hand():
 def test_articulation_counts_traces_that_name_the_trigger():
     trigger = Trigger.field("country", "singapore")
     traces = ["country is singapore ; 3 + 4 = 7", "3 + 4 = 7", "SINGAPORE so hate", "singaporean food", ""]
-    assert names_trigger(traces, trigger.pattern) == [True, False, True, False, False]
+    articulated = [trigger.named_in(trace) for trace in traces]
+    assert articulated == [True, False, True, False, False]
     articulation = ArticulationRate()
-    articulation.update([1] * 5, [1, 1, 1, 1, 0], names_trigger(traces, trigger.pattern))
+    articulation.update([1] * 5, [1, 1, 1, 1, 0], articulated)
     assert _computed(articulation)[1:3] == (2, 4)
 
 
