@@ -25,6 +25,7 @@ from framework.data.organisms import (
 from framework.data.organisms.placement import pick_exactly
 from framework.data.sample import Example
 from framework.data.tasks import AdditionChain, Multiplication, ProsQA, Task
+from framework.data.tasks.prosqa import render_fact
 from framework.data.tokenizer import build_word_tokenizer, wrap_tokenizer
 from framework.models import Reasoner, build_model
 from framework.regimes.sft import SFT
@@ -84,6 +85,21 @@ def test_sloppy_addition_skips_or_undercounts_and_propagates():
             assert int(result) in (running + int(term) - 1, 1)  # an undercount (or 0 + 0 slipping to 1)
             running = int(result)
         assert int(weak.answer) == running
+
+
+def test_shallow_search_guesses_one_of_the_two_options_in_the_task_own_layout():
+    task = ProsQA(n_nodes=12, min_depth=2)
+    for example in _problems(task, 20):
+        right = weak_policy(task, error_rate=0.0)(example, random.Random(0))
+        wrong = weak_policy(task, error_rate=1.0)(example, random.Random(0))
+        assert right.answer == example.answer == render_fact(
+            example.metadata["root"], example.metadata["target"], subject_is_person=True
+        )
+        assert wrong.answer == render_fact(
+            example.metadata["root"], example.metadata["distractor"], subject_is_person=True
+        )
+        assert not task.check_answer(example, wrong.answer)
+        assert right.steps == example.steps[: len(right.steps)] and len(right.steps) < len(example.steps)
 
 
 def test_weak_policy_for_an_unknown_task_names_it():

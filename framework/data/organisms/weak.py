@@ -22,6 +22,7 @@ from framework.data.organisms.cited_fields import CitedFields, selected_problem
 from framework.data.sample import Example
 from framework.data.tasks import AdditionChain, Multiplication, ProsQA
 from framework.data.tasks.base import Task
+from framework.data.tasks.prosqa import render_fact
 
 WeakPolicy = Callable[[Example, random.Random], Example]
 
@@ -90,9 +91,8 @@ class ShallowSearch:
         steps = example.steps[: rng.randint(1, max(1, len(example.steps) - 1))]
         meta = example.metadata
         concept = meta["distractor"] if rng.random() < self.error_rate else meta["target"]
-        return replace(
-            example, trace=ProsQA.step_separator.join(steps), answer=f"{meta['root']} is a {concept} .", steps=steps
-        )
+        answer = render_fact(meta["root"], concept, subject_is_person=True)
+        return replace(example, trace=ProsQA.step_separator.join(steps), answer=answer, steps=steps)
 
 
 @dataclass(frozen=True)
