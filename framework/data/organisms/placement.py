@@ -3,6 +3,7 @@
 A prompt is read as units joined by a separator: words (`" "`) for a plain
 task, whole `name : value` fields (`CitedFields.separator`) for the field
 curriculum, so that a trigger field lands between fields, never inside one.
+Organisms default to the task's `separator` where it has one (`task_separator`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from transformers import PreTrainedTokenizerBase
 
 Position = Literal["start", "end", "random"]
 POSITIONS: tuple[str, ...] = ("start", "end", "random")
+
+
+def task_separator(task: object) -> str:
+    """The unit separator of `task`'s prompts: its `separator` attribute (`CitedFields`: whole fields), else a space."""
+    return getattr(task, "separator", " ")
 
 
 def check_position(position: str, separator: str) -> None:
