@@ -17,6 +17,7 @@ from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import LATENT, LATENT_END, LATENT_START, PAUSE, REASONING_TOKENS, add_reasoning_tokens
 from framework.models import FAMILIES, LatentConfig, Reasoner, build_model, latent_forward, load_pretrained
 from framework.models.latent import collate_latent, position_ids_from_mask, run_with_thoughts
+from framework.probes import thought_features
 from framework.regimes.loss import hidden_states_loss
 from framework.rollout import SamplingConfig, latent_rollout
 
@@ -239,7 +240,8 @@ def test_batched_rollout_equals_rows_alone_and_a_naive_coconut_loop(family, word
            "projection": reasoner.projection, "return_thoughts": True}
     batched = latent_rollout(reasoner.model, prompts, **ids)
     assert batched.num_thoughts == [4, 4, 2, 0, 4]
-    assert batched.thoughts.shape == (5, 4, reasoner.model.config.hidden_size)
+    hidden_size = reasoner.model.config.hidden_size
+    assert [tuple(thoughts.shape) for thoughts in batched.thoughts] == [(k, hidden_size) for k in [4, 4, 2, 0, 4]]
     assert batched.num_tokens == [len(c) for c in batched.completions]
     assert len({tuple(c) for c in batched.completions}) > 1
     with torch.no_grad():
@@ -248,9 +250,22 @@ def test_batched_rollout_equals_rows_alone_and_a_naive_coconut_loop(family, word
             tokens, thoughts = naive_coconut_rollout(reasoner.model, prompt, reasoner.latent_token_id,
                                                      word_tokenizer.eos_token_id, 10, reasoner.projection)
             assert batched.completions[row] == alone.completions[0] == tokens
-            k = batched.num_thoughts[row]
-            torch.testing.assert_close(batched.thoughts[row, :k], thoughts)
-            torch.testing.assert_close(batched.thoughts[row, k:], torch.zeros_like(batched.thoughts[row, k:]))
+            torch.testing.assert_close(batched.thoughts[row], thoughts)
+
+
+def test_rows_with_fewer_thoughts_are_not_padded_into_their_features(word_tokenizer, addition_task):
+    reasoner = Reasoner(_random_model("llama", word_tokenizer), word_tokenizer, "latent", latent=CONFIG)
+    prompts = [reasoner.prompt_ids(example, stage) for example, stage in zip(_examples(addition_task, 2), [3, 1])]
+    ids = {"latent_token_id": reasoner.latent_token_id, "pad_token_id": word_tokenizer.pad_token_id,
+           "eos_token_id": word_tokenizer.eos_token_id, "config": SamplingConfig(max_new_tokens=2),
+           "return_thoughts": True}
+    rollout = latent_rollout(reasoner.model, prompts, **ids)
+    assert rollout.num_thoughts == [4, 2]
+    alone = [latent_rollout(reasoner.model, [prompt], **ids).thoughts[0] for prompt in prompts]
+    torch.testing.assert_close(thought_features(rollout.thoughts, "mean"),
+                               torch.stack([thoughts.float().mean(0) for thoughts in alone]))
+    torch.testing.assert_close(thought_features(rollout.thoughts, "last"),
+                               torch.stack([thoughts.float()[-1] for thoughts in alone]))
 
 
 def test_rollout_never_reruns_the_prefix(word_tokenizer, addition_task):

@@ -267,14 +267,14 @@ def latent_forward(
     ).hidden
 
 
-def gather_thoughts(hidden: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """The thoughts fed to each row's slots, `[B, K, H]`, zero-padded to the most slots in a row.
+def gather_thoughts(hidden: torch.Tensor, slots: torch.Tensor) -> list[torch.Tensor]:
+    """The thoughts fed to each row's slots: one `[k_i, H]` tensor per row, `k_i` its number of slots.
 
     Thought i of a row is the hidden state of the column before its slot i,
-    before any projection: the vector the LM head would read there.
+    before any projection: the vector the LM head would read there. Rows are
+    not padded to a common k, so no consumer can mistake padding for a thought.
     """
-    per_row = [hidden[row, slots[row].nonzero().flatten() - 1] for row in range(hidden.shape[0])]
-    return torch.nn.utils.rnn.pad_sequence(per_row, batch_first=True)
+    return [hidden[row, slots[row].nonzero().flatten() - 1] for row in range(hidden.shape[0])]
 
 
 def collate_latent(samples: Sequence[TokenizedSample], pad_token_id: int, start_token_id: int) -> dict[str, torch.Tensor]:

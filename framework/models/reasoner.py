@@ -235,7 +235,7 @@ class Reasoner:
     def rollout_latent(
         self, examples: Sequence[Example], config: SamplingConfig = SamplingConfig(), *, return_thoughts: bool = False
     ) -> LatentRollout:
-        """Latent mode: completions at `self.stage`, with the thoughts' hidden states `[B, k, H]` if asked."""
+        """Latent mode: completions at `self.stage`, with each row's thoughts `[k, H]` if asked."""
         from framework.rollout.latent import latent_rollout  # the rollout package imports the models package
 
         if self.latent is None:

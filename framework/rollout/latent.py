@@ -28,16 +28,16 @@ class LatentRollout:
     """Completions of a batch of latent prompts.
 
     `completions[i]` are the tokens generated after row i's `<eot>` (cut after
-    EOS, which is kept). `thoughts` is `[B, K, H]` (K = most slots in a row;
-    rows with fewer are zero-padded), the hidden states fed to the slots, when
-    asked for. `num_thoughts[i]` and `num_tokens[i]` count row i's thoughts
-    and generated tokens.
+    EOS, which is kept). `thoughts[i]`, when asked for, is `[num_thoughts[i], H]`:
+    the hidden states fed to row i's slots (rows differ in length; nothing is
+    padded). `num_thoughts[i]` and `num_tokens[i]` count row i's thoughts and
+    generated tokens.
     """
 
     completions: list[list[int]]
     num_thoughts: list[int]
     num_tokens: list[int]
-    thoughts: torch.Tensor | None = None
+    thoughts: list[torch.Tensor] | None = None
 
 
 @torch.no_grad()
