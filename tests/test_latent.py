@@ -351,8 +351,8 @@ def test_new_tokens_copy_an_embedding_and_a_latent_checkpoint_round_trips(family
     with torch.no_grad():
         reasoner.projection.weight.add_(0.05 * torch.randn_like(reasoner.projection.weight))
     reasoner.save_pretrained(tmp_path / "ckpt")
-    again = Reasoner.from_pretrained(tmp_path / "ckpt", mode="latent")
-    assert again.latent == config
+    again = Reasoner.from_pretrained(tmp_path / "ckpt")  # the latent_config.json makes it a latent reasoner
+    assert again.mode == "latent" and again.latent == config
     torch.testing.assert_close(again.projection.weight, reasoner.projection.weight)
     examples = [Example("1 + 2", "", "3"), Example("2 + 2 + 1", "", "5")]
     sampling = SamplingConfig(max_new_tokens=5)
@@ -362,6 +362,24 @@ def test_new_tokens_copy_an_embedding_and_a_latent_checkpoint_round_trips(family
                                reasoner.rollout_latent(examples, sampling, return_thoughts=True).thoughts)
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt"), type(model))  # still a plain HF checkpoint
     load_pretrained(tmp_path / "ckpt")
+
+
+def test_a_latent_checkpoint_loads_only_as_latent_and_needs_its_projection(word_tokenizer, tmp_path):
+    config = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ", projection=True)
+    Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "latent", latent=config).save_pretrained(
+        tmp_path / "ckpt"
+    )
+    with pytest.raises(ValueError, match="is a latent reasoner .* not mode='cot'"):
+        Reasoner.from_pretrained(tmp_path / "ckpt", mode="cot")
+    assert Reasoner.from_pretrained(tmp_path / "ckpt", mode="latent").latent == config
+    (tmp_path / "ckpt" / "latent_projection.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no latent_projection.safetensors, but its latent_config.json says"):
+        Reasoner.from_pretrained(tmp_path / "ckpt")
+    # A checkpoint without a latent config (here: cot) loads as cot, or as a fresh latent reasoner when asked.
+    Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "cot").save_pretrained(tmp_path / "cot")
+    assert Reasoner.from_pretrained(tmp_path / "cot").mode == "cot"
+    fresh = Reasoner.from_pretrained(tmp_path / "cot", mode="latent", latent=config)
+    assert torch.equal(fresh.projection.weight, torch.eye(fresh.projection.in_features))
 
 
 def test_add_reasoning_tokens_rejects_an_unknown_init_token():
