@@ -50,6 +50,8 @@ _REQUIRED_TOKENS = {
 }
 LATENT_CONFIG_FILE = "latent_config.json"
 PROJECTION_FILE = "latent_projection.safetensors"
+# The fewest other positions a latent sequence holds: <think>, <bot>, <eot>, one prompt token, one answer token.
+_TOKENS_BESIDE_THOUGHTS = 5
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,7 @@ class Reasoner:
 
     def _check_context(self, thoughts: int) -> None:
         context = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
-        # <think>, <bot>, <eot> and at least one prompt and one answer token come on top of the thoughts.
-        if context is not None and thoughts + 5 > context:
+        if context is not None and thoughts + _TOKENS_BESIDE_THOUGHTS > context:
             raise ValueError(
                 f"latent mode with {thoughts} thoughts (max_stage x thoughts_per_step) does not fit the model's "
                 f"context of {context} positions"
