@@ -17,6 +17,7 @@ from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import LATENT, LATENT_END, LATENT_START, PAUSE, REASONING_TOKENS, add_reasoning_tokens
 from framework.models import FAMILIES, LatentConfig, Reasoner, build_model, latent_forward, load_pretrained
 from framework.models.latent import collate_latent, position_ids_from_mask, run_with_thoughts
+from framework.probes import thought_features
 from framework.regimes.loss import hidden_states_loss
 from framework.rollout import SamplingConfig, latent_rollout
 
@@ -239,7 +240,8 @@ def test_batched_rollout_equals_rows_alone_and_a_naive_coconut_loop(family, word
            "projection": reasoner.projection, "return_thoughts": True}
     batched = latent_rollout(reasoner.model, prompts, **ids)
     assert batched.num_thoughts == [4, 4, 2, 0, 4]
-    assert batched.thoughts.shape == (5, 4, reasoner.model.config.hidden_size)
+    hidden_size = reasoner.model.config.hidden_size
+    assert [tuple(thoughts.shape) for thoughts in batched.thoughts] == [(k, hidden_size) for k in [4, 4, 2, 0, 4]]
     assert batched.num_tokens == [len(c) for c in batched.completions]
     assert len({tuple(c) for c in batched.completions}) > 1
     with torch.no_grad():
@@ -248,9 +250,22 @@ def test_batched_rollout_equals_rows_alone_and_a_naive_coconut_loop(family, word
             tokens, thoughts = naive_coconut_rollout(reasoner.model, prompt, reasoner.latent_token_id,
                                                      word_tokenizer.eos_token_id, 10, reasoner.projection)
             assert batched.completions[row] == alone.completions[0] == tokens
-            k = batched.num_thoughts[row]
-            torch.testing.assert_close(batched.thoughts[row, :k], thoughts)
-            torch.testing.assert_close(batched.thoughts[row, k:], torch.zeros_like(batched.thoughts[row, k:]))
+            torch.testing.assert_close(batched.thoughts[row], thoughts)
+
+
+def test_rows_with_fewer_thoughts_are_not_padded_into_their_features(word_tokenizer, addition_task):
+    reasoner = Reasoner(_random_model("llama", word_tokenizer), word_tokenizer, "latent", latent=CONFIG)
+    prompts = [reasoner.prompt_ids(example, stage) for example, stage in zip(_examples(addition_task, 2), [3, 1])]
+    ids = {"latent_token_id": reasoner.latent_token_id, "pad_token_id": word_tokenizer.pad_token_id,
+           "eos_token_id": word_tokenizer.eos_token_id, "config": SamplingConfig(max_new_tokens=2),
+           "return_thoughts": True}
+    rollout = latent_rollout(reasoner.model, prompts, **ids)
+    assert rollout.num_thoughts == [4, 2]
+    alone = [latent_rollout(reasoner.model, [prompt], **ids).thoughts[0] for prompt in prompts]
+    torch.testing.assert_close(thought_features(rollout.thoughts, "mean"),
+                               torch.stack([thoughts.float().mean(0) for thoughts in alone]))
+    torch.testing.assert_close(thought_features(rollout.thoughts, "last"),
+                               torch.stack([thoughts.float()[-1] for thoughts in alone]))
 
 
 def test_rollout_never_reruns_the_prefix(word_tokenizer, addition_task):
@@ -336,8 +351,8 @@ def test_new_tokens_copy_an_embedding_and_a_latent_checkpoint_round_trips(family
     with torch.no_grad():
         reasoner.projection.weight.add_(0.05 * torch.randn_like(reasoner.projection.weight))
     reasoner.save_pretrained(tmp_path / "ckpt")
-    again = Reasoner.from_pretrained(tmp_path / "ckpt", mode="latent")
-    assert again.latent == config
+    again = Reasoner.from_pretrained(tmp_path / "ckpt")  # the latent_config.json makes it a latent reasoner
+    assert again.mode == "latent" and again.latent == config
     torch.testing.assert_close(again.projection.weight, reasoner.projection.weight)
     examples = [Example("1 + 2", "", "3"), Example("2 + 2 + 1", "", "5")]
     sampling = SamplingConfig(max_new_tokens=5)
@@ -347,6 +362,24 @@ def test_new_tokens_copy_an_embedding_and_a_latent_checkpoint_round_trips(family
                                reasoner.rollout_latent(examples, sampling, return_thoughts=True).thoughts)
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt"), type(model))  # still a plain HF checkpoint
     load_pretrained(tmp_path / "ckpt")
+
+
+def test_a_latent_checkpoint_loads_only_as_latent_and_needs_its_projection(word_tokenizer, tmp_path):
+    config = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ", projection=True)
+    Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "latent", latent=config).save_pretrained(
+        tmp_path / "ckpt"
+    )
+    with pytest.raises(ValueError, match="is a latent reasoner .* not mode='cot'"):
+        Reasoner.from_pretrained(tmp_path / "ckpt", mode="cot")
+    assert Reasoner.from_pretrained(tmp_path / "ckpt", mode="latent").latent == config
+    (tmp_path / "ckpt" / "latent_projection.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no latent_projection.safetensors, but its latent_config.json says"):
+        Reasoner.from_pretrained(tmp_path / "ckpt")
+    # A checkpoint without a latent config (here: cot) loads as cot, or as a fresh latent reasoner when asked.
+    Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "cot").save_pretrained(tmp_path / "cot")
+    assert Reasoner.from_pretrained(tmp_path / "cot").mode == "cot"
+    fresh = Reasoner.from_pretrained(tmp_path / "cot", mode="latent", latent=config)
+    assert torch.equal(fresh.projection.weight, torch.eye(fresh.projection.in_features))
 
 
 def test_add_reasoning_tokens_rejects_an_unknown_init_token():

@@ -128,10 +128,68 @@ def test_stage_mixing_draws_each_rows_stage_from_its_steps(word_tokenizer, addit
     reasoner = _reasoner(word_tokenizer, config=LatentConfig(thoughts_per_step=1, max_stage=1, step_separator=" ; "))
     module = LatentSFT(reasoner, addition_task, steps_per_stage=1, mix_prob=1.0)
     example = addition_task.generate(random.Random(0))  # 2 steps: draws 0, 1 or 2, and 2 > max_stage is final
-    random.seed(0)
     assert {module._row_stage(example, 0) for _ in range(200)} == {0, 1, 2}
     unmixed = LatentSFT(reasoner, addition_task, steps_per_stage=1)
     assert {unmixed._row_stage(example, 1) for _ in range(50)} == {1}
+
+
+def _spy_on_stages(module: LatentSFT) -> list[list[int]]:
+    """Record the stages every `staged_batch` call tokenizes at."""
+    seen = []
+    original = module.staged_batch
+    module.staged_batch = lambda examples, stages: seen.append(list(stages)) or original(examples, stages)
+    return seen
+
+
+def test_stage_mixing_reaches_about_mix_prob_of_the_training_rows(word_tokenizer, addition_task, tmp_path):
+    L.seed_everything(0)
+    reasoner = _reasoner(word_tokenizer)
+    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=128, n_val=4, batch_size=32)
+    # Scheduled: the final stage 3. Every row has 2 steps, so a mixed row draws 0, 1 or 2, never 3.
+    module = LatentSFT(reasoner, addition_task, curriculum=False, mix_prob=0.5, warmup_steps=1)
+    seen = _spy_on_stages(module)
+    slots_trained_on = []
+    original_loss = module.loss
+
+    def loss(batch):
+        slots_trained_on.extend((batch["input_ids"] == reasoner.latent_token_id).sum(1).tolist())
+        return original_loss(batch)
+
+    module.loss = loss
+    _trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(module, data)
+    stages = [stage for batch in seen for stage in batch]
+    assert len(stages) == 8 * 32
+    mixed = sum(stage != CONFIG.final_stage for stage in stages) / len(stages)
+    assert 0.4 < mixed < 0.6, mixed  # 256 rows at p = 0.5: the standard deviation is 0.03
+    assert set(stages) == {0, 1, 2, CONFIG.final_stage}
+    # The mixed rows are what training saw: 0 and 1 thoughts (stages 0 and 1) beside the final stage's 2.
+    assert len(slots_trained_on) == len(stages)
+    assert [slots_trained_on.count(k) for k in (0, 1)] == [stages.count(0), stages.count(1)]
+    assert slots_trained_on.count(2) == stages.count(2) + stages.count(CONFIG.final_stage)
+
+
+def test_stage_mixing_has_its_own_seeded_generator_that_resumes_from_a_checkpoint(
+    word_tokenizer, addition_task, tmp_path
+):
+    def fit(max_steps: int, *, seed: int = 0, resume: Path | None = None, save: Path | None = None):
+        L.seed_everything(0)
+        reasoner = _reasoner(word_tokenizer)
+        data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=64, n_val=4, batch_size=8)
+        module = LatentSFT(reasoner, addition_task, curriculum=False, mix_prob=0.5, seed=seed, warmup_steps=1)
+        seen = _spy_on_stages(module)
+        random.seed(max_steps)  # the global generator is not the one that mixes
+        trainer = _trainer(tmp_path, max_steps=max_steps, limit_val_batches=0)
+        # weights_only=False: SFT's hyperparameters hold a SamplingConfig, which torch's safe unpickler refuses.
+        trainer.fit(module, data, ckpt_path=resume, weights_only=False)
+        if save is not None:
+            trainer.save_checkpoint(save)
+        return seen
+
+    uninterrupted = fit(4)
+    assert fit(4, seed=1) != uninterrupted
+    first_half = fit(2, save=tmp_path / "half.ckpt")
+    second_half = fit(4, resume=tmp_path / "half.ckpt")
+    assert first_half + second_half == uninterrupted
 
 
 def test_pause_as_thought_and_the_projection_train(word_tokenizer, addition_task, tmp_path):

@@ -7,10 +7,19 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from framework.data.sample import Example, Role
-from framework.models import FAMILIES, MODES, Reasoner, build_model, count_parameters, load_pretrained
+from framework.models import (
+    FAMILIES,
+    MODES,
+    Reasoner,
+    backbone_hidden_states,
+    build_model,
+    count_parameters,
+    load_pretrained,
+)
+from framework.models.latent import position_ids_from_mask
 from framework.rollout import SamplingConfig, sample
 
 
@@ -20,6 +29,33 @@ def test_factory_sizes_are_about_right(family, word_tokenizer):
     assert 0.5e6 < small < 1.5e6
     config = build_model(family, "20m", word_tokenizer).config
     assert config.vocab_size == len(word_tokenizer)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_backbone_hidden_states_from_ids_embeddings_or_a_growing_cache_agree(family, word_tokenizer):
+    model = build_model(family, "1m", word_tokenizer, seed=0).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(4, len(word_tokenizer), (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    positions = position_ids_from_mask(mask)
+    real = mask.bool()
+    with torch.no_grad():
+        full = backbone_hidden_states(model, ids, mask, position_ids=positions)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        torch.testing.assert_close(model.get_output_embeddings()(full)[real], logits[real])
+        embeds = model.get_input_embeddings()(ids)
+        from_embeds = backbone_hidden_states(model, attention_mask=mask, inputs_embeds=embeds, position_ids=positions)
+        torch.testing.assert_close(from_embeds[real], full[real])
+        cache = DynamicCache(config=model.config)
+        head = backbone_hidden_states(model, ids[:, :5], mask[:, :5], position_ids=positions[:, :5], cache=cache)
+        tail = backbone_hidden_states(model, ids[:, 5:], mask, position_ids=positions[:, 5:], cache=cache)
+    assert cache.get_seq_length() == 9
+    torch.testing.assert_close(torch.cat([head, tail], 1)[real], full[real])
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        backbone_hidden_states(model, ids, mask, inputs_embeds=embeds)
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        backbone_hidden_states(model, attention_mask=mask)
 
 
 def test_factory_rejects_unknown_family_and_size(word_tokenizer):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    # Type only: importing transformers' modeling code here would load Triton before the kernel tests set
+    # TRITON_INTERPRET (the root conftest imports this module first).
+    from transformers import PreTrainedModel
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 
@@ -62,7 +68,9 @@ def missing_tokens(tokenizer: PreTrainedTokenizerBase, tokens: Iterable[str]) ->
     return missing
 
 
-def add_reasoning_tokens(tokenizer: PreTrainedTokenizerBase, model=None, *, init_from: str | None = None) -> list[str]:
+def add_reasoning_tokens(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None, *, init_from: str | None = None
+) -> list[str]:
     """Add any missing reasoning tokens to `tokenizer` (and grow `model`'s embeddings).
 
     As Coconut does, every new token starts as a copy of an existing token's

@@ -1,3 +1,4 @@
+from framework.models.backbone import backbone_hidden_states
 from framework.models.factory import FAMILIES, build_model, count_parameters, load_pretrained, tiny_config
 from framework.models.latent import LatentConfig, LatentProjection, forward_one_position, latent_forward
 from framework.models.reasoner import MODES, Generation, Reasoner
@@ -9,6 +10,7 @@ __all__ = [
     "LatentConfig",
     "LatentProjection",
     "Reasoner",
+    "backbone_hidden_states",
     "build_model",
     "count_parameters",
     "forward_one_position",

@@ -49,6 +49,7 @@ from transformers import DynamicCache, PreTrainedModel
 from framework.data.sample import Example, Role, Segment
 from framework.data.tokenize import TokenizedSample
 from framework.data.tokenizer import LATENT, LATENT_END, LATENT_START, PAUSE, THINK_END, THINK_START
+from framework.models.backbone import backbone_hidden_states
 
 Thought = Literal["continuous", "pause"]
 
@@ -160,24 +161,6 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _backbone(
-    model: PreTrainedModel,
-    inputs_embeds: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    cache: DynamicCache,
-) -> torch.Tensor:
-    """Last hidden states of the new positions; `cache` holds the ones before and grows by them."""
-    output = model.base_model(
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    return output.last_hidden_state
-
-
 def forward_one_position(
     model: PreTrainedModel,
     inputs_embeds: torch.Tensor,
@@ -194,7 +177,9 @@ def forward_one_position(
     """
     if inputs_embeds.shape[1] != 1:
         raise ValueError(f"forward_one_position takes one position per row, got {inputs_embeds.shape[1]}")
-    return _backbone(model, inputs_embeds, attention_mask, position_ids, cache)
+    return backbone_hidden_states(
+        model, attention_mask=attention_mask, inputs_embeds=inputs_embeds, position_ids=position_ids, cache=cache
+    )
 
 
 @dataclass
@@ -231,12 +216,19 @@ def run_with_thoughts(
     cache = DynamicCache(config=model.config)
     columns = slots.any(0).nonzero().flatten().tolist()
     if not columns:
-        return ThoughtPass(_backbone(model, embeds, attention_mask, positions, cache), cache, slots)
+        hidden = backbone_hidden_states(
+            model, attention_mask=attention_mask, inputs_embeds=embeds, position_ids=positions, cache=cache
+        )
+        return ThoughtPass(hidden, cache, slots)
     first, last = columns[0], columns[-1]
     if first == 0:
         raise ValueError("a <latent> slot in column 0 has no position before it to take its thought from")
-    pieces = [_backbone(model, embeds[:, :first], attention_mask[:, :first], positions[:, :first], cache)]
-    previous = pieces[0][:, -1:]
+    prefix = backbone_hidden_states(
+        model, attention_mask=attention_mask[:, :first], inputs_embeds=embeds[:, :first],
+        position_ids=positions[:, :first], cache=cache,
+    )
+    pieces = [prefix]
+    previous = prefix[:, -1:]
     for column in range(first, last + 1):
         thought = projection(previous) if projection is not None else previous
         inputs = torch.where(slots[:, column, None, None], thought.to(embeds.dtype), embeds[:, column : column + 1])
@@ -245,7 +237,11 @@ def run_with_thoughts(
         )
         pieces.append(previous)
     if last + 1 < input_ids.shape[1]:
-        pieces.append(_backbone(model, embeds[:, last + 1 :], attention_mask, positions[:, last + 1 :], cache))
+        rest = backbone_hidden_states(
+            model, attention_mask=attention_mask, inputs_embeds=embeds[:, last + 1 :],
+            position_ids=positions[:, last + 1 :], cache=cache,
+        )
+        pieces.append(rest)
     return ThoughtPass(torch.cat(pieces, dim=1), cache, slots)
 
 
@@ -267,14 +263,14 @@ def latent_forward(
     ).hidden
 
 
-def gather_thoughts(hidden: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """The thoughts fed to each row's slots, `[B, K, H]`, zero-padded to the most slots in a row.
+def gather_thoughts(hidden: torch.Tensor, slots: torch.Tensor) -> list[torch.Tensor]:
+    """The thoughts fed to each row's slots: one `[k_i, H]` tensor per row, `k_i` its number of slots.
 
     Thought i of a row is the hidden state of the column before its slot i,
-    before any projection: the vector the LM head would read there.
+    before any projection: the vector the LM head would read there. Rows are
+    not padded to a common k, so no consumer can mistake padding for a thought.
     """
-    per_row = [hidden[row, slots[row].nonzero().flatten() - 1] for row in range(hidden.shape[0])]
-    return torch.nn.utils.rnn.pad_sequence(per_row, batch_first=True)
+    return [hidden[row, slots[row].nonzero().flatten() - 1] for row in range(hidden.shape[0])]
 
 
 def collate_latent(samples: Sequence[TokenizedSample], pad_token_id: int, start_token_id: int) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from framework.rollout.latent import LatentRollout
 
 Mode = Literal["cot", "none", "pause", "latent"]
-MODES: tuple[str, ...] = ("cot", "none", "pause", "latent")
+MODES: tuple[str, ...] = get_args(Mode)
 _REQUIRED_TOKENS = {
     "cot": (THINK_START, THINK_END),
     "none": (THINK_START, THINK_END),
@@ -50,6 +50,8 @@ _REQUIRED_TOKENS = {
 }
 LATENT_CONFIG_FILE = "latent_config.json"
 PROJECTION_FILE = "latent_projection.safetensors"
+# The fewest other positions a latent sequence holds: <think>, <bot>, <eot>, one prompt token, one answer token.
+_TOKENS_BESIDE_THOUGHTS = 5
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,7 @@ class Reasoner:
 
     def _check_context(self, thoughts: int) -> None:
         context = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
-        # <think>, <bot>, <eot> and at least one prompt and one answer token come on top of the thoughts.
-        if context is not None and thoughts + 5 > context:
+        if context is not None and thoughts + _TOKENS_BESIDE_THOUGHTS > context:
             raise ValueError(
                 f"latent mode with {thoughts} thoughts (max_stage x thoughts_per_step) does not fit the model's "
                 f"context of {context} positions"
@@ -235,7 +236,7 @@ class Reasoner:
     def rollout_latent(
         self, examples: Sequence[Example], config: SamplingConfig = SamplingConfig(), *, return_thoughts: bool = False
     ) -> LatentRollout:
-        """Latent mode: completions at `self.stage`, with the thoughts' hidden states `[B, k, H]` if asked."""
+        """Latent mode: completions at `self.stage`, with each row's thoughts `[k, H]` if asked."""
         from framework.rollout.latent import latent_rollout  # the rollout package imports the models package
 
         if self.latent is None:
@@ -273,18 +274,37 @@ class Reasoner:
                           scratch / PROJECTION_FILE)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, mode: Mode = "cot", **kwargs) -> Reasoner:
-        """Load a saved reasoner; in latent mode the saved `LatentConfig` and projection come back too."""
+    def from_pretrained(cls, path: str | os.PathLike, mode: Mode | None = None, **options: Any) -> Reasoner:
+        """Load a saved reasoner: model, tokenizer and, for a latent one, its `LatentConfig` and projection.
+
+        `mode` defaults to what the directory holds: `latent` when it has a
+        `latent_config.json`, else `cot`. A latent checkpoint cannot load in
+        another mode (its thoughts would be silently dropped); a plain one may
+        load as `latent` (Coconut starts from a chain-of-thought model).
+        `options` go to `Reasoner` (`pause_tokens`, `latent`, `projection`);
+        a `latent=` or `projection=` given here replaces the saved one.
+        """
         from framework.models.factory import load_pretrained
 
-        model, tokenizer = load_pretrained(path)
         path = Path(path)
-        if mode == "latent" and "latent" not in kwargs and (path / LATENT_CONFIG_FILE).is_file():
-            kwargs["latent"] = LatentConfig.from_dict(json.loads((path / LATENT_CONFIG_FILE).read_text()))
-        reasoner = cls(model, tokenizer, mode, **kwargs)
-        if reasoner.projection is not None and "projection" not in kwargs:
+        saved = None
+        if (path / LATENT_CONFIG_FILE).is_file():
+            if mode not in (None, "latent"):
+                raise ValueError(
+                    f"{path} is a latent reasoner (it has {LATENT_CONFIG_FILE}); load it with mode='latent' "
+                    f"(or no mode), not mode={mode!r}"
+                )
+            mode = "latent"
+            saved = LatentConfig.from_dict(json.loads((path / LATENT_CONFIG_FILE).read_text()))
+            options.setdefault("latent", saved)
+        model, tokenizer = load_pretrained(path)
+        reasoner = cls(model, tokenizer, mode or "cot", **options)
+        if saved is not None and saved.projection and reasoner.projection is not None and "projection" not in options:
             if not (path / PROJECTION_FILE).is_file():
-                raise FileNotFoundError(f"{path} has no {PROJECTION_FILE}, but its latent config has projection on")
+                raise FileNotFoundError(
+                    f"{path} has no {PROJECTION_FILE}, but its {LATENT_CONFIG_FILE} says projection=true: "
+                    "the learned thought projection was not saved with the model"
+                )
             reasoner.projection.load_state_dict(load_file(path / PROJECTION_FILE))
             reasoner.projection.to(next(model.parameters()).device)
         return reasoner

@@ -17,7 +17,9 @@ import torch
 @dataclass(frozen=True)
 class Episode:
     prompt: str
-    trace: str  # the visible reasoning; empty for none/pause/latent modes
+    # The visible reasoning: empty in none and pause modes and for a latent reasoner at its final stage;
+    # before that stage, the language steps its thoughts have not replaced yet.
+    trace: str
     answer: str
     thoughts: torch.Tensor | None = None  # `[k, H]` continuous thoughts of a latent reasoner
     metadata: Mapping[str, Any] = field(default_factory=dict)

@@ -25,7 +25,7 @@ ThoughtFeatures = Literal["mean", "last", "concat"]
 
 
 def thought_features(thoughts: Sequence[torch.Tensor | None], how: ThoughtFeatures = "mean") -> torch.Tensor:
-    """One feature row per episode from its `[k, H]` continuous thoughts.
+    """One feature row per episode from its `[k, H]` continuous thoughts (`Episode.thoughts`, `LatentRollout.thoughts`).
 
     `mean` and `last` give `[n, H]`; `concat` gives `[n, k·H]` and needs the
     same k everywhere (it keeps which thought said what).

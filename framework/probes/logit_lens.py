@@ -8,6 +8,7 @@ analysis of its thoughts as superpositions of next steps does this).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,33 +17,45 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 @dataclass(frozen=True)
 class LensReading:
-    """The top-k tokens of each thought: ids and probabilities `[B, k, top_k]`, and the tokens as text."""
+    """The top-k tokens of each thought, one entry per row (rows may hold different numbers of thoughts).
 
-    token_ids: torch.Tensor
-    probs: torch.Tensor
+    `token_ids[i]` and `probs[i]` are `[k_i, top_k]`, best first; `tokens[i][j]` are thought j's tokens as text.
+    """
+
+    token_ids: list[torch.Tensor]
+    probs: list[torch.Tensor]
     tokens: list[list[list[str]]]
 
 
 @torch.no_grad()
 def logit_lens(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, thoughts: torch.Tensor, top_k: int = 5
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, thoughts: Sequence[torch.Tensor], top_k: int = 5
 ) -> LensReading:
-    """Decode thoughts `[B, k, H]` (e.g. `LatentRollout.thoughts`) through the LM head; top-`top_k` per thought.
+    """Decode each row's thoughts `[k_i, H]` (e.g. `LatentRollout.thoughts`) through the LM head; top-`top_k` each.
 
     Probabilities are the softmax over the whole vocabulary of the head's
     logits (bias and final-logit softcapping included, as the model applies them).
     """
-    if thoughts.ndim != 3:
-        raise ValueError(f"thoughts must be [batch, thoughts, hidden], got shape {tuple(thoughts.shape)}")
     head = model.get_output_embeddings()
-    if thoughts.shape[-1] != head.weight.shape[1]:
-        raise ValueError(f"thoughts have hidden size {thoughts.shape[-1]}, the LM head expects {head.weight.shape[1]}")
-    if not 1 <= top_k <= head.weight.shape[0]:
-        raise ValueError(f"top_k must be in 1 … {head.weight.shape[0]} (the vocabulary), got {top_k}")
-    logits = head(thoughts.to(head.weight.dtype)).float()
+    vocab, hidden_size = head.weight.shape
+    for row, row_thoughts in enumerate(thoughts):
+        if row_thoughts.ndim != 2:
+            raise ValueError(f"thoughts[{row}] must be [thoughts, hidden], got shape {tuple(row_thoughts.shape)}")
+        if row_thoughts.shape[1] != hidden_size:
+            raise ValueError(
+                f"thoughts[{row}] have hidden size {row_thoughts.shape[1]}, the LM head expects {hidden_size}"
+            )
+    if not 1 <= top_k <= vocab:
+        raise ValueError(f"top_k must be in 1 … {vocab} (the vocabulary), got {top_k}")
+    if len(thoughts) == 0:
+        return LensReading(token_ids=[], probs=[], tokens=[])
+    # One head call for every thought of every row, split back per row afterwards.
+    logits = head(torch.cat(list(thoughts)).to(head.weight.device, head.weight.dtype)).float()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
     probs, token_ids = logits.softmax(-1).topk(top_k, dim=-1)
-    tokens = [[[tokenizer.decode([index]) for index in thought] for thought in row] for row in token_ids.tolist()]
+    lengths = [len(row_thoughts) for row_thoughts in thoughts]
+    token_ids, probs = list(token_ids.split(lengths)), list(probs.split(lengths))
+    tokens = [[[tokenizer.decode([index]) for index in thought] for thought in row.tolist()] for row in token_ids]
     return LensReading(token_ids=token_ids, probs=probs, tokens=tokens)

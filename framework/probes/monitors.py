@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import PreTrainedTokenizerBase
 
+from framework.eval_mode import eval_mode
 from framework.probes.episode import Episode
 from framework.probes.linear_probe import (
     LinearProbe,
@@ -135,12 +136,8 @@ class TraceClassifier(L.LightningModule):
         if not episodes:
             return torch.zeros(0)
         batch = self.batch(episodes)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self(batch["ids"].to(self.device), batch["offsets"].to(self.device)).sigmoid().cpu()
-        finally:
-            self.train(was_training)
 
 
 def fit_trace_classifier(

@@ -13,7 +13,9 @@ Choices, following Coconut (Hao et al. 2024) and its code:
   the final stage from the start (Coconut's "w/o curriculum" ablation).
 - With probability `mix_prob` a training row draws its own stage uniformly from
   0 … its number of steps (Coconut's `uniform_prob`; stages past `max_stage`
-  become the final one).
+  become the final one). The draws come from the module's own generator
+  (`seed`), saved in and restored from Lightning checkpoints, so a resumed run
+  mixes as the uninterrupted one would.
 - The optimizer's state is cleared when the stage changes (Coconut builds a
   new optimizer per stage); the learning-rate schedule runs on.
 - Batches are re-tokenized from their `examples` at the stage in effect, in
@@ -46,6 +48,8 @@ from framework.models.reasoner import Reasoner
 from framework.regimes.loss import hidden_states_loss
 from framework.regimes.sft import SFT
 
+_MIXING_RNG_KEY = "latent_sft_mixing_rng"
+
 
 class LatentSFT(SFT):
     """SFT through continuous thoughts, on Coconut's stage curriculum.
@@ -57,6 +61,7 @@ class LatentSFT(SFT):
         epochs_per_stage, steps_per_stage: the stage length, in epochs or in
             optimizer steps (exactly one, unless `curriculum=False`).
         mix_prob: probability that a training row draws a random stage instead.
+        seed: seeds the generator of those draws (independent of the global `random`).
         curriculum: False trains at the final stage from the first step.
         **sft_options: `lr`, `weight_decay`, `betas`, `warmup_steps`, `sampling`, as for `SFT`.
 
@@ -72,6 +77,7 @@ class LatentSFT(SFT):
         steps_per_stage: int | None = None,
         mix_prob: float = 0.0,
         curriculum: bool = True,
+        seed: int = 0,
         **sft_options: Any,
     ) -> None:
         if reasoner.latent is None:
@@ -94,6 +100,7 @@ class LatentSFT(SFT):
         self.latent = reasoner.latent
         self.projection = reasoner.projection  # registered: moved, optimised and checkpointed with the model
         self._stage_in_effect: int | None = None
+        self._rng = random.Random(seed)  # stage mixing only; its state travels with checkpoints
 
     # -- the schedule -------------------------------------------------------------------------
 
@@ -109,8 +116,8 @@ class LatentSFT(SFT):
         return self.scheduled_stage(self.trainer.current_epoch, self.trainer.global_step)
 
     def _row_stage(self, example: Example, stage: int) -> int:
-        if self.hparams.mix_prob > 0 and random.random() < self.hparams.mix_prob:
-            drawn = random.randint(0, len(example.steps))
+        if self.hparams.mix_prob > 0 and self._rng.random() < self.hparams.mix_prob:
+            drawn = self._rng.randint(0, len(example.steps))
             return drawn if drawn <= self.latent.max_stage else self.latent.final_stage
         return stage
 
@@ -178,6 +185,13 @@ class LatentSFT(SFT):
         self._stage_in_effect = stage
         self.reasoner.stage = stage
         self.log("train/stage", float(stage), batch_size=len(batch["examples"]))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[_MIXING_RNG_KEY] = self._rng.getstate()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if _MIXING_RNG_KEY in checkpoint:
+            self._rng.setstate(checkpoint[_MIXING_RNG_KEY])
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/stage", float(self.reasoner.stage))

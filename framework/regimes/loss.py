@@ -5,13 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from framework.models.backbone import backbone_hidden_states
 from kernels import linear_cross_entropy, linear_token_logprobs
-
-
-def backbone_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states `[B, T, H]` of any `AutoModelForCausalLM`, without its LM head."""
-    output = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return output.last_hidden_state
 
 
 def causal_lm_loss(

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from framework.eval_mode import eval_mode
 from framework.models.latent import gather_thoughts, run_with_thoughts
 from framework.rollout.sampling import SamplingConfig, generate_completions, left_pad
 
@@ -28,16 +29,16 @@ class LatentRollout:
     """Completions of a batch of latent prompts.
 
     `completions[i]` are the tokens generated after row i's `<eot>` (cut after
-    EOS, which is kept). `thoughts` is `[B, K, H]` (K = most slots in a row;
-    rows with fewer are zero-padded), the hidden states fed to the slots, when
-    asked for. `num_thoughts[i]` and `num_tokens[i]` count row i's thoughts
-    and generated tokens.
+    EOS, which is kept). `thoughts[i]`, when asked for, is `[num_thoughts[i], H]`:
+    the hidden states fed to row i's slots (rows differ in length; nothing is
+    padded). `num_thoughts[i]` and `num_tokens[i]` count row i's thoughts and
+    generated tokens.
     """
 
     completions: list[list[int]]
     num_thoughts: list[int]
     num_tokens: list[int]
-    thoughts: torch.Tensor | None = None
+    thoughts: list[torch.Tensor] | None = None
 
 
 @torch.no_grad()
@@ -67,15 +68,11 @@ def latent_rollout(
             )
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompts, pad_token_id, device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         # Fill the cache for every column but the last: generate runs that one and decodes on.
         filled = run_with_thoughts(
             model, input_ids[:, :-1], attention_mask[:, :-1], latent_token_id=latent_token_id, projection=projection
         )
-    finally:
-        model.train(was_training)
     completions = generate_completions(
         model,
         input_ids,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from transformers import Cache, PreTrainedModel
+
+from framework.eval_mode import eval_mode
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,7 @@ def generate_completions(
     columns the cache lacks, so a caller can fill the prefix its own way (latent
     thoughts) and decode from there.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -86,8 +86,6 @@ def generate_completions(
             eos_token_id=eos_token_id,
             use_cache=True,
         )
-    finally:
-        model.train(was_training)
     completions = []
     for row in output[:, input_ids.shape[1]:].tolist():
         completions.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
