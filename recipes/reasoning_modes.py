@@ -196,7 +196,7 @@ def _check_curriculum(latent: LatentArmConfig, train: TrainConfig) -> None:
 
 
 def _arm_module(
-    arm: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: TrainConfig,
+    arm: str, seed: int, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: TrainConfig,
     pause_tokens: int, latent: LatentArmConfig,
 ) -> SFT:
     """The reasoner of an arm, inside the regime that trains it."""
@@ -212,9 +212,9 @@ def _arm_module(
     )
     reasoner = Reasoner(model, tokenizer, mode="latent", latent=config)
     if arm == "latent_no_curriculum":
-        return LatentSFT(reasoner, task, curriculum=False, **options)
+        return LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
     return LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), mix_prob=latent.mix_prob,
-                     **options)
+                     seed=seed, **options)
 
 
 def _train_and_test(
@@ -231,7 +231,7 @@ def _train_and_test(
 ) -> tuple[dict[str, Any], Path]:
     """Train one arm with one seed, score the test split: (results row, the run's metrics CSV)."""
     L.seed_everything(seed, verbose=False)
-    module = _arm_module(arm, *_model_and_tokenizer(model_config, task, seed), task, train, pause_tokens, latent)
+    module = _arm_module(arm, seed, *_model_and_tokenizer(model_config, task, seed), task, train, pause_tokens, latent)
     reasoner = module.reasoner
     data = ReasoningDataModule(reasoner, splits["train"], splits["val"], splits["test"],
                                batch_size=train.batch_size, eval_batch_size=train.eval_batch_size)

@@ -1,6 +1,17 @@
-"""Shared fixtures: tiny tokenizers and models built from configs (nothing is downloaded)."""
+"""Shared fixtures: tiny tokenizers and models built from configs (nothing is downloaded).
+
+Every test runs Triton kernels under Triton's interpreter, on CPU tensors.
+Triton reads TRITON_INTERPRET when a `@triton.jit` function is *defined*, so it
+is set here, before any test module (or a library it imports) can load a kernel
+module; `tests/kernels/test_dispatch.py` checks that the kernels really are
+interpreted.
+"""
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

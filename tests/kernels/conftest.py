@@ -1,17 +1,7 @@
-"""Run the Triton kernels under Triton's interpreter so they execute on CPU tensors.
+"""Kernel tests run under Triton's interpreter (set in the root conftest) with a clean dispatch environment."""
 
-Triton reads TRITON_INTERPRET when a ``@triton.jit`` function is *defined*, so it
-must be set before ``kernels.linear_softmax_triton`` is first imported; the
-package imports that module lazily, on the first Triton call, for this reason.
-``test_dispatch`` checks that the kernels really are interpreted.
-"""
-
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
