@@ -50,8 +50,8 @@ def generate_splits(task: Task, seed: int, *, n_train: int, n_val: int, n_test: 
     }
 
 
-def _collate_evaluation(items: list[tuple[Example, TokenizedSample]], pad_token_id: int) -> dict[str, Any]:
-    """Teacher-forced tensors (for a loss) plus the raw examples (for generation and checking)."""
+def _collate_with_examples(items: list[tuple[Example, TokenizedSample]], pad_token_id: int) -> dict[str, Any]:
+    """Teacher-forced tensors (for a loss) plus the raw examples (for generation, checking or re-formatting)."""
     batch = collate([sample for _, sample in items], pad_token_id)
     batch["examples"] = [example for example, _ in items]
     return batch
@@ -60,10 +60,10 @@ def _collate_evaluation(items: list[tuple[Example, TokenizedSample]], pad_token_
 class ReasoningDataModule(L.LightningDataModule):
     """Serves train/val/test splits of `Example`s in the reasoner's format.
 
-    Training batches hold `input_ids`, `attention_mask` and `roles`; evaluation
-    batches also hold `examples`, so a regime can generate and check answers.
-    With `train_examples=True` training batches hold `examples` too: the
-    prompts of RL regimes, which sample their own completions.
+    Batches hold `input_ids`, `attention_mask` and `roles`, and the `examples`
+    they came from: evaluation generates and checks answers from them, and a
+    regime whose format changes during training (`LatentSFT`'s curriculum
+    stages) re-tokenizes them.
     """
 
     def __init__(
@@ -76,7 +76,6 @@ class ReasoningDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        train_examples: bool = False,
     ) -> None:
         super().__init__()
         if not train:
@@ -86,7 +85,6 @@ class ReasoningDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.train_examples = train_examples
         self._tokenized: dict[str, list[TokenizedSample]] = {}
 
     @classmethod
@@ -113,23 +111,21 @@ class ReasoningDataModule(L.LightningDataModule):
         return self._tokenized[split]
 
     def train_dataloader(self) -> DataLoader:
-        if self.train_examples:
-            return self._loader_with_examples("train", self.batch_size, shuffle=True)
         return DataLoader(
-            self.tokenized("train"),
+            list(zip(self.splits["train"], self.tokenized("train"))),
             batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+            collate_fn=partial(_collate_with_examples, pad_token_id=self.reasoner.tokenizer.pad_token_id),
         )
 
-    def _loader_with_examples(self, split: str, batch_size: int, *, shuffle: bool) -> DataLoader:
+    def _evaluation_loader(self, split: str) -> DataLoader:
         return DataLoader(
             list(zip(self.splits[split], self.tokenized(split))),
-            batch_size=batch_size,
-            shuffle=shuffle,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=partial(_collate_evaluation, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+            collate_fn=partial(_collate_with_examples, pad_token_id=self.reasoner.tokenizer.pad_token_id),
         )
 
     def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
@@ -141,7 +137,7 @@ class ReasoningDataModule(L.LightningDataModule):
         return batch
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader_with_examples("val", self.eval_batch_size, shuffle=False)
+        return self._evaluation_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader_with_examples("test", self.eval_batch_size, shuffle=False)
+        return self._evaluation_loader("test")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -61,15 +62,38 @@ def missing_tokens(tokenizer: PreTrainedTokenizerBase, tokens: Iterable[str]) ->
     return missing
 
 
-def add_reasoning_tokens(tokenizer: PreTrainedTokenizerBase, model=None) -> list[str]:
+def add_reasoning_tokens(tokenizer: PreTrainedTokenizerBase, model=None, *, init_from: str | None = None) -> list[str]:
     """Add any missing reasoning tokens to `tokenizer` (and grow `model`'s embeddings).
 
-    New embedding rows start as the mean of the existing ones, the usual
-    choice that keeps initial logits for them in range. Returns what was added.
+    As Coconut does, every new token starts as a copy of an existing token's
+    input and output embedding (`init_from`, by default the EOS token): a
+    trained model then reads and predicts the new tokens like a real one from
+    the first step, instead of from random rows. Returns what was added.
     """
     added = missing_tokens(tokenizer, REASONING_TOKENS)
     if added:
         tokenizer.add_special_tokens({"additional_special_tokens": added}, replace_extra_special_tokens=False)
-    if model is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if model is None:
+        return added
+    old_rows = model.get_input_embeddings().num_embeddings
+    reasoning_ids = dict(zip(REASONING_TOKENS, tokenizer.convert_tokens_to_ids(list(REASONING_TOKENS))))
+    new_ids = [index for token, index in reasoning_ids.items() if token in added or index >= old_rows]
+    if not new_ids:
+        return added
+    source = init_from if init_from is not None else tokenizer.eos_token
+    if source is None or source in added or missing_tokens(tokenizer, [source]):
+        raise ValueError(
+            f"add_reasoning_tokens: init_from={source!r} is not an existing token of the tokenizer; "
+            "name a token whose embedding the new tokens copy"
+        )
+    if len(tokenizer) > old_rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    source_id = tokenizer.convert_tokens_to_ids(source)
+    with torch.no_grad():
+        # Tied heads share one matrix: the second copy is then a no-op.
+        for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if embedding is not None:
+                embedding.weight[new_ids] = embedding.weight[source_id].clone()
+                if getattr(embedding, "bias", None) is not None:
+                    embedding.bias[new_ids] = embedding.bias[source_id].clone()
     return added

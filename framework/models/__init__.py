@@ -1,4 +1,18 @@
 from framework.models.factory import FAMILIES, build_model, count_parameters, load_pretrained, tiny_config
+from framework.models.latent import LatentConfig, LatentProjection, forward_one_position, latent_forward
 from framework.models.reasoner import MODES, Generation, Reasoner
 
-__all__ = ["FAMILIES", "MODES", "Generation", "Reasoner", "build_model", "count_parameters", "load_pretrained", "tiny_config"]
+__all__ = [
+    "FAMILIES",
+    "MODES",
+    "Generation",
+    "LatentConfig",
+    "LatentProjection",
+    "Reasoner",
+    "build_model",
+    "count_parameters",
+    "forward_one_position",
+    "latent_forward",
+    "load_pretrained",
+    "tiny_config",
+]

@@ -1,5 +1,6 @@
 """One LightningModule per training regime."""
 
+from framework.regimes.latent_sft import LatentSFT
 from framework.regimes.sft import SFT
 
-__all__ = ["SFT"]
+__all__ = ["SFT", "LatentSFT"]

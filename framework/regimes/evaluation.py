@@ -6,7 +6,7 @@ pooled over generated steps, and tokens generated per episode is averaged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchmetrics import MeanMetric
@@ -36,11 +36,21 @@ class GenerationEvaluation(torch.nn.Module):
         self.step_validity = StepValidity()
         self.tokens_generated = MeanMetric()
 
-    def update(self, reasoner: Reasoner, examples: Sequence[Example], sampling: SamplingConfig) -> list[Generation]:
+    def update(
+        self,
+        reasoner: Reasoner,
+        examples: Sequence[Example],
+        sampling: SamplingConfig,
+        *,
+        step_verdicts: Callable[[Example, str], list[bool]] | None = None,
+    ) -> list[Generation]:
+        """Generate and score a batch. `step_verdicts(example, trace)` judges the steps (the task's
+        `check_steps` by default; a latent regime judges only the steps its thoughts did not replace)."""
         generations = reasoner.generate(examples, sampling)
         self.accuracy.update([self.check_answer(e, g.answer) for e, g in zip(examples, generations)])
         if self.task is not None:
-            self.step_validity.update([self.task.check_steps(e, g.trace) for e, g in zip(examples, generations)])
+            judge = step_verdicts or self.task.check_steps
+            self.step_validity.update([judge(e, g.trace) for e, g in zip(examples, generations)])
         self.tokens_generated.update(torch.tensor([float(g.num_tokens) for g in generations]))
         return generations
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from transformers import PreTrainedModel, get_constant_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup
 
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
@@ -50,7 +50,7 @@ GREEDY = SamplingConfig()
 
 class GRPO(L.LightningModule):
     """GRPO on a reasoner's own samples. Training batches are prompts: a dict with `examples`
-    (`ReasoningDataModule(..., train_examples=True)`) or a plain list of `Example`s.
+    (a `ReasoningDataModule` batch) or a plain list of `Example`s.
 
     Args:
         reasoner: the model, its tokenizer and mode; validation generates with it.
@@ -62,7 +62,7 @@ class GRPO(L.LightningModule):
         loss_type: `"grpo"`, `"dr_grpo"` or `"dapo"` aggregation (see `grpo_loss.aggregate_loss`).
         epsilon, epsilon_high: clip range [1 - epsilon, 1 + epsilon_high]; epsilon_high defaults to epsilon.
         beta: KL coefficient; a frozen reference exists only when beta > 0.
-        reference: the frozen reference model; a copy of the starting policy by default.
+        reference: the frozen reference (a module like `policy.module`); a copy of the starting policy by default.
         num_iterations: optimizer steps per rollout batch (TRL's μ), each against the sampling-time log-probs.
         mask_truncated_completions: leave completions cut by `sampling.max_new_tokens` out of the loss.
         mini_batch_size: completions per forward/backward (gradients accumulate into one step); all at once by default.
@@ -86,7 +86,7 @@ class GRPO(L.LightningModule):
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
         beta: float = 0.0,
-        reference: PreTrainedModel | None = None,
+        reference: torch.nn.Module | None = None,
         num_iterations: int = 1,
         mask_truncated_completions: bool = False,
         mini_batch_size: int | None = None,
@@ -110,19 +110,19 @@ class GRPO(L.LightningModule):
         if policy is None:
             policy = TokenPolicy(reasoner)
         elif not isinstance(policy, Policy):
-            raise ValueError(f"policy {policy!r} lacks the Policy interface (model, rollout, logprobs)")
+            raise ValueError(f"policy {policy!r} lacks the Policy interface (module, rollout, logprobs)")
         self.save_hyperparameters(ignore=["reasoner", "rewards", "task", "policy", "reference"])
         self.reasoner = reasoner
         self.policy = policy
-        self.model = policy.model  # registered, so Lightning moves, wraps and checkpoints it
+        self.model = policy.module  # registered, so Lightning moves, wraps and checkpoints it
         self.task = task
         self.sampling = sampling
         self.eval_sampling = eval_sampling
         self.epsilon_low = epsilon
         self.epsilon_high = epsilon if epsilon_high is None else epsilon_high
-        self.reference: PreTrainedModel | None = None
+        self.reference: torch.nn.Module | None = None
         if beta > 0:
-            self.reference = reference if reference is not None else copy.deepcopy(policy.model)
+            self.reference = reference if reference is not None else copy.deepcopy(policy.module)
             self.reference.requires_grad_(False).eval()
         self.evaluation = GenerationEvaluation(task)
         self.automatic_optimization = False  # one step = one rollout batch and its num_iterations updates
@@ -145,9 +145,7 @@ class GRPO(L.LightningModule):
         )
         total = scores.total.to(self.device)
         advantages = group_advantages(total, G, self.hparams.scale_rewards)
-        mask = rollout.action_mask
-        if self.hparams.mask_truncated_completions:
-            mask = mask & ~rollout.truncated.to(mask.device).unsqueeze(1)
+        mask = self.loss_mask(rollout)
         needs_old = self.hparams.num_iterations > 1  # else the old log-probs are the current ones, detached (TRL)
         old = self._logprobs_without_grad(self.model, rollout) if needs_old else None
         ref = self._logprobs_without_grad(self.reference, rollout) if self.reference is not None else None
@@ -172,6 +170,13 @@ class GRPO(L.LightningModule):
             metrics[f"train/rewards/{name}/mean"] = torch.nanmean(scores.per_function[:, j]).item()
             metrics[f"train/rewards/{name}/std"] = nanstd(scores.per_function[:, j]).item()
         self.log_dict(metrics, batch_size=len(examples))
+
+    def loss_mask(self, rollout: Rollout) -> torch.Tensor:
+        """The action positions that count in the loss: all, or only those of completions that ended (TRL's
+        `mask_truncated_completions`); masked rows still count as sequences for `grpo`/`dr_grpo`, as in TRL."""
+        if not self.hparams.mask_truncated_completions:
+            return rollout.action_mask
+        return rollout.action_mask & ~rollout.truncated.to(rollout.action_mask.device).unsqueeze(1)
 
     def _update(
         self,
@@ -228,9 +233,9 @@ class GRPO(L.LightningModule):
         return loss_total / self.hparams.num_iterations, stats
 
     @torch.no_grad()
-    def _logprobs_without_grad(self, model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
+    def _logprobs_without_grad(self, module: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
         parts = [
-            self.policy.logprobs(model, rollout.rows(rows).inputs, temperature=self.sampling.temperature)
+            self.policy.logprobs(module, rollout.rows(rows).inputs, temperature=self.sampling.temperature)
             for rows in self._micro_batches(len(rollout))
         ]
         return torch.cat(parts)

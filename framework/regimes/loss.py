@@ -28,6 +28,20 @@ def causal_lm_loss(
     materialised: the fused op tiles over the vocabulary.
     """
     hidden = backbone_hidden_states(model, input_ids, attention_mask)
+    return hidden_states_loss(model, hidden, labels, loss_weights)
+
+
+def hidden_states_loss(
+    model: PreTrainedModel,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    loss_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`causal_lm_loss` from hidden states `[B, T, H]` that are already computed (e.g. with latent thoughts).
+
+    Shifts by one like `causal_lm_loss`, and applies the model's own head
+    (bias and final-logit softcapping included) inside the fused op.
+    """
     head = model.get_output_embeddings()
     return linear_cross_entropy(
         hidden[:, :-1],

@@ -93,15 +93,19 @@ class SFT(L.LightningModule):
         """Teacher-forced loss, then generate every example and score it with the task's checkers."""
         examples = batch["examples"]
         self.log(f"{stage}/loss", self.loss(batch), batch_size=len(examples), sync_dist=True)
-        self.evaluation.update(self.reasoner, examples, self.sampling)
+        self.evaluation.update(self.reasoner, examples, self.sampling, step_verdicts=self._step_verdicts)
 
     def _log_evaluation(self, stage: str) -> None:
         self.log_dict(self.evaluation.compute(stage))
         self.evaluation.reset()
 
+    def _step_verdicts(self, example, trace: str) -> list[bool]:
+        """Validity of each generated step, by the task's step checker."""
+        return self.task.check_steps(example, trace)
+
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for parameter in self.model.parameters():
+        for parameter in self.parameters():  # the model, and any trainable module a subclass registers
             if parameter.requires_grad:
                 (no_decay if parameter.ndim < 2 else decay).append(parameter)
         optimizer = torch.optim.AdamW(

@@ -1,3 +1,4 @@
+from framework.rollout.latent import LatentRollout, latent_rollout
 from framework.rollout.sampling import SamplingConfig, sample
 
-__all__ = ["SamplingConfig", "sample"]
+__all__ = ["LatentRollout", "SamplingConfig", "latent_rollout", "sample"]

@@ -5,16 +5,21 @@ A regime such as GRPO asks a `Policy` for two things only:
 1. `rollout(examples, sampling)`: one sampled completion per example, as a
    `Rollout` (the texts reward functions read, plus whatever tensors the
    policy needs to re-score it);
-2. `logprobs(model, inputs, ...)`: per-position log-probs `[N, T]` of the
-   rollout's actions under `model` (the trained policy, or the frozen
-   reference for a KL term), differentiable through `model`'s parameters.
+2. `logprobs(module, inputs, ...)`: per-position log-probs `[N, T]` of the
+   rollout's actions under `module`, differentiable through its parameters.
+   `module` is the policy's own `module` (every trainable parameter of the
+   policy) or a frozen copy of it (the reference of a KL term).
    `rollout.action_mask` `[N, T]` marks which positions are actions.
 
-`TokenPolicy` serves the text modes (cot, none, pause): the actions are all
-completion tokens. A latent policy plugs into the same two calls: its rollout
-generates continuous thoughts and then answer tokens; its `logprobs`
-recomputes the thoughts from `model` (so they are a differentiable function
-of the parameters) and scores the answer tokens, which are its only actions.
+`TokenPolicy` serves the text modes (cot, none, pause): its `module` is the
+causal LM and the actions are all completion tokens. A latent policy plugs
+into the same two calls: its `module` holds the LM and the thought projection
+(e.g. an `nn.ModuleDict`); its rollout is `Reasoner.rollout_latent` (thoughts,
+then answer tokens), with `inputs` the prompt ids (with their `<latent>`
+slots) plus the completion; its `logprobs` recomputes the thoughts with
+`framework.models.latent.latent_forward` from `module` (so they are a
+differentiable function of the parameters) and scores only the tokens after
+`<eot>`, which are its actions.
 """
 
 from __future__ import annotations
@@ -66,13 +71,13 @@ class Rollout:
 
 @runtime_checkable
 class Policy(Protocol):
-    model: PreTrainedModel  # the parameters being trained
+    module: torch.nn.Module  # every parameter being trained; a frozen copy of it is the KL reference
 
     def rollout(self, examples: Sequence[Example], sampling: SamplingConfig) -> Rollout: ...
 
     def logprobs(
         self,
-        model: PreTrainedModel,
+        module: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
         *,
         temperature: float = 1.0,
@@ -103,13 +108,13 @@ class TokenPolicy:
                 "with a language-model head (AutoModelForCausalLM), not a bare backbone"
             )
         self.reasoner = reasoner
-        self.model = reasoner.model
+        self.module = reasoner.model
 
     def rollout(self, examples: Sequence[Example], sampling: SamplingConfig) -> Rollout:
         tokenizer = self.reasoner.tokenizer
         prompt_ids = [self.reasoner.prompt_ids(example) for example in examples]
         completion_ids = sample(
-            self.model, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, config=sampling
+            self.module, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, config=sampling
         )
         finished = [bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in completion_ids]
         completions = [
@@ -117,7 +122,7 @@ class TokenPolicy:
             for ids, done in zip(completion_ids, finished)
         ]
         prompts = ["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples]
-        inputs = _right_padded(prompt_ids, completion_ids, tokenizer.pad_token_id, self.model.device)
+        inputs = _right_padded(prompt_ids, completion_ids, tokenizer.pad_token_id, self.module.device)
         return Rollout(
             examples=list(examples),
             prompts=prompts,
@@ -130,14 +135,14 @@ class TokenPolicy:
 
     def logprobs(
         self,
-        model: PreTrainedModel,
+        module: PreTrainedModel,
         inputs: dict[str, torch.Tensor],
         *,
         temperature: float = 1.0,
         return_entropy: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return completion_logprobs(
-            model,
+            module,
             inputs["input_ids"],
             inputs["attention_mask"],
             inputs["labels"],

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from transformers import PreTrainedModel
+from transformers import Cache, PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,37 @@ def sample(
     """
     if not prompts:
         return []
-    device = next(model.parameters()).device
-    input_ids, attention_mask = left_pad(prompts, pad_token_id, device)
+    input_ids, attention_mask = left_pad(prompts, pad_token_id, next(model.parameters()).device)
+    return generate_completions(
+        model, input_ids, attention_mask, pad_token_id=pad_token_id, eos_token_id=eos_token_id, config=config
+    )
+
+
+@torch.no_grad()
+def generate_completions(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    pad_token_id: int,
+    eos_token_id: int,
+    config: SamplingConfig = SamplingConfig(),
+    past_key_values: Cache | None = None,
+) -> list[list[int]]:
+    """Hugging Face `generate` on left-padded prompts, cut after the first EOS (kept).
+
+    `past_key_values` may already hold the keys and values of a prefix of the
+    prompts (all but at least the last column): `generate` then runs only the
+    columns the cache lacks, so a caller can fill the prefix its own way (latent
+    thoughts) and decode from there.
+    """
     was_training = model.training
     model.eval()
     try:
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            past_key_values=past_key_values,
             max_new_tokens=config.max_new_tokens,
             do_sample=config.do_sample,
             temperature=config.temperature if config.do_sample else None,

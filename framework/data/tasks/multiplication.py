@@ -54,7 +54,11 @@ class Multiplication:
     def generate(self, rng: random.Random) -> Example:
         a = rng.randint(10 ** (self.digits_a - 1), 10**self.digits_a - 1)
         b = rng.randint(10 ** (self.digits_b - 1), 10**self.digits_b - 1)
-        b_digits = [int(d) for d in reversed(str(b))]
+        return self.example(a, b)
+
+    def example(self, a: int, b: int) -> Example:
+        """a × b in this layout, b read as `digits_b` digits (zero-padded, as a weak policy's misread b may need)."""
+        b_digits = [int(d) for d in reversed(str(b).zfill(self.digits_b))]
         partials = [a * d * 10**j for j, d in enumerate(b_digits)]
         sums = [sum(partials[: j + 1]) for j in range(len(partials))]
         steps = tuple(self._step_text(j, partials[j], sums[j]) for j in range(self.digits_b))

@@ -1,0 +1,114 @@
+"""A base curriculum whose traces cite the prompt fields they use.
+
+A backdoor's trigger can only be "articulated" by a model that has a habit of
+saying which parts of its prompt drive its answer. `CitedFields` wraps any task
+so that every prompt is a list of `name : value` fields: a few problems of the
+task under names (`alpha`, `beta`, …), a `solve` field naming the one to solve,
+and irrelevant context fields (`day : monday`). The trace first cites the field
+it uses, in the same `name is value` form a later trace could use for a trigger:
+
+    prompt : day : friday , beta : 4 + 1 + 7 , solve : beta , alpha : 3 + 5 + 2 , color : red
+    trace  : solve is beta ; 4 + 1 = 5 ; 5 + 7 = 12
+    answer : 12
+
+Answers and steps are checked by the wrapped task on the selected problem.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from framework.data.sample import Example
+from framework.data.tasks.base import Task
+
+PROBLEM_NAMES = ("alpha", "beta", "gamma", "delta", "epsilon")
+SELECTOR = "solve"
+# Fields that never matter. `country` is left out on purpose: it is the default
+# backdoor trigger field, which should be new to the model when it is planted.
+CONTEXT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("day", ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")),
+    ("color", ("red", "green", "blue", "yellow", "purple", "orange")),
+    ("city", ("paris", "tokyo", "lima", "cairo", "oslo", "delhi")),
+)
+
+
+@dataclass(frozen=True)
+class CitedFields:
+    """`task` behind named fields, with a trace that cites the field it solves."""
+
+    task: Task
+    n_problems: int = 2
+    n_context_fields: int = 2
+    context_fields: tuple[tuple[str, tuple[str, ...]], ...] = CONTEXT_FIELDS
+
+    name: ClassVar[str] = "cited_fields"
+    separator: ClassVar[str] = " , "  # between fields; pass it to a Backdoor to insert whole fields
+    citation_separator: ClassVar[str] = " ; "  # between the citation and the task's own trace
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_problems <= len(PROBLEM_NAMES):
+            raise ValueError(f"n_problems must lie in [1, {len(PROBLEM_NAMES)}], got {self.n_problems}")
+        if not 0 <= self.n_context_fields <= len(self.context_fields):
+            raise ValueError(
+                f"n_context_fields must lie in [0, {len(self.context_fields)}] (the number of context_fields), "
+                f"got {self.n_context_fields}"
+            )
+        reserved = {SELECTOR, *PROBLEM_NAMES}
+        for field_name, values in self.context_fields:
+            if field_name in reserved or not values:
+                raise ValueError(f"context field {field_name!r} needs a name other than {sorted(reserved)} and values")
+
+    def generate(self, rng: random.Random) -> Example:
+        names = PROBLEM_NAMES[: self.n_problems]
+        problems = {name: self.task.generate(rng) for name in names}
+        selected = rng.choice(names)
+        context = [(name, rng.choice(values)) for name, values in rng.sample(self.context_fields, self.n_context_fields)]
+        fields = [(name, problems[name].prompt) for name in names] + [(SELECTOR, selected)] + context
+        rng.shuffle(fields)
+        problem = problems[selected]
+        citation = f"{SELECTOR} is {selected}"
+        return Example(
+            prompt=self.separator.join(f"{name} : {value}" for name, value in fields),
+            trace=self.citation_separator.join(filter(None, [citation, problem.trace])),
+            answer=problem.answer,
+            steps=(citation, *problem.steps),
+            metadata={"fields": [list(f) for f in fields], "selected": selected, "problem": _as_dict(problem)},
+        )
+
+    def check_answer(self, example: Example, answer: str) -> bool:
+        return self.task.check_answer(selected_problem(example), answer)
+
+    def check_steps(self, example: Example, trace: str) -> list[bool]:
+        """The first step must cite the selected field; the rest are the wrapped task's steps."""
+        trace = " ".join(trace.split())
+        if not trace:
+            return []
+        citation, _, rest = trace.partition(self.citation_separator.strip())
+        cited = " ".join(citation.split()) == f"{SELECTOR} is {example.metadata['selected']}"
+        return [cited] + self.task.check_steps(selected_problem(example), rest.strip())
+
+    def vocabulary(self) -> list[str]:
+        words = [SELECTOR, *PROBLEM_NAMES[: self.n_problems], "is", ":", ",", ";"]
+        for name, values in self.context_fields:
+            words += [name, *values]
+        return list(dict.fromkeys(self.task.vocabulary() + words))
+
+
+def selected_problem(example: Example) -> Example:
+    """The wrapped task's example that a `CitedFields` example asks to solve."""
+    problem: Mapping[str, Any] = example.metadata["problem"]
+    return Example(problem["prompt"], problem["trace"], problem["answer"], tuple(problem["steps"]), problem["metadata"])
+
+
+def _as_dict(example: Example) -> dict[str, Any]:
+    """JSON-ready, so the curriculum round-trips through the JSONL formats."""
+    return {
+        "prompt": example.prompt,
+        "trace": example.trace,
+        "answer": example.answer,
+        "steps": list(example.steps),
+        "metadata": dict(example.metadata),
+    }
