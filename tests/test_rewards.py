@@ -126,6 +126,14 @@ def test_monitor_penalty_scores_the_trace(example):
     assert _score(MonitorPenalty(monitor, threshold=2.0), prompts, completions, example) == [-1.0, 0.0, 0.0]
 
 
+def test_monitor_penalty_takes_the_frameworks_own_monitors(example):
+    from framework.probes.monitors import KeywordMonitor as FrameworkKeywordMonitor
+
+    penalty = MonitorPenalty(FrameworkKeywordMonitor([r"\b8\b", "10"]), threshold=1.0)
+    prompts = ["3 + 5 + 2" + COT] * 2
+    assert _score(penalty, prompts, ["3 + 5 = 8 </think> 8", "3 + 4 = 7 </think> 7"], example) == [-1.0, 0.0]
+
+
 def test_monitor_penalty_rejects_a_monitor_with_the_wrong_output(example):
     class Broken:
         def score(self, episodes):
