@@ -144,9 +144,9 @@ def digit_share(completions, **kwargs):
     return [sum(word.isdigit() for word in c.split()) / max(len(c.split()), 1) for c in completions]
 
 
-def _grpo_setup(word_tokenizer, addition_task, **kwargs):
+def _grpo_setup(word_tokenizer, addition_task, mode="cot", **kwargs):
     L.seed_everything(0)
-    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, mode)
     splits = generate_splits(addition_task, 0, n_train=8, n_val=4, n_test=0)
     data = ReasoningDataModule(reasoner, splits["train"], splits["val"], batch_size=2)
     defaults = {"num_generations": 4, "lr": 1e-3, "sampling": SAMPLING, "eval_sampling": SamplingConfig(max_new_tokens=8)}
@@ -155,8 +155,9 @@ def _grpo_setup(word_tokenizer, addition_task, **kwargs):
     return reasoner, data, module
 
 
-def test_a_run_logs_trls_keys_and_validates(word_tokenizer, addition_task, tmp_path):
-    _, data, module = _grpo_setup(word_tokenizer, addition_task, beta=0.04, num_iterations=2, epsilon_high=0.28)
+@pytest.mark.parametrize("mode", ["cot", "none"])
+def test_a_run_logs_trls_keys_and_validates(word_tokenizer, addition_task, tmp_path, mode):
+    _, data, module = _grpo_setup(word_tokenizer, addition_task, mode, beta=0.04, num_iterations=2, epsilon_high=0.28)
     trainer = _trainer(4, tmp_path, val_check_interval=2, log_every_n_steps=1)
     trainer.fit(module, data)
     assert trainer.global_step == 4  # optimizer steps: two rollout batches of num_iterations=2 each
@@ -169,6 +170,14 @@ def test_a_run_logs_trls_keys_and_validates(word_tokenizer, addition_task, tmp_p
     assert 0 <= metrics["train/clip_ratio/region_mean"] <= 1
     for key in ("val/accuracy", "val/accuracy_ci_low", "val/accuracy_ci_high", "val/tokens_generated"):
         assert key in metrics, key
+
+
+def test_a_plain_dataloader_of_examples_serves_the_prompts(word_tokenizer, addition_task):
+    _, data, module = _grpo_setup(word_tokenizer, addition_task)
+    prompts = torch.utils.data.DataLoader(data.splits["train"], batch_size=2, collate_fn=list)
+    trainer = _trainer(2)
+    trainer.fit(module, train_dataloaders=prompts)
+    assert trainer.global_step == 2 and "train/reward" in trainer.callback_metrics
 
 
 def test_the_reference_exists_only_with_a_kl_term(word_tokenizer, addition_task):

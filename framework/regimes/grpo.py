@@ -171,6 +171,11 @@ class GRPO(L.LightningModule):
             metrics[f"train/rewards/{name}/std"] = nanstd(scores.per_function[:, j]).item()
         self.log_dict(metrics, batch_size=len(examples))
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, list) and all(isinstance(item, Example) for item in batch):
+            return batch  # a plain list of prompts: nothing to move (Lightning cannot walk frozen dataclasses)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def loss_mask(self, rollout: Rollout) -> torch.Tensor:
         """The action positions that count in the loss: all, or only those of completions that ended (TRL's
         `mask_truncated_completions`); masked rows still count as sequences for `grpo`/`dr_grpo`, as in TRL."""
