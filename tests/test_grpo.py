@@ -18,10 +18,10 @@ from framework.data.tokenizer import build_word_tokenizer
 from framework.models import Reasoner, build_model, tiny_config
 from framework.regimes.grpo import GRPO
 from framework.regimes.grpo_loss import aggregate_loss, clipped_token_loss, group_advantages, k3_kl
+from framework.regimes.policy import TokenPolicy
 from framework.regimes.sft import SFT
 from framework.rewards import AnswerCorrectness, Rewards, reward_columns, think_format
 from framework.rollout import SamplingConfig
-from framework.rollout.policy import TokenPolicy
 
 SAMPLING = SamplingConfig(max_new_tokens=8, do_sample=True)
 

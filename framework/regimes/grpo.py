@@ -40,8 +40,8 @@ from framework.regimes.grpo_loss import (
     group_advantages,
     nanstd,
 )
+from framework.regimes.policy import Policy, Rollout, TokenPolicy
 from framework.rewards.base import RewardFunction, Rewards, reward_columns
-from framework.rollout.policy import Policy, Rollout, TokenPolicy
 from framework.rollout.sampling import SamplingConfig
 
 ROLLOUT_SAMPLING = SamplingConfig(max_new_tokens=64, do_sample=True)

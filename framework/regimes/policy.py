@@ -99,7 +99,7 @@ class TokenPolicy:
         if reasoner.mode not in self.MODES:
             raise ValueError(
                 f"reasoner mode {reasoner.mode!r} has no token policy; TokenPolicy serves {list(self.MODES)} "
-                "(a latent reasoner needs its own Policy, see framework.rollout.policy)"
+                "(a latent reasoner needs its own Policy, see framework.regimes.policy)"
             )
         can_generate = getattr(reasoner.model, "can_generate", None)
         if can_generate is None or not can_generate():
