@@ -279,5 +279,7 @@ def test_a_policy_that_cannot_generate_is_a_clear_error(word_tokenizer):
     reasoner = Reasoner(model, word_tokenizer, "cot")
     with pytest.raises(ValueError, match="Policy interface"):
         GRPO(reasoner, think_format, policy=object(), sampling=SAMPLING)
+    with pytest.raises(ValueError, match="beta is 0"):
+        GRPO(reasoner, think_format, reference=model, sampling=SAMPLING)
     with pytest.raises(ValueError, match="reward_weights"):
         GRPO(reasoner, Rewards(think_format), reward_weights=[1.0], sampling=SAMPLING)

@@ -13,6 +13,11 @@ One Lightning training step takes one batch of prompts and:
 As in TRL, `trainer.global_step` counts optimizer steps: a rollout batch
 yields `num_iterations` of them. Log-probs come from `kernels.linear_token_logprobs`
 over backbone hidden states, never from `[tokens, vocab]` logits.
+
+Under DDP each rank samples and normalises its own prompts' groups (groups
+never straddle ranks), and `dapo` divides by the rank's own token count
+before gradients are averaged, where TRL divides by the token count of all
+ranks: equal when ranks hold equally many tokens.
 """
 
 from __future__ import annotations
@@ -120,6 +125,8 @@ class GRPO(L.LightningModule):
         self.eval_sampling = eval_sampling
         self.epsilon_low = epsilon
         self.epsilon_high = epsilon if epsilon_high is None else epsilon_high
+        if reference is not None and beta == 0:
+            raise ValueError("reference was given but beta is 0: the reference only serves the KL term (set beta > 0)")
         self.reference: torch.nn.Module | None = None
         if beta > 0:
             self.reference = reference if reference is not None else copy.deepcopy(policy.module)
