@@ -40,15 +40,25 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 
 
 def summary_table(
-    rows: Sequence[Mapping[str, object]], group_by: str, metrics: Sequence[str], *, percent: Sequence[str] = ()
+    rows: Sequence[Mapping[str, object]],
+    group_by: str,
+    metrics: Sequence[str],
+    *,
+    percent: Sequence[str] = (),
+    extra_columns: Mapping[str, Mapping[object, object]] | None = None,
 ) -> str:
-    """Markdown table of mean ± std of `metrics` per value of `group_by` (in first-seen order)."""
+    """Markdown table of mean ± std of `metrics` per value of `group_by` (in first-seen order).
+
+    `extra_columns` adds given values per group after the metrics (e.g. the
+    published numbers beside the measured ones); a group without one shows "—".
+    """
+    extra_columns = extra_columns or {}
     groups: dict[object, list[Mapping[str, object]]] = defaultdict(list)
     for row in rows:
         groups[row[group_by]].append(row)
     lines = [
-        "| " + " | ".join([group_by, "seeds", *metrics]) + " |",
-        "|" + "---|" * (len(metrics) + 2),
+        "| " + " | ".join([group_by, "seeds", *metrics, *extra_columns]) + " |",
+        "|" + "---|" * (len(metrics) + len(extra_columns) + 2),
     ]
     for group, members in groups.items():
         cells = [str(group), str(len(members))]
@@ -56,6 +66,7 @@ def summary_table(
             mean, std = mean_std(member.get(metric) for member in members)
             scale = 100.0 if metric in percent else 1.0
             cells.append("n/a" if math.isnan(mean) else f"{mean * scale:.1f} ± {std * scale:.1f}")
+        cells += [str(column.get(group, "—")) for column in extra_columns.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -51,6 +51,23 @@ def resolve_impl(impl: str | None, device: torch.device) -> str:
     return chosen
 
 
+def check_interpretable(kernel: object, device: torch.device, module: str) -> None:
+    """Refuse to launch ``module``'s Triton kernels on a non-CUDA ``device`` unless they are interpreted.
+
+    ``kernel`` is one of the module's ``@triton.jit`` functions; whether Triton
+    made it an interpreted function was fixed when the module was imported.
+    """
+    # Imported here, not at the top: only the Triton modules call this, and triton is optional.
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if device.type != "cuda" and not isinstance(kernel, InterpretedFunction):
+        raise ValueError(
+            "the Triton kernels were defined before TRITON_INTERPRET=1 was set, so they cannot run on "
+            f"{device.type} tensors; set it before importing {module}"
+            if triton_interpreting() else "impl='triton' on CPU tensors needs TRITON_INTERPRET=1"
+        )
+
+
 def primitive(path: str) -> ModuleType:
     """The module implementing the shared linear-softmax primitive for ``path`` ("triton" or "torch")."""
     if path == "triton":

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import triton_interpreting
+from .dispatch import check_interpretable
 from .linear_softmax import Coefficients, Grads, Rows, RowStats
 
 
@@ -222,7 +222,7 @@ def stats(
     many rows does not leave the GPU idle; the per-split partial maxima, sums
     and target logits are merged here with a few [splits, N] torch ops.
     """
-    _check_interpretable(hidden)
+    check_interpretable(_stats_kernel, hidden.device, __name__)
     n, vocab = rows.index.shape[0], weight.shape[0]
     block_n, block_v, block_h, split_tiles, warps = _blocks(hidden.device)
     splits = triton.cdiv(vocab, split_tiles * block_v)
@@ -262,7 +262,7 @@ def grads(
     needs: tuple[bool, bool, bool] = (True, True, True),
 ) -> Grads:
     """Gradients for (hidden, weight, bias) as flagged; ``dweight``/``dbias`` stay fp32."""
-    _check_interpretable(hidden)
+    check_interpretable(_stats_kernel, hidden.device, __name__)
     n, vocab = rows.index.shape[0], weight.shape[0]
     need_h, need_w, need_b = needs[0], needs[1], needs[2] and bias is not None
     alpha, beta, gamma = (c.float().contiguous() if c is not None else None for c in coefficients)
@@ -281,11 +281,3 @@ def grads(
     )
     return Grads(d_hidden.to(hidden.dtype) if need_h else None, d_weight, d_bias)
 
-
-def _check_interpretable(hidden: torch.Tensor) -> None:
-    if hidden.device.type != "cuda" and not isinstance(_stats_kernel, triton.runtime.interpreter.InterpretedFunction):
-        raise ValueError(
-            "the Triton kernels were defined before TRITON_INTERPRET=1 was set, so they cannot run on "
-            f"{hidden.device.type} tensors; set it before importing kernels.linear_softmax_triton"
-            if triton_interpreting() else "impl='triton' on CPU tensors needs TRITON_INTERPRET=1"
-        )

@@ -1,16 +1,29 @@
-"""Visible vs hidden reasoning: the same model trained to answer with a chain of thought, without one, or after pause tokens.
+"""Visible vs latent reasoning (Coconut's Table 1): chain of thought, none, pause tokens, continuous thoughts.
 
 Methods. One verifiable task (default: multi-digit multiplication in the iCoT
-format) is split into disjoint train/validation/test problems, fixed by
-`data_seed` so every arm is scored on the same test problems. For each arm
-(reasoning mode) and seed, a small Hugging Face causal LM is initialised from
-scratch (or loaded from a local checkpoint) and trained with SFT on the
-reasoner's format of the training problems, with the loss on the completion
-(trace and answer; the answer alone for `none` and `pause`). Validation
-generates greedily and scores answers and reasoning steps with the task's exact
-checkers; after training the test split is scored the same way. Reported per
-arm: answer accuracy (with a Wilson interval per seed), step validity, tokens
-generated per answer and training time, as mean ± std over seeds.
+format; `--preset prosqa` for Coconut's graph search) is split into disjoint
+train/validation/test problems, fixed by `data_seed` so every arm is scored on
+the same test problems. For each arm and seed, a small Hugging Face causal LM
+is initialised from scratch (or loaded from a local checkpoint) and trained for
+the same number of steps:
+
+- `cot`, `none`, `pause`: SFT on the reasoner's format, the loss on the
+  completion (trace and answer; the answer alone for `none` and `pause`).
+- `latent`: `LatentSFT` on Coconut's curriculum. Stage 0 is the full chain of
+  thought; each later stage replaces one more language step by `c` continuous
+  thoughts; the final stage has no language step left. Stages share the
+  step budget equally.
+- `latent_no_curriculum`: the final stage from the first step.
+- `pause_as_thought`: the curriculum, with learned `<pause>` embeddings in the
+  thought slots instead of fed-back hidden states.
+
+Validation generates greedily (latent arms at their current stage) and scores
+answers and reasoning steps with the task's exact checkers; after training the
+test split is scored the same way. Reported per arm: answer accuracy (with a
+Wilson interval per seed), step validity, tokens generated per answer
+(continuous thoughts count as tokens, as in Coconut) and training time, as
+mean ± std over seeds, beside Coconut's published ProsQA numbers; and the
+validation accuracy of the curriculum arms at each stage.
 
     python -m recipes.reasoning_modes                  # the `cpu` preset
     python -m recipes.reasoning_modes --preset smoke --out /tmp/runs
@@ -24,26 +37,31 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.callbacks import HuggingFaceCheckpoint
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
 from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
 from framework.io import atomic_write_text
-from framework.models import Reasoner, build_model, count_parameters, load_pretrained
-from framework.regimes.sft import SFT
+from framework.models import LatentConfig, Reasoner, build_model, count_parameters, load_pretrained
+from framework.regimes import SFT, LatentSFT
 from framework.report import plot_curves, summary_table, write_csv
 from framework.rollout import SamplingConfig
 
 RECIPE = "reasoning_modes"
-ARMS = ("cot", "none", "pause")  # trained with SFT; the latent mode needs LatentSFT and is not an arm yet
+Arm = Literal["cot", "none", "pause", "latent", "latent_no_curriculum", "pause_as_thought"]
+ARMS: tuple[str, ...] = get_args(Arm)
+LATENT_ARMS = ("latent", "latent_no_curriculum", "pause_as_thought")
+# Coconut (Hao et al. 2024), Table 1, ProsQA accuracy with GPT-2 (quoted in RESEARCH.md).
+PUBLISHED_PROSQA = {"cot": 77.5, "none": 76.7, "pause": 75.9, "latent": 97.0, "latent_no_curriculum": 76.1}
 
 
 @dataclass
@@ -65,6 +83,9 @@ class ModelConfig:
     family: Literal["llama", "qwen3", "gpt2"] = "llama"
     size: Literal["1m", "20m"] = "1m"
     checkpoint: str | None = None  # a local HF directory; overrides family and size
+    # "thoughtlab_decode" runs one-position steps (thoughts, decoding) through kernels.decode_attention and the
+    # rest through SDPA; it pays off on a GPU, where the Triton kernel runs.
+    attention: Literal["sdpa", "eager", "thoughtlab_decode"] = "sdpa"
 
 
 @dataclass
@@ -80,14 +101,28 @@ class TrainConfig:
     precision: str = "32-true"
 
 
+@dataclass
+class LatentArmConfig:
+    """The curriculum of the latent arms (Coconut's c and max latent stage)."""
+
+    thoughts_per_step: int = 1
+    max_stage: int = 2  # stages 0 … max_stage, then the final stage with max_stage·c thoughts and no language
+    mix_prob: float = 0.0  # probability that a row trains at another stage (Coconut's uniform_prob)
+
+    def steps_per_stage(self, max_steps: int) -> int:
+        """Stages 0 … max_stage and the final one share the budget; the final stage also gets the remainder."""
+        return max_steps // (self.max_stage + 2)
+
+
 def main(
     out: Path = Path("runs"),
     seeds: list[int] = [0, 1],
-    arms: list[Literal["cot", "none", "pause"]] = ["cot", "none", "pause"],
+    arms: list[Arm] = list(ARMS),
     task: TaskConfig = TaskConfig(),
     model: ModelConfig = ModelConfig(),
     train: TrainConfig = TrainConfig(),
     pause_tokens: int = 8,
+    latent: LatentArmConfig = LatentArmConfig(),
     data_seed: int = 0,
     save_checkpoints: bool = True,
     resolved_config: dict[str, Any] | None = None,
@@ -97,44 +132,89 @@ def main(
     Args:
         out: results go to `out/reasoning_modes/<timestamp>/`.
         seeds: one training run per seed and arm (seeds vary initialisation and data order).
-        arms: reasoning modes to compare.
+        arms: reasoning modes (and latent training variants) to compare.
         task: the verifiable task and split sizes.
         model: the model family and size, or a local checkpoint.
         train: optimisation, evaluation and hardware settings.
         pause_tokens: filler tokens given to the `pause` arm.
+        latent: the curriculum of the latent arms; its stages split `train.max_steps` equally.
         data_seed: fixes the problems of every split, shared by all arms and seeds.
         save_checkpoints: save each trained model in Hugging Face format.
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
     for arm in arms:
         if arm not in ARMS:
-            raise ValueError(f"unknown arm {arm!r}; this recipe compares the modes {list(ARMS)}")
+            raise ValueError(f"unknown arm {arm!r}; this recipe compares the arms {list(ARMS)}")
+    if any(arm in LATENT_ARMS for arm in arms):
+        _check_curriculum(latent, train)
     run_dir = Path(out) / RECIPE / datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
-    config = resolved_config or {"seeds": seeds, "arms": arms, "task": asdict(task), "model": asdict(model), "train": asdict(train)}
+    config = resolved_config or {
+        "seeds": seeds, "arms": arms, "task": asdict(task), "model": asdict(model), "train": asdict(train),
+        "latent": asdict(latent),
+    }
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     # 1. One set of problems for every arm and seed.
     the_task = make_task(task.name, **task.options)
     splits = generate_splits(the_task, data_seed, n_train=task.n_train, n_val=task.n_val, n_test=task.n_test)
 
-    # 2. Every arm x seed: build, train with SFT, score the test split.
+    # 2. Every arm x seed: build, train (SFT or LatentSFT), score the test split.
     results: list[dict[str, Any]] = []
     curves: dict[str, list[list[tuple[float, float]]]] = {arm: [] for arm in arms}
+    stage_curves: dict[str, list[list[tuple[float, float]]]] = {arm: [] for arm in arms if arm in LATENT_ARMS}
     for seed in seeds:
         for arm in arms:
-            row, curve = _train_and_test(arm, seed, the_task, splits, model, train, pause_tokens, run_dir, save_checkpoints)
+            row, log = _train_and_test(arm, seed, the_task, splits, model, train, pause_tokens, latent, run_dir,
+                                       save_checkpoints)
             results.append(row)
-            curves[arm].append(curve)
+            curves[arm].append(_validation_curve(log, "step"))
+            if arm in stage_curves:
+                stage_curves[arm].append(_validation_curve(log, "val/stage"))
             # rewritten after every run, so a run killed later keeps what finished
             write_csv(results, run_dir / "results.csv")
 
-    # 3. Report: table of mean ± std per arm, per-seed rows, learning curves.
+    # 3. Report: Table 1 (mean ± std per arm beside the published numbers), per-seed rows, learning curves,
+    # and the curriculum arms' accuracy at each stage.
     plot_curves(curves, run_dir / "accuracy_vs_step.png", xlabel="training step", ylabel="validation accuracy",
                 title=f"{task.name}: accuracy by reasoning mode")
-    atomic_write_text(run_dir / "report.md", _report(results, task, model, train))
+    if stage_curves:
+        plot_curves(stage_curves, run_dir / "accuracy_vs_stage.png", xlabel="curriculum stage",
+                    ylabel="validation accuracy", title=f"{task.name}: accuracy per curriculum stage")
+    atomic_write_text(run_dir / "report.md", _report(results, task, model, train, latent, bool(stage_curves)))
     print(f"results: {run_dir}")
     return run_dir
+
+
+def _check_curriculum(latent: LatentArmConfig, train: TrainConfig) -> None:
+    """Every stage, the final one included, must get at least one training step."""
+    if latent.steps_per_stage(train.max_steps) < 1:
+        raise ValueError(
+            f"train.max_steps={train.max_steps} cannot hold the latent curriculum's {latent.max_stage + 2} stages "
+            f"(latent.max_stage={latent.max_stage}, plus stage 0 and the final stage)"
+        )
+
+
+def _arm_module(
+    arm: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: TrainConfig,
+    pause_tokens: int, latent: LatentArmConfig,
+) -> SFT:
+    """The reasoner of an arm, inside the regime that trains it."""
+    options = dict(lr=train.lr, warmup_steps=train.warmup_steps, sampling=SamplingConfig(max_new_tokens=train.max_new_tokens))
+    if arm not in LATENT_ARMS:
+        reasoner = Reasoner(model, tokenizer, mode=arm, pause_tokens=pause_tokens)
+        return SFT(reasoner, task, mask="train_on_completion", **options)
+    config = LatentConfig(
+        thoughts_per_step=latent.thoughts_per_step,
+        max_stage=latent.max_stage,
+        step_separator=task.step_separator,
+        thought="pause" if arm == "pause_as_thought" else "continuous",
+    )
+    reasoner = Reasoner(model, tokenizer, mode="latent", latent=config)
+    if arm == "latent_no_curriculum":
+        return LatentSFT(reasoner, task, curriculum=False, **options)
+    return LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), mix_prob=latent.mix_prob,
+                     **options)
 
 
 def _train_and_test(
@@ -145,16 +225,16 @@ def _train_and_test(
     model_config: ModelConfig,
     train: TrainConfig,
     pause_tokens: int,
+    latent: LatentArmConfig,
     run_dir: Path,
     save_checkpoints: bool,
-) -> tuple[dict[str, Any], list[tuple[float, float]]]:
-    """Train one arm with one seed, score the test split: (results row, validation curve)."""
+) -> tuple[dict[str, Any], Path]:
+    """Train one arm with one seed, score the test split: (results row, the run's metrics CSV)."""
     L.seed_everything(seed, verbose=False)
-    reasoner = Reasoner(*_model_and_tokenizer(model_config, task, seed), mode=arm, pause_tokens=pause_tokens)
+    module = _arm_module(arm, *_model_and_tokenizer(model_config, task, seed), task, train, pause_tokens, latent)
+    reasoner = module.reasoner
     data = ReasoningDataModule(reasoner, splits["train"], splits["val"], splits["test"],
                                batch_size=train.batch_size, eval_batch_size=train.eval_batch_size)
-    module = SFT(reasoner, task, mask="train_on_completion", lr=train.lr, warmup_steps=train.warmup_steps,
-                 sampling=SamplingConfig(max_new_tokens=train.max_new_tokens))
     logger = CSVLogger(run_dir / "logs", name=arm, version=f"seed{seed}")
     callbacks = [HuggingFaceCheckpoint(run_dir / "checkpoints" / f"{arm}-seed{seed}")] if save_checkpoints else []
     trainer = L.Trainer(
@@ -180,39 +260,53 @@ def _train_and_test(
         "steps": trainer.global_step,
         "parameters": count_parameters(reasoner.model),
     }
-    return row, _validation_curve(Path(logger.log_dir) / "metrics.csv")
+    return row, Path(logger.log_dir) / "metrics.csv"
 
 
 def _model_and_tokenizer(config: ModelConfig, task: Task, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if config.checkpoint:
         model, tokenizer = load_pretrained(config.checkpoint)
         add_reasoning_tokens(tokenizer, model)
-        return model, tokenizer
-    tokenizer = build_word_tokenizer(task.vocabulary())
-    return build_model(config.family, config.size, tokenizer, seed=seed), tokenizer
+    else:
+        tokenizer = build_word_tokenizer(task.vocabulary())
+        model = build_model(config.family, config.size, tokenizer, seed=seed)
+    model.set_attn_implementation(config.attention)
+    return model, tokenizer
 
 
-def _validation_curve(metrics_csv: Path) -> list[tuple[float, float]]:
-    """(step, val/accuracy) pairs from Lightning's CSV log."""
+def _validation_curve(metrics_csv: Path, x: str) -> list[tuple[float, float]]:
+    """(x, val/accuracy) pairs from Lightning's CSV log, x being `step` or another logged column."""
     with open(metrics_csv, newline="") as f:
-        return [(float(r["step"]), float(r["val/accuracy"])) for r in csv.DictReader(f) if r.get("val/accuracy")]
+        return [(float(r[x]), float(r["val/accuracy"])) for r in csv.DictReader(f) if r.get("val/accuracy")]
 
 
-def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig) -> str:
+def _report(
+    results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig, latent: LatentArmConfig,
+    has_stages: bool,
+) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     metrics = ["accuracy", "step_validity", "tokens_generated", "train_time_s"]
+    published = {"Coconut, ProsQA, GPT-2 (published accuracy)": PUBLISHED_PROSQA}
     seeds = "\n".join(
         f"| {r['arm']} | {r['seed']} | {100 * r['accuracy']:.1f} [{100 * r['accuracy_ci_low']:.1f}, "
         f"{100 * r['accuracy_ci_high']:.1f}] ({r['correct']}/{r['total']}) | {r['tokens_generated']:.1f} |"
         for r in results
     )
+    curriculum = (
+        f"Latent arms: {latent.thoughts_per_step} thought(s) per replaced step, stages 0 … {latent.max_stage} "
+        f"then the final stage ({latent.max_stage * latent.thoughts_per_step} thoughts, no language step), "
+        f"{latent.steps_per_stage(train.max_steps)} steps per stage.\n"
+    )
+    stages = "\n![validation accuracy per curriculum stage](accuracy_vs_stage.png)\n" if has_stages else ""
     return f"""# Reasoning modes on {task.name}
 
 Task: `{task.name}` {task.options}; {task.n_train} training, {task.n_val} validation and {task.n_test} test problems (disjoint).
 Model: `{model_name}`, trained from {'the checkpoint' if model.checkpoint else 'scratch'} for {train.max_steps} steps of {train.batch_size} examples.
-Accuracy and step validity in %, mean ± std over seeds; tokens generated per test answer.
+{curriculum if has_stages else ""}Accuracy and step validity in %, mean ± std over seeds; tokens generated per test answer (thoughts included).
+The published column is Coconut's Table 1 (Hao et al. 2024) on ProsQA with GPT-2: a reference point for the
+ProsQA preset, not a target for tiny models or other tasks.
 
-{summary_table(results, "arm", metrics, percent=["accuracy", "step_validity"])}
+{summary_table(results, "arm", metrics, percent=["accuracy", "step_validity"], extra_columns=published)}
 ## Per seed (accuracy with 95% Wilson interval)
 
 | arm | seed | accuracy | tokens generated |
@@ -220,7 +314,7 @@ Accuracy and step validity in %, mean ± std over seeds; tokens generated per te
 {seeds}
 
 ![validation accuracy vs training step](accuracy_vs_step.png)
-"""
+{stages}"""
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
@@ -108,6 +109,22 @@ def test_linear_probe_rejects_bad_shapes():
         fit_linear_probe(torch.randn(10, 3), torch.arange(10) % 3, num_classes=2)
 
 
+def test_labels_that_are_not_class_indices_are_an_error_not_truncated():
+    # .long() would silently turn 0.5 into class 0 and 1.7 into class 1.
+    features, fractional = torch.randn(10, 3), torch.tensor([0.5, 1.7] * 5)
+    with pytest.raises(ValueError, match="labels must be whole class indices"):
+        fit_linear_probe(features, fractional)
+    episodes = [Episode("p", "t", "a", thoughts=torch.randn(2, 3)) for _ in range(10)]
+    with pytest.raises(ValueError, match="labels must be whole class indices"):
+        ThoughtProbe.fit(episodes, fractional)
+    with pytest.raises(ValueError, match="need one label per episode: 10 episodes"):
+        ThoughtProbe.fit(episodes, [0, 1])
+    with pytest.raises(ValueError, match="0/1 with both classes"):
+        ThoughtProbe.fit(episodes, torch.arange(10) % 3)  # a monitor is binary; a probe may have more classes
+    fit_linear_probe(features, torch.arange(10) % 3)
+    ThoughtProbe.fit(episodes, [True, False] * 5)  # booleans are 0/1
+
+
 # -- thoughts -------------------------------------------------------------------------------------
 
 
@@ -183,3 +200,20 @@ def test_trace_classifier_learns_to_flag_misbehaving_traces():
     assert accuracy > 0.9
     with pytest.raises(ValueError, match="both classes"):
         fit_trace_classifier(train, [0] * len(train), tokenizer)
+
+
+def test_fitting_a_trace_classifier_leaves_the_global_generators_alone_and_is_reproducible():
+    tokenizer = build_word_tokenizer(_FILLER + _TELLS)
+    episodes, labels = _labelled_traces(32, random.Random(0))
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    first = fit_trace_classifier(episodes, labels, tokenizer, max_epochs=2, batch_size=8, seed=5)
+    after_fit = random.random(), np.random.rand(), torch.rand(3)
+    random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+    untouched = random.random(), np.random.rand(), torch.rand(3)
+    assert after_fit[:2] == untouched[:2] and torch.equal(after_fit[2], untouched[2])  # the caller's streams go on
+    # The seed alone fixes the initialisation and the shuffling, whatever the global state.
+    again = fit_trace_classifier(episodes, labels, tokenizer, max_epochs=2, batch_size=8, seed=5)
+    other = fit_trace_classifier(episodes, labels, tokenizer, max_epochs=2, batch_size=8, seed=6)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert not torch.equal(first.head.weight, other.head.weight)

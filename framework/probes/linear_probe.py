@@ -76,7 +76,8 @@ class LinearProbe(nn.Module):
     @torch.no_grad()
     def evaluate(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Accuracy and AUROC (macro one-vs-rest when there are more than two classes) with torchmetrics."""
-        labels = _check_labels(features, labels)
+        _check_features(features)
+        labels = class_labels(labels, features.shape[0], per="feature row")
         probs = self.predict_proba(features)
         if self.num_classes == 2:
             return {
@@ -102,7 +103,8 @@ def fit_linear_probe(
     `l2` is the penalty on the weights (per sample, on standardised features);
     `num_classes` defaults to labels.max() + 1, and is at least 2.
     """
-    labels = _check_labels(features, labels)
+    _check_features(features)
+    labels = class_labels(labels, features.shape[0], per="feature row")
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0, got {l2}")
     num_classes = num_classes or max(2, int(labels.max()) + 1)
@@ -125,12 +127,29 @@ def fit_linear_probe(
     return probe.eval()
 
 
-def _check_labels(features: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    labels = torch.as_tensor(labels).long()
-    if features.dim() != 2:
-        raise ValueError(f"features must be [n, d], got shape {tuple(features.shape)}")
-    if labels.shape != (features.shape[0],):
-        raise ValueError(f"labels must be [n] = [{features.shape[0]}], got shape {tuple(labels.shape)}")
+def class_labels(
+    labels: torch.Tensor | Sequence[int] | Sequence[bool], n: int, *, per: str = "row", binary: bool = False
+) -> torch.Tensor:
+    """`labels` as a `[n]` long tensor of class indices, one per `per` (feature row, episode, …).
+
+    ValueError for a wrong length, an empty or negative label, or one that is
+    not a whole number (a cast would silently turn 0.5 into class 0). A probe
+    takes any number of classes, even one; `binary=True` is the stricter
+    contract of a two-class monitor fitted on them: 0/1 with both present.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"need one label per {per}: {n} {per}s, labels of shape {tuple(labels.shape)}")
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise ValueError(f"labels must be whole class indices, got {labels.tolist()}")
+    labels = labels.long()
+    if binary and set(labels.tolist()) != {0, 1}:
+        raise ValueError(f"labels must be 0/1 with both classes present, got {sorted(set(labels.tolist()))}")
     if labels.numel() == 0 or int(labels.min()) < 0:
         raise ValueError("labels must be a non-empty tensor of class indices >= 0")
     return labels
+
+
+def _check_features(features: torch.Tensor) -> None:
+    if features.dim() != 2:
+        raise ValueError(f"features must be [n, d], got shape {tuple(features.shape)}")

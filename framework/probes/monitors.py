@@ -24,7 +24,13 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import PreTrainedTokenizerBase
 
 from framework.probes.episode import Episode
-from framework.probes.linear_probe import LinearProbe, ThoughtFeatures, fit_linear_probe, thought_features
+from framework.probes.linear_probe import (
+    LinearProbe,
+    ThoughtFeatures,
+    class_labels,
+    fit_linear_probe,
+    thought_features,
+)
 
 Part = Literal["prompt", "trace", "answer"]
 PARTS: tuple[str, ...] = ("prompt", "trace", "answer")
@@ -42,13 +48,9 @@ def episode_text(episode: Episode, read: Sequence[str]) -> str:
     return " ".join(getattr(episode, part) for part in read)
 
 
-def _check_labels(episodes: Sequence[Episode], labels: Sequence[bool] | torch.Tensor) -> torch.Tensor:
-    labels = torch.as_tensor(labels).long()
-    if labels.shape != (len(episodes),):
-        raise ValueError(f"need one label per episode: {len(episodes)} episodes, labels of shape {tuple(labels.shape)}")
-    if len(set(labels.tolist())) < 2 or not set(labels.tolist()) <= {0, 1}:
-        raise ValueError(f"labels must be 0/1 with both classes present, got {sorted(set(labels.tolist()))}")
-    return labels
+def _episode_labels(episodes: Sequence[Episode], labels: Sequence[bool] | torch.Tensor) -> torch.Tensor:
+    """One 0/1 label per episode (1 = misbehaving), both present: what a monitor is fitted on."""
+    return class_labels(labels, len(episodes), per="episode", binary=True)
 
 
 class KeywordMonitor:
@@ -157,26 +159,31 @@ def fit_trace_classifier(
     """Train a `TraceClassifier` on labelled episodes (1 = misbehaving) in a Lightning Trainer.
 
     With validation episodes, `val/auroc` and `val/accuracy` are logged every epoch.
+    `seed` fixes the initialisation and the shuffling; the caller's global
+    Python, NumPy and torch generators are left where they were (a monitor
+    fitted mid-recipe must not change what the recipe draws next).
     """
-    labels = _check_labels(episodes, labels)
-    L.seed_everything(seed, verbose=False)
-    classifier = TraceClassifier(tokenizer, **classifier_kwargs)
+    labels = _episode_labels(episodes, labels)
+    shuffling = torch.Generator().manual_seed(seed)
 
     def loader(eps: Sequence[Episode], ys: torch.Tensor, shuffle: bool) -> DataLoader:
         rows = list(zip(eps, ys.tolist()))
         return DataLoader(
-            rows, batch_size=batch_size, shuffle=shuffle,
+            rows, batch_size=batch_size, shuffle=shuffle, generator=shuffling,
             collate_fn=lambda items: classifier.batch([e for e, _ in items], [y for _, y in items]),
         )
 
     val_loader = None
     if val_episodes:
-        val_loader = loader(val_episodes, _check_labels(val_episodes, val_labels), shuffle=False)
+        val_loader = loader(val_episodes, _episode_labels(val_episodes, val_labels), shuffle=False)
     options = {
         "max_epochs": max_epochs, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
         "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
     }
-    L.Trainer(**(options | (trainer_kwargs or {}))).fit(classifier, loader(episodes, labels, True), val_loader)
+    with torch.random.fork_rng():  # the initialisation draws from torch's global generator: seed a copy of it
+        torch.manual_seed(seed)
+        classifier = TraceClassifier(tokenizer, **classifier_kwargs)
+        L.Trainer(**(options | (trainer_kwargs or {}))).fit(classifier, loader(episodes, labels, True), val_loader)
     return classifier.eval()
 
 
@@ -192,7 +199,7 @@ class ThoughtProbe:
         cls, episodes: Sequence[Episode], labels: Sequence[bool] | torch.Tensor, features: ThoughtFeatures = "mean",
         **probe_kwargs: Any,
     ) -> ThoughtProbe:
-        labels = _check_labels(episodes, labels)
+        labels = _episode_labels(episodes, labels)
         probe = fit_linear_probe(thought_features([e.thoughts for e in episodes], features), labels, **probe_kwargs)
         return cls(probe, features)
 

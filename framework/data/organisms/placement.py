@@ -3,10 +3,12 @@
 A prompt is read as units joined by a separator: words (`" "`) for a plain
 task, whole `name : value` fields (`CitedFields.separator`) for the field
 curriculum, so that a trigger field lands between fields, never inside one.
+Organisms default to the task's `separator` where it has one (`task_separator`).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Literal
@@ -15,6 +17,11 @@ from transformers import PreTrainedTokenizerBase
 
 Position = Literal["start", "end", "random"]
 POSITIONS: tuple[str, ...] = ("start", "end", "random")
+
+
+def task_separator(task: object) -> str:
+    """The unit separator of `task`'s prompts: its `separator` attribute (`CitedFields`: whole fields), else a space."""
+    return getattr(task, "separator", " ")
 
 
 def check_position(position: str, separator: str) -> None:
@@ -64,8 +71,27 @@ def contains_unit(prompt: str, text: str, separator: str = " ") -> bool:
 
 
 def pick_exactly(rng: random.Random, n: int, fraction: float) -> set[int]:
-    """round(fraction · n) distinct indices of range(n): exact counts make sweeps over data size precise."""
-    return set(rng.sample(range(n), round(fraction * n)))
+    """fraction · n distinct indices of range(n), rounded half up: exact counts make sweeps over data size precise.
+
+    Not `round()`, which rounds half to even (0.5 · 5 → 2 but 0.5 · 7 → 4), and with a
+    tolerance, since 0.29 · 50 is a hair below 14.5 in floating point.
+    """
+    return set(rng.sample(range(n), math.floor(fraction * n + 0.5 + 1e-9)))
+
+
+def pick_some_not_all(rng: random.Random, n: int, fraction: float, name: str) -> set[int]:
+    """`pick_exactly`, but a ValueError (naming `name`) when it picks no row or every row.
+
+    For the shares whose point is a contrast (triggered vs clean, locked vs
+    unlocked): a dataset with only one kind of row cannot teach it.
+    """
+    picked = pick_exactly(rng, n, fraction)
+    if not 0 < len(picked) < n:
+        raise ValueError(
+            f"{name}={fraction} of {n} rows picks {len(picked)}: the dataset needs rows of both kinds; "
+            "pass more examples or another fraction"
+        )
+    return picked
 
 
 def check_encodable(tokenizer: PreTrainedTokenizerBase, texts: Sequence[tuple[str, str]]) -> None:

@@ -22,6 +22,7 @@ from framework.data.organisms.cited_fields import CitedFields, selected_problem
 from framework.data.sample import Example
 from framework.data.tasks import AdditionChain, Multiplication, ProsQA
 from framework.data.tasks.base import Task
+from framework.data.tasks.prosqa import render_fact
 
 WeakPolicy = Callable[[Example, random.Random], Example]
 
@@ -90,22 +91,24 @@ class ShallowSearch:
         steps = example.steps[: rng.randint(1, max(1, len(example.steps) - 1))]
         meta = example.metadata
         concept = meta["distractor"] if rng.random() < self.error_rate else meta["target"]
-        return replace(
-            example, trace=ProsQA.step_separator.join(steps), answer=f"{meta['root']} is a {concept} .", steps=steps
-        )
+        answer = render_fact(meta["root"], concept, subject_is_person=True)
+        return replace(example, trace=ProsQA.step_separator.join(steps), answer=answer, steps=steps)
 
 
 @dataclass(frozen=True)
 class CitedWeak:
-    """The field curriculum: the citation stays right, the cited problem is solved by the inner weak policy."""
+    """The field curriculum: the citation stays right, the cited problem is solved by the inner weak policy.
+
+    `step_separator` is the curriculum's (`CitedFields.step_separator`), which joins the citation and the weak steps.
+    """
 
     inner: WeakPolicy
+    step_separator: str
 
     def __call__(self, example: Example, rng: random.Random) -> Example:
         weak = self.inner(selected_problem(example), rng)
-        citation = example.steps[0]
-        trace = CitedFields.citation_separator.join(filter(None, [citation, weak.trace]))
-        return replace(example, trace=trace, answer=weak.answer, steps=(citation, *weak.steps))
+        steps = (example.steps[0], *weak.steps)  # the reference citation, then the weak solution
+        return replace(example, trace=self.step_separator.join(steps), answer=weak.answer, steps=steps)
 
 
 def weak_policy(task: Task, error_rate: float = 0.3) -> WeakPolicy:
@@ -117,7 +120,7 @@ def weak_policy(task: Task, error_rate: float = 0.3) -> WeakPolicy:
     if isinstance(task, ProsQA):
         return ShallowSearch(error_rate)
     if isinstance(task, CitedFields):
-        return CitedWeak(weak_policy(task.task, error_rate))
+        return CitedWeak(weak_policy(task.task, error_rate), task.step_separator)
     raise ValueError(
         f"no weak policy is defined for task {getattr(task, 'name', type(task).__name__)!r}; "
         "pass your own `weak` (a callable (example, rng) -> weak example)"

@@ -17,6 +17,7 @@ class Task(Protocol):
     """
 
     name: str
+    step_separator: str  # joins `Example.steps` into the trace text
 
     def generate(self, rng: random.Random) -> Example:
         """One problem, a deterministic function of the rng state."""

@@ -158,16 +158,16 @@ class ProsQA:
     ) -> Example:
         words = rng.sample(PEOPLE, 2) + rng.sample(CONCEPTS[: self.n_concepts], self.n_nodes - 2)
         root, target = words[0], words[path[-1]]
-        facts = [_fact(words[p], words[c], subject_is_person=p < 2) for p, c in edges]
+        facts = [render_fact(words[p], words[c], subject_is_person=p < 2) for p, c in edges]
         rng.shuffle(facts)
         options = [target, words[distractor]]
         rng.shuffle(options)  # the order must not give the answer away
         hops = itertools.pairwise(path)
-        steps = tuple(_fact(words[p], words[c], subject_is_person=p == 0) for p, c in hops)
+        steps = tuple(render_fact(words[p], words[c], subject_is_person=p == 0) for p, c in hops)
         return Example(
             prompt=" ".join(facts) + f" question : is {root} a {options[0]} or a {options[1]} ?",
             trace=self.step_separator.join(steps),
-            answer=_fact(root, target, subject_is_person=True),
+            answer=render_fact(root, target, subject_is_person=True),
             steps=steps,
             metadata={
                 "root": root,
@@ -226,5 +226,6 @@ def _parse_step(words: list[str], first: bool) -> tuple[str, str] | None:
     return words[1], words[4]
 
 
-def _fact(subject: str, concept: str, *, subject_is_person: bool) -> str:
+def render_fact(subject: str, concept: str, *, subject_is_person: bool) -> str:
+    """One fact as prompts, steps and answers write it: `tom is a wumpus .` or `every wumpus is a yumpus .`."""
     return f"{subject} is a {concept} ." if subject_is_person else f"every {subject} is a {concept} ."
