@@ -12,12 +12,9 @@ from transformers import get_cosine_schedule_with_warmup
 from framework.data.masks import MaskStrategy, mask_strategy
 from framework.data.tasks.base import Task
 from framework.models.reasoner import Reasoner
-from framework.probes.metrics import AnswerAccuracy, StepValidity
+from framework.regimes.evaluation import GenerationEvaluation
 from framework.regimes.loss import causal_lm_loss
 from framework.rollout.sampling import SamplingConfig
-
-
-_RATE_KEYS = (("rate", ""), ("hits", "_hits"), ("total", "_total"), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))
 
 
 class SFT(L.LightningModule):
@@ -56,10 +53,7 @@ class SFT(L.LightningModule):
         self.task = task
         self.mask = mask_strategy(mask)
         self.sampling = sampling
-        self.accuracy = AnswerAccuracy()  # shared by validation and test; reset after each
-        self.step_validity = StepValidity()
-        self._tokens_generated = 0
-        self._episodes = 0
+        self.evaluation = GenerationEvaluation(task)  # shared by validation and test; reset after each
         self._last_step_end: float | None = None
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -99,33 +93,15 @@ class SFT(L.LightningModule):
         """Teacher-forced loss, then generate every example and score it with the task's checkers."""
         examples = batch["examples"]
         self.log(f"{stage}/loss", self.loss(batch), batch_size=len(examples), sync_dist=True)
-        generations = self.reasoner.generate(examples, self.sampling)
-        self.accuracy.update([self._check_answer(e, g.answer) for e, g in zip(examples, generations)])
-        if self.task is not None:
-            self.step_validity.update([self._step_verdicts(e, g.trace) for e, g in zip(examples, generations)])
-        self._tokens_generated += sum(g.num_tokens for g in generations)
-        self._episodes += len(generations)
+        self.evaluation.update(self.reasoner, examples, self.sampling, step_verdicts=self._step_verdicts)
 
     def _log_evaluation(self, stage: str) -> None:
-        accuracy = self.accuracy.compute()
-        self.log_dict({f"{stage}/accuracy{suffix}": accuracy[key] for key, suffix in _RATE_KEYS})
-        validity = self.step_validity.compute()
-        if validity["total"] > 0:  # no-trace modes produce no steps to judge
-            self.log(f"{stage}/step_validity", validity["rate"])
-        if self._episodes:
-            self.log(f"{stage}/tokens_generated", self._tokens_generated / self._episodes)
-        self.accuracy.reset()
-        self.step_validity.reset()
-        self._tokens_generated = self._episodes = 0
+        self.log_dict(self.evaluation.compute(stage))
+        self.evaluation.reset()
 
     def _step_verdicts(self, example, trace: str) -> list[bool]:
         """Validity of each generated step, by the task's step checker."""
         return self.task.check_steps(example, trace)
-
-    def _check_answer(self, example, answer: str) -> bool:
-        if self.task is not None:
-            return self.task.check_answer(example, answer)
-        return " ".join(answer.split()) == " ".join(example.answer.split())
 
     def configure_optimizers(self):
         decay, no_decay = [], []

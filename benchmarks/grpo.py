@@ -1,0 +1,243 @@
+"""One GRPO step, thoughtlab's `GRPO` against TRL's `GRPOTrainer`, on the same model, data and settings.
+
+Both sides train the same randomly initialised model (same family, size and
+seed) on the same prompts with the same reward function, group size,
+completion length, sampling (temperature 1, no top-k/top-p), loss (`dapo`,
+β = 0, one iteration), AdamW learning rate and gradient clipping. The
+vocabulary is padded to a realistic size (32k words by default) so the LM
+head weighs what it does in a real model.
+
+Per step, after one warm-up step:
+
+- rollout: generating the completions and scoring them (TRL: the time inside
+  `_generate_and_score_completions`; thoughtlab: the logged `train/rollout_s`);
+- update: everything else in the step (forward, backward, optimizer);
+- peak: the process's extra resident memory over the measured steps
+  (`VmHWM` after `malloc_trim` and a `clear_refs` reset at the end of the
+  warm-up step, minus `VmRSS` then), in a fresh interpreter per provider.
+
+The machine's speed drifts when it is shared, so the providers run in turn,
+`--repeats` times each, and each cell is the median over those runs.
+
+    python -m benchmarks.grpo              # both providers, one table
+    python -m benchmarks.grpo --provider trl --json   # one provider, machine-readable
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from framework.data.datamodule import generate_splits
+from framework.data.tasks import AdditionChain
+from framework.data.tokenizer import build_word_tokenizer
+from framework.models import Reasoner, build_model
+
+PROVIDERS = ("thoughtlab", "trl")
+
+
+@dataclass(frozen=True)
+class Setting:
+    family: str = "llama"
+    size: str = "20m"
+    vocab: int = 32000  # word vocabulary padded to this size
+    prompts: int = 4  # per step
+    group: int = 8  # completions per prompt
+    max_new_tokens: int = 32
+    steps: int = 3  # measured, after one warm-up step
+    lr: float = 1e-6
+    seed: int = 0
+
+
+def exact_answer(completions: list[str], answer: list[str], **kwargs) -> list[float]:
+    """The same TRL-signature reward on both sides: is the completion's last word the answer."""
+    return [float(bool(c.split()) and c.split()[-1] == a) for c, a in zip(completions, answer)]
+
+
+def _setup(setting: Setting):
+    task = AdditionChain(n_terms=3, max_operand=9)
+    words = task.vocabulary()
+    tokenizer = build_word_tokenizer(words + [f"w{i}" for i in range(setting.vocab - len(words) - 10)])
+    model = build_model(setting.family, setting.size, tokenizer, seed=setting.seed)
+    reasoner = Reasoner(model, tokenizer, "cot")
+    n_prompts = setting.prompts * (setting.steps + 1)
+    examples = generate_splits(task, setting.seed, n_train=n_prompts, n_val=0, n_test=0)["train"]
+    return reasoner, examples
+
+
+class _Clock:
+    """Step times and the peak extra resident memory after the warm-up step."""
+
+    def __init__(self) -> None:
+        self.step_s: list[float] = []
+        self.rollout_s: list[float] = []
+        self._start = 0.0
+        self._baseline_kib = 0
+
+    def begin(self) -> None:
+        self._start = time.perf_counter()
+
+    def end(self, rollout_s: float) -> None:
+        self.step_s.append(time.perf_counter() - self._start)
+        self.rollout_s.append(rollout_s)
+        if len(self.step_s) == 1:  # the warm-up step: measure memory from here on
+            gc.collect()
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")  # reset VmHWM to the current resident size
+            self._baseline_kib = _rss_kib("VmRSS")
+
+    def result(self) -> dict[str, float]:
+        steps, rollouts = self.step_s[1:], self.rollout_s[1:]
+        updates = [s - r for s, r in zip(steps, rollouts)]
+        return {
+            "step_s": statistics.median(steps),
+            "rollout_s": statistics.median(rollouts),
+            "update_s": statistics.median(updates),
+            "peak_mib": (_rss_kib("VmHWM") - self._baseline_kib) / 1024,
+        }
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def run_thoughtlab(setting: Setting) -> dict[str, float]:
+    import lightning as L
+
+    from framework.regimes.grpo import GRPO
+    from framework.rollout import SamplingConfig
+
+    reasoner, examples = _setup(setting)
+    clock = _Clock()
+
+    class Timing(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            clock.begin()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.end(float(trainer.callback_metrics["train/rollout_s"]))
+
+    module = GRPO(
+        reasoner, exact_answer, num_generations=setting.group, loss_type="dapo", scale_rewards="group", lr=setting.lr,
+        sampling=SamplingConfig(max_new_tokens=setting.max_new_tokens, do_sample=True),
+    )
+    loader = torch.utils.data.DataLoader(examples, batch_size=setting.prompts, shuffle=False, collate_fn=list)
+    trainer = L.Trainer(
+        max_steps=setting.steps + 1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Timing()],
+    )
+    torch.manual_seed(setting.seed)
+    trainer.fit(module, train_dataloaders=loader)
+    return clock.result()
+
+
+def run_trl(setting: Setting) -> dict[str, float]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    reasoner, examples = _setup(setting)
+    data = Dataset.from_list(
+        [{"prompt": "".join(s.text for s in reasoner.prompt_segments(e)), "answer": e.answer} for e in examples]
+    )
+    clock = _Clock()
+    rollout = {"s": 0.0}
+
+    class Timing(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            rollout["s"] = 0.0
+            clock.begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.end(rollout["s"])
+
+    with tempfile.TemporaryDirectory() as out:
+        config = GRPOConfig(
+            output_dir=out, max_steps=setting.steps + 1, per_device_train_batch_size=setting.prompts * setting.group,
+            num_generations=setting.group, steps_per_generation=1, max_completion_length=setting.max_new_tokens,
+            temperature=1.0, top_p=1.0, top_k=0, beta=0.0, num_iterations=1, loss_type="dapo", scale_rewards="group",
+            learning_rate=setting.lr, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="constant",
+            use_cpu=True, report_to="none", logging_steps=1, save_strategy="no", shuffle_dataset=False,
+            seed=setting.seed, dataloader_num_workers=0,
+        )
+        trainer = GRPOTrainer(
+            model=reasoner.model, reward_funcs=exact_answer, args=config, train_dataset=data,
+            processing_class=reasoner.tokenizer, callbacks=[Timing()],
+        )
+        generate_and_score = trainer._generate_and_score_completions
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return generate_and_score(*args, **kwargs)
+            finally:
+                rollout["s"] += time.perf_counter() - start
+
+        trainer._generate_and_score_completions = timed
+        trainer.train()
+    return clock.result()
+
+
+def available(provider: str) -> bool:
+    return provider == "thoughtlab" or importlib.util.find_spec("trl") is not None
+
+
+def measure(provider: str, setting: Setting) -> dict[str, float]:
+    """Run one provider in a fresh interpreter (so its peak memory is its own) and return its medians."""
+    args = [sys.executable, "-m", "benchmarks.grpo", "--provider", provider, "--json"]
+    for field in fields(Setting):
+        args += [f"--{field.name}", str(getattr(setting, field.name))]
+    done = subprocess.run(args, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{provider} benchmark failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--provider", choices=PROVIDERS, help="run one provider here (default: each in a subprocess)")
+    parser.add_argument("--json", action="store_true", help="print one provider's result as JSON")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per provider, interleaved (median reported)")
+    for field in fields(Setting):
+        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    ns = parser.parse_args()
+    setting = Setting(**{field.name: getattr(ns, field.name) for field in fields(Setting)})
+    if ns.provider:
+        result = (run_thoughtlab if ns.provider == "thoughtlab" else run_trl)(setting)
+        print(json.dumps(result) if ns.json else result)
+        return
+    print(f"{asdict(setting)}; torch {torch.__version__}, {torch.get_num_threads()} threads; medians over "
+          f"{setting.steps} steps after one warm-up, then over {ns.repeats} interleaved runs per provider")
+    runs: dict[str, list[dict[str, float]]] = {p: [] for p in PROVIDERS if available(p)}
+    for _ in range(ns.repeats):
+        for provider, measured in runs.items():
+            measured.append(measure(provider, setting))
+    results = {p: {key: statistics.median(run[key] for run in rs) for key in rs[0]} for p, rs in runs.items()}
+    print("| provider | rollout s | update s | step s | steps/s | x TRL steps/s | peak MiB | x TRL peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    trl = results.get("trl")
+    for provider, r in results.items():
+        speedup = f"{trl['step_s'] / r['step_s']:.2f}" if trl else "n/a"
+        memory = f"{r['peak_mib'] / trl['peak_mib']:.2f}" if trl else "n/a"
+        print(f"| {provider} | {r['rollout_s']:.3f} | {r['update_s']:.3f} | {r['step_s']:.3f} | "
+              f"{1 / r['step_s']:.2f} | {speedup} | {r['peak_mib']:.0f} | {memory} |")
+
+
+if __name__ == "__main__":
+    main()

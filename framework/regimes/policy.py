@@ -1,0 +1,167 @@
+"""The policy seam of the RL regimes: who generates completions, and who scores their actions.
+
+A regime such as GRPO asks a `Policy` for two things only:
+
+1. `rollout(examples, sampling)`: one sampled completion per example, as a
+   `Rollout` (the texts reward functions read, plus whatever tensors the
+   policy needs to re-score it);
+2. `logprobs(module, inputs, ...)`: per-position log-probs `[N, T]` of the
+   rollout's actions under `module`, differentiable through its parameters.
+   `module` is the policy's own `module` (every trainable parameter of the
+   policy) or a frozen copy of it (the reference of a KL term).
+   `rollout.action_mask` `[N, T]` marks which positions are actions.
+
+`TokenPolicy` serves the text modes (cot, none, pause): its `module` is the
+causal LM and the actions are all completion tokens. A latent policy plugs
+into the same two calls: its `module` holds the LM and the thought projection
+(e.g. an `nn.ModuleDict`); its rollout is `Reasoner.rollout_latent` (thoughts,
+then answer tokens), with `inputs` the prompt ids (with their `<latent>`
+slots) plus the completion; its `logprobs` recomputes the thoughts with
+`framework.models.latent.latent_forward` from `module` (so they are a
+differentiable function of the parameters) and scores only the tokens after
+`<eot>`, which are its actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+from transformers import PreTrainedModel
+
+from framework.data.masks import IGNORE_INDEX
+from framework.data.sample import Example
+from framework.regimes.loss import completion_logprobs
+from framework.rollout.sampling import SamplingConfig, sample
+
+if TYPE_CHECKING:
+    from framework.models.reasoner import Reasoner
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """N completions, one per row, with what rewards read and what the policy re-scores."""
+
+    examples: list[Example]
+    prompts: list[str]  # the prompt text the model read, reasoning markup included
+    completions: list[str]  # the text it wrote, EOS excluded
+    completion_ids: list[list[int]]  # the ids it wrote, EOS included when it stopped
+    truncated: torch.Tensor  # [N] bool: cut by the length limit before EOS
+    inputs: dict[str, torch.Tensor]  # policy-specific tensors, first dimension N
+    action_mask: torch.Tensor  # [N, T] bool, aligned with `Policy.logprobs`
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def rows(self, index: slice) -> Rollout:
+        """The completions `index` selects (for micro-batches)."""
+        return replace(
+            self,
+            examples=self.examples[index],
+            prompts=self.prompts[index],
+            completions=self.completions[index],
+            completion_ids=self.completion_ids[index],
+            truncated=self.truncated[index],
+            inputs={key: value[index] for key, value in self.inputs.items()},
+            action_mask=self.action_mask[index],
+        )
+
+
+@runtime_checkable
+class Policy(Protocol):
+    module: torch.nn.Module  # every parameter being trained; a frozen copy of it is the KL reference
+
+    def rollout(self, examples: Sequence[Example], sampling: SamplingConfig) -> Rollout: ...
+
+    def logprobs(
+        self,
+        module: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        *,
+        temperature: float = 1.0,
+        return_entropy: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class TokenPolicy:
+    """A text-mode `Reasoner` (cot, none, pause) as a policy whose actions are its completion tokens.
+
+    Rollouts are sampled left-padded with a KV cache (`sample`); they are
+    re-scored right-padded, prompt then completion from position 0, so every
+    token sits at the position it was generated at.
+    """
+
+    MODES = ("cot", "none", "pause")
+
+    def __init__(self, reasoner: Reasoner) -> None:
+        if reasoner.mode not in self.MODES:
+            raise ValueError(
+                f"reasoner mode {reasoner.mode!r} has no token policy; TokenPolicy serves {list(self.MODES)} "
+                "(a latent reasoner needs its own Policy, see framework.regimes.policy)"
+            )
+        can_generate = getattr(reasoner.model, "can_generate", None)
+        if can_generate is None or not can_generate():
+            raise ValueError(
+                f"the reasoner's model {type(reasoner.model).__name__} cannot generate: a policy needs a causal LM "
+                "with a language-model head (AutoModelForCausalLM), not a bare backbone"
+            )
+        self.reasoner = reasoner
+        self.module = reasoner.model
+
+    def rollout(self, examples: Sequence[Example], sampling: SamplingConfig) -> Rollout:
+        tokenizer = self.reasoner.tokenizer
+        prompt_ids = [self.reasoner.prompt_ids(example) for example in examples]
+        completion_ids = sample(
+            self.module, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, config=sampling
+        )
+        finished = [bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in completion_ids]
+        completions = [
+            tokenizer.decode(ids[:-1] if done else ids, skip_special_tokens=False)
+            for ids, done in zip(completion_ids, finished)
+        ]
+        prompts = ["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples]
+        inputs = _right_padded(prompt_ids, completion_ids, tokenizer.pad_token_id, self.module.device)
+        return Rollout(
+            examples=list(examples),
+            prompts=prompts,
+            completions=completions,
+            completion_ids=completion_ids,
+            truncated=torch.tensor([not done for done in finished]),
+            inputs=inputs,
+            action_mask=inputs["labels"][:, 1:] != IGNORE_INDEX,
+        )
+
+    def logprobs(
+        self,
+        module: PreTrainedModel,
+        inputs: dict[str, torch.Tensor],
+        *,
+        temperature: float = 1.0,
+        return_entropy: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return completion_logprobs(
+            module,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["labels"],
+            temperature=temperature,
+            return_entropy=return_entropy,
+        )
+
+
+def _right_padded(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_token_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """`input_ids`, `attention_mask` and `labels` (completion tokens only) of prompt + completion rows."""
+    length = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(prompts), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        n_prompt, n = len(prompt), len(prompt) + len(completion)
+        input_ids[row, :n] = torch.tensor([*prompt, *completion], dtype=torch.long)
+        labels[row, n_prompt:n] = torch.tensor(completion, dtype=torch.long)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "labels": labels.to(device)}
