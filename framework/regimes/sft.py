@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -10,6 +11,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from framework.data.masks import MaskStrategy, mask_strategy
+from framework.data.sample import Example
 from framework.data.tasks.base import Task
 from framework.models.reasoner import Reasoner
 from framework.probes.metrics import AnswerAccuracy, StepValidity
@@ -99,6 +101,10 @@ class SFT(L.LightningModule):
         """Teacher-forced loss, then generate every example and score it with the task's checkers."""
         examples = batch["examples"]
         self.log(f"{stage}/loss", self.loss(batch), batch_size=len(examples), sync_dist=True)
+        self.score_generations(examples)
+
+    def score_generations(self, examples: Sequence[Example]) -> None:
+        """Generate an answer for every example and add it to this evaluation's accuracy and step validity."""
         generations = self.reasoner.generate(examples, self.sampling)
         self.accuracy.update([self._check_answer(e, g.answer) for e, g in zip(examples, generations)])
         if self.task is not None:
