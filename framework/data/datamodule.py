@@ -62,6 +62,8 @@ class ReasoningDataModule(L.LightningDataModule):
 
     Training batches hold `input_ids`, `attention_mask` and `roles`; evaluation
     batches also hold `examples`, so a regime can generate and check answers.
+    With `train_examples=True` training batches hold `examples` too: the
+    prompts of RL regimes, which sample their own completions.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class ReasoningDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        train_examples: bool = False,
     ) -> None:
         super().__init__()
         if not train:
@@ -83,6 +86,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.train_examples = train_examples
         self._tokenized: dict[str, list[TokenizedSample]] = {}
 
     @classmethod
@@ -109,6 +113,8 @@ class ReasoningDataModule(L.LightningDataModule):
         return self._tokenized[split]
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_examples:
+            return self._loader_with_examples("train", self.batch_size, shuffle=True)
         return DataLoader(
             self.tokenized("train"),
             batch_size=self.batch_size,
@@ -117,11 +123,11 @@ class ReasoningDataModule(L.LightningDataModule):
             collate_fn=partial(collate, pad_token_id=self.reasoner.tokenizer.pad_token_id),
         )
 
-    def _evaluation_loader(self, split: str) -> DataLoader:
+    def _loader_with_examples(self, split: str, batch_size: int, *, shuffle: bool) -> DataLoader:
         return DataLoader(
             list(zip(self.splits[split], self.tokenized(split))),
-            batch_size=self.eval_batch_size,
-            shuffle=False,
+            batch_size=batch_size,
+            shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=partial(_collate_evaluation, pad_token_id=self.reasoner.tokenizer.pad_token_id),
         )
@@ -135,7 +141,7 @@ class ReasoningDataModule(L.LightningDataModule):
         return batch
 
     def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader("val")
+        return self._loader_with_examples("val", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader("test")
+        return self._loader_with_examples("test", self.eval_batch_size, shuffle=False)
