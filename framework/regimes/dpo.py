@@ -222,7 +222,8 @@ class DPO(SFT):
         for loader in data.every_pair_dataloader():
             for batch in loader:
                 batch = data.transfer_batch_to_device(batch, self.device, 0)
-                logps = self.sequence_logps(self.model, batch).float().cpu()
+                with self.trainer.precision_plugin.forward_context():  # the precision training steps will use
+                    logps = self.sequence_logps(self.model, batch).float().cpu()
                 n = batch["pair_ids"].shape[0]
                 reference[batch["pair_ids"].cpu()] = torch.stack([logps[:n], logps[n:]], dim=1)
         self.model.train(was_training)
