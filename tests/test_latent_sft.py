@@ -179,8 +179,7 @@ def test_stage_mixing_has_its_own_seeded_generator_that_resumes_from_a_checkpoin
         seen = _spy_on_stages(module)
         random.seed(max_steps)  # the global generator is not the one that mixes
         trainer = _trainer(tmp_path, max_steps=max_steps, limit_val_batches=0)
-        # weights_only=False: SFT's hyperparameters hold a SamplingConfig, which torch's safe unpickler refuses.
-        trainer.fit(module, data, ckpt_path=resume, weights_only=False)
+        trainer.fit(module, data, ckpt_path=resume)  # torch's safe unpickler reads the hyperparameters
         if save is not None:
             trainer.save_checkpoint(save)
         return seen
@@ -247,3 +246,20 @@ def test_schedules_that_do_not_fit_the_data_fail_before_training(word_tokenizer,
         _trainer(tmp_path, max_steps=1).fit(LatentSFT(reasoner, addition_task, steps_per_stage=1), data)
     # without a curriculum the final stage needs no steps
     _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(LatentSFT(reasoner, addition_task, curriculum=False), data)
+
+
+def test_token_level_regimes_refuse_a_latent_reasoner(word_tokenizer, addition_task):
+    from framework.regimes import SFT
+
+    with pytest.raises(ValueError, match="use framework.regimes.LatentSFT"):
+        SFT(_reasoner(word_tokenizer), addition_task)
+
+
+def test_the_thought_projection_is_not_decayed_towards_zero(word_tokenizer, addition_task, tmp_path):
+    reasoner = _reasoner(word_tokenizer, config=LatentConfig(max_stage=2, step_separator=" ; ", projection=True))
+    module = LatentSFT(reasoner, addition_task, curriculum=False, weight_decay=0.1)
+    module.trainer = _trainer(tmp_path, max_steps=1)
+    decayed = {id(p) for group in module.configure_optimizers()["optimizer"].param_groups if group["weight_decay"] > 0
+               for p in group["params"]}
+    assert id(reasoner.projection.weight) not in decayed
+    assert id(reasoner.model.get_input_embeddings().weight) in decayed

@@ -46,6 +46,10 @@ class MaskStrategy:
         return labels, loss_weights
 
 
+# Regimes keep it among their hyperparameters: let `torch.load(weights_only=True)` (Lightning's resume) read it.
+torch.serialization.add_safe_globals([MaskStrategy])
+
+
 TRAIN_ON_ALL = MaskStrategy("train_on_all", prompt=1.0, trace=1.0, answer=1.0)
 TRAIN_ON_COMPLETION = MaskStrategy("train_on_completion", prompt=0.0, trace=1.0, answer=1.0)
 MASK_TRACE = MaskStrategy("mask_trace", prompt=0.0, trace=0.0, answer=1.0)

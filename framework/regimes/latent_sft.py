@@ -68,6 +68,8 @@ class LatentSFT(SFT):
     Training batches must carry their `examples` (`ReasoningDataModule`'s do).
     """
 
+    trains_latent_reasoners = True
+
     def __init__(
         self,
         reasoner: Reasoner,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from framework.data.masks import MaskStrategy, mask_strategy
+from framework.data.sample import Example
 from framework.data.tasks.base import Task
 from framework.models.reasoner import Reasoner
 from framework.regimes.evaluation import GenerationEvaluation
@@ -34,6 +36,10 @@ class SFT(L.LightningModule):
         sampling: how validation generates (greedy by default).
     """
 
+    # A latent reasoner's thoughts need a forward that feeds hidden states back (LatentSFT's); a plain
+    # teacher-forced pass would train on the `<latent>` embedding while evaluation feeds thoughts.
+    trains_latent_reasoners: ClassVar[bool] = False
+
     def __init__(
         self,
         reasoner: Reasoner,
@@ -46,6 +52,11 @@ class SFT(L.LightningModule):
         warmup_steps: int = 100,
         sampling: SamplingConfig = SamplingConfig(),
     ) -> None:
+        if reasoner.latent is not None and not self.trains_latent_reasoners:
+            raise ValueError(
+                f"{type(self).__name__} trains token-level reasoners; this one is in 'latent' mode: "
+                "use framework.regimes.LatentSFT, whose forward feeds the thoughts back"
+            )
         super().__init__()
         self.save_hyperparameters(ignore=["reasoner", "task"])
         self.reasoner = reasoner
@@ -93,6 +104,10 @@ class SFT(L.LightningModule):
         """Teacher-forced loss, then generate every example and score it with the task's checkers."""
         examples = batch["examples"]
         self.log(f"{stage}/loss", self.loss(batch), batch_size=len(examples), sync_dist=True)
+        self.score_generations(examples)
+
+    def score_generations(self, examples: Sequence[Example]) -> None:
+        """Generate an answer for every example and add it to this evaluation's accuracy and step validity."""
         self.evaluation.update(self.reasoner, examples, self.sampling, step_verdicts=self._step_verdicts)
 
     def _log_evaluation(self, stage: str) -> None:
@@ -105,9 +120,11 @@ class SFT(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for parameter in self.parameters():  # the model, and any trainable module a subclass registers
+        for name, parameter in self.named_parameters():  # the model, and any trainable module a subclass registers
             if parameter.requires_grad:
-                (no_decay if parameter.ndim < 2 else decay).append(parameter)
+                # Decay the model's matrices only: not biases and norms, and not a latent projection, which
+                # starts as the identity and must not be pulled towards the zero map.
+                (decay if parameter.ndim >= 2 and name.startswith("model.") else no_decay).append(parameter)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,

@@ -20,6 +20,10 @@ class SamplingConfig:
     top_k: int = 0
 
 
+# Regimes keep it among their hyperparameters: let `torch.load(weights_only=True)` (Lightning's resume) read it.
+torch.serialization.add_safe_globals([SamplingConfig])
+
+
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad prompts so every row's next token is generated at the same column."""
     length = max(len(s) for s in sequences)

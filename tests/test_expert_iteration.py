@@ -1,0 +1,156 @@
+"""Expert iteration: selection and reward combination by hand, what a round keeps, and that it learns."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from framework.data.datamodule import ReasoningDataModule, generate_splits
+from framework.data.tasks import AdditionChain
+from framework.data.tokenizer import THINK_END, THINK_START
+from framework.models import Reasoner, build_model
+from framework.regimes.expert_iteration import ExpertIteration, combined_rewards, select
+from framework.regimes.sft import SFT
+from framework.rollout import SamplingConfig
+
+NAN = math.nan
+
+
+def correct_answer(task):
+    """A TRL-style reward from the task's checker: 1 if the text after `</think>` is the right answer."""
+
+    def correct(prompts, completions, example, **_):
+        texts = [prompt + completion for prompt, completion in zip(prompts, completions)]
+        return [float(THINK_END in text and task.check_answer(e, text.split(THINK_END, 1)[1])) for text, e in zip(texts, example)]
+
+    return correct
+
+
+def _trainer(max_steps: int, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, inference_mode=False, **kwargs,
+    )
+
+
+def test_select_applies_threshold_then_top_k_per_problem():
+    rewards = torch.tensor([[0.2, 0.9, NAN, 0.9], [1.0, 0.1, 0.5, 0.7]])
+    assert select(rewards, threshold=None, top_k=None).tolist() == [[True, True, False, True], [True] * 4]
+    assert select(rewards, threshold=0.5, top_k=None).tolist() == [[False, True, False, True], [True, False, True, True]]
+    # top 2 per row; the tie at 0.9 keeps both, the earlier first
+    assert select(rewards, threshold=None, top_k=2).tolist() == [[False, True, False, True], [True, False, False, True]]
+    assert select(rewards, threshold=0.8, top_k=1).tolist() == [[False, True, False, False], [True, False, False, False]]
+
+
+def test_combined_rewards_weight_and_skip_none():
+    def a(prompts, completions, **_):
+        return [1.0, None, 0.5]
+
+    def b(prompts, completions, **_):
+        return [2.0, None, None]
+
+    total = combined_rewards([a, b], [0.5, 2.0], ["p"] * 3, ["c"] * 3)
+    assert total[0].item() == 4.5 and math.isnan(total[1].item()) and total[2].item() == 0.25
+
+
+@pytest.mark.parametrize(
+    "returned, match",
+    [([1.0], r"'bad' returned 1 rewards for 2 completions"), ([1.0, "yes"], r"'bad' returned 'yes' for completion 1"),
+     (None, "'bad' returned NoneType"), ([1.0, math.inf], "returned inf")],
+)
+def test_a_bad_reward_function_is_named(returned, match):
+    def bad(prompts, completions, **_):
+        return returned
+
+    with pytest.raises(ValueError, match=match):
+        combined_rewards([bad], [1.0], ["p", "q"], ["c", "d"])
+
+
+def test_a_round_passes_trl_columns_and_keeps_accepted_finished_completions(word_tokenizer, addition_task):
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    examples = generate_splits(addition_task, seed=0, n_train=3, n_val=0, n_test=0)["train"]
+    seen = {}
+
+    def accept_every_other(prompts, completions, example, answer, completion_ids, **_):
+        seen.update(prompts=prompts, completions=completions, example=example, answer=answer, ids=completion_ids)
+        return [float(i % 2 == 0) for i in range(len(completions))]
+
+    module = ExpertIteration(reasoner, addition_task, reward_funcs=accept_every_other, num_samples=2,
+                             rollout=SamplingConfig(max_new_tokens=30, do_sample=True))
+    torch.manual_seed(0)
+    round_ = module.collect(examples)
+
+    assert seen["example"] == [e for e in examples for _ in range(2)] and seen["answer"] == [e.answer for e in seen["example"]]
+    assert all(p.endswith(THINK_START) and p.startswith(e.prompt) for p, e in zip(seen["prompts"], seen["example"]))
+    for completion, ids in zip(seen["completions"], seen["ids"]):
+        assert completion == word_tokenizer.decode(ids[:-1] if ids[-1] == word_tokenizer.eos_token_id else ids)
+    finished = torch.tensor([ids[-1] == word_tokenizer.eos_token_id for ids in seen["ids"]]).view(3, 2)
+    assert torch.equal(round_.accepted, torch.tensor([[True, False]] * 3) & finished)
+    assert len(round_.kept) == int(round_.accepted.sum())
+    generations = [reasoner.parse(ids) for ids, keep in zip(seen["ids"], round_.accepted.flatten()) if keep]
+    for kept, generation in zip(round_.kept, generations):
+        assert (kept.trace, kept.answer) == (generation.trace, generation.answer)
+    assert set(round_.metrics()) == {"kept", "acceptance_rate", "reward", "sample_accuracy"}
+
+
+def test_a_round_that_keeps_nothing_skips_the_update(word_tokenizer, addition_task):
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    before = {k: v.clone() for k, v in reasoner.model.state_dict().items()}
+    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=8, n_val=0, batch_size=4)
+    module = ExpertIteration(reasoner, reward_funcs=lambda prompts, completions, **_: [0.0] * len(completions),
+                             num_samples=2)
+    trainer = _trainer(2, limit_val_batches=0)
+    trainer.fit(module, data)
+    assert trainer.callback_metrics["train/kept"] == 0 and trainer.callback_metrics["train/acceptance_rate"] == 0
+    for key, value in reasoner.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_expert_iteration_raises_accuracy_from_a_briefly_trained_start(word_tokenizer):
+    """Sums of two digits with a trace; expert iteration over a fixed set of problems raises greedy accuracy on them."""
+    task = AdditionChain(n_terms=2, max_operand=9)
+    L.seed_everything(0)
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
+    sampling = SamplingConfig(max_new_tokens=12)
+    splits = generate_splits(task, seed=0, n_train=30, n_val=64, n_test=0)
+    warm_start = ReasoningDataModule(reasoner, splits["train"], [], batch_size=32)
+    _trainer(60, limit_val_batches=0).fit(SFT(reasoner, task, lr=3e-3, warmup_steps=5), warm_start)
+
+    problems = splits["val"]  # the problems expert iteration samples for, and is scored on
+    data = ReasoningDataModule(reasoner, problems, problems, batch_size=32, eval_batch_size=64)
+    module = ExpertIteration(reasoner, task, reward_funcs=correct_answer(task), num_samples=4, lr=3e-4, warmup_steps=2,
+                             rollout=SamplingConfig(max_new_tokens=12, do_sample=True, temperature=0.7), sampling=sampling)
+    rounds: list[float] = []
+
+    class RecordAcceptance(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            rounds.append(float(trainer.callback_metrics["train/acceptance_rate"]))
+
+    before = _trainer(1).validate(module, data, verbose=False)[0]["val/accuracy"]
+    _trainer(60, limit_val_batches=0, callbacks=[RecordAcceptance()]).fit(module, data)
+    after = _trainer(1).validate(module, data, verbose=False)[0]["val/accuracy"]
+
+    assert len(rounds) == 60
+    first, last = sum(rounds[:10]) / 10, sum(rounds[-10:]) / 10
+    assert last > first + 0.1, (first, last)
+    assert after > before + 0.1, (before, after)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"num_samples": 0}, "num_samples"),
+        ({"num_samples": 2, "rollout": SamplingConfig()}, "do_sample"),
+        ({"top_k": 0}, "top_k"),
+        ({"reward_weights": [1.0, 2.0]}, "reward_weights"),
+        ({"reward_funcs": "correct"}, "reward_funcs"),
+    ],
+)
+def test_bad_options_are_named(options, match, word_tokenizer):
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    options = {"reward_funcs": lambda prompts, completions, **_: [1.0] * len(completions), **options}
+    with pytest.raises(ValueError, match=match):
+        ExpertIteration(reasoner, **options)
