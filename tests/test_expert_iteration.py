@@ -12,7 +12,7 @@ from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import THINK_END, THINK_START
 from framework.models import Reasoner, build_model
-from framework.regimes.expert_iteration import ExpertIteration, combined_rewards, select
+from framework.regimes.expert_iteration import ExpertIteration, select
 from framework.regimes.sft import SFT
 from framework.rollout import SamplingConfig
 
@@ -43,30 +43,6 @@ def test_select_applies_threshold_then_top_k_per_problem():
     # top 2 per row; the tie at 0.9 keeps both, the earlier first
     assert select(rewards, threshold=None, top_k=2).tolist() == [[False, True, False, True], [True, False, False, True]]
     assert select(rewards, threshold=0.8, top_k=1).tolist() == [[False, True, False, False], [True, False, False, False]]
-
-
-def test_combined_rewards_weight_and_skip_none():
-    def a(prompts, completions, **_):
-        return [1.0, None, 0.5]
-
-    def b(prompts, completions, **_):
-        return [2.0, None, None]
-
-    total = combined_rewards([a, b], [0.5, 2.0], ["p"] * 3, ["c"] * 3)
-    assert total[0].item() == 4.5 and math.isnan(total[1].item()) and total[2].item() == 0.25
-
-
-@pytest.mark.parametrize(
-    "returned, match",
-    [([1.0], r"'bad' returned 1 rewards for 2 completions"), ([1.0, "yes"], r"'bad' returned 'yes' for completion 1"),
-     (None, "'bad' returned NoneType"), ([1.0, math.inf], "returned inf")],
-)
-def test_a_bad_reward_function_is_named(returned, match):
-    def bad(prompts, completions, **_):
-        return returned
-
-    with pytest.raises(ValueError, match=match):
-        combined_rewards([bad], [1.0], ["p", "q"], ["c", "d"])
 
 
 def test_a_round_passes_trl_columns_and_keeps_accepted_finished_completions(word_tokenizer, addition_task):
@@ -146,7 +122,7 @@ def test_expert_iteration_raises_accuracy_from_a_briefly_trained_start(word_toke
         ({"num_samples": 2, "rollout": SamplingConfig()}, "do_sample"),
         ({"top_k": 0}, "top_k"),
         ({"reward_weights": [1.0, 2.0]}, "reward_weights"),
-        ({"reward_funcs": "correct"}, "reward_funcs"),
+        ({"reward_funcs": "correct"}, "is not callable"),
     ],
 )
 def test_bad_options_are_named(options, match, word_tokenizer):

@@ -23,8 +23,7 @@ nansum); a completion no function applies to is never kept.
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +34,10 @@ from framework.data.sample import Example
 from framework.data.tasks.base import Task
 from framework.data.tokenize import collate
 from framework.models.reasoner import Reasoner
+from framework.regimes.policy import TokenPolicy
 from framework.regimes.sft import SFT
-from framework.rollout.sampling import SamplingConfig, sample
-
-RewardFunction = Callable[..., Sequence[Any]]
+from framework.rewards.base import RewardFunction, Rewards, reward_columns
+from framework.rollout.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -76,27 +75,6 @@ def select(rewards: torch.Tensor, *, threshold: float | None, top_k: int | None)
         ranked = rewards.masked_fill(~accepted, -math.inf).argsort(dim=1, descending=True, stable=True)
         accepted &= ranked.argsort(dim=1) < top_k
     return accepted
-
-
-def combined_rewards(
-    funcs: Sequence[RewardFunction], weights: Sequence[float], prompts: list[str], completions: list[str], **columns: Any
-) -> torch.Tensor:
-    """Weighted sum of the functions' rewards per completion, None skipped; NaN where none applied."""
-    per_function = torch.empty(len(completions), len(funcs))
-    for j, func in enumerate(funcs):
-        name = getattr(func, "__name__", type(func).__name__)
-        rewards = func(prompts=prompts, completions=completions, **columns)
-        if isinstance(rewards, torch.Tensor):
-            rewards = rewards.tolist()
-        if not isinstance(rewards, Sequence) or len(rewards) != len(completions):
-            got = f"{len(rewards)} rewards" if isinstance(rewards, Sequence) else type(rewards).__name__
-            raise ValueError(f"reward function {name!r} returned {got} for {len(completions)} completions")
-        for i, reward in enumerate(rewards):
-            if reward is not None and not (isinstance(reward, numbers.Real) and math.isfinite(reward)):
-                raise ValueError(f"reward function {name!r} returned {reward!r} for completion {i}; expected a number or None")
-            per_function[i, j] = math.nan if reward is None else float(reward)
-    total = (per_function * torch.tensor(weights, dtype=torch.float)).nansum(dim=1)
-    return total.masked_fill(per_function.isnan().all(dim=1), math.nan)
 
 
 class ExpertIteration(SFT):
@@ -148,19 +126,14 @@ class ExpertIteration(SFT):
             warmup_steps=warmup_steps, sampling=sampling,
         )
         self.save_hyperparameters(ignore=["reasoner", "task", "reward_funcs"])  # functions are not config
-        funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
-        if not funcs or not all(callable(func) for func in funcs):
-            raise ValueError(f"reward_funcs must be one or more callables, got {reward_funcs!r}")
-        weights = [1.0] * len(funcs) if reward_weights is None else list(reward_weights)
-        if len(weights) != len(funcs):
-            raise ValueError(f"reward_weights has {len(weights)} entries for {len(funcs)} reward functions")
+        self.rewards = Rewards(reward_funcs, reward_weights)
+        self.policy = TokenPolicy(reasoner)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if num_samples > 1 and not rollout.do_sample:
             raise ValueError("num_samples > 1 needs rollout.do_sample=True: greedy decoding repeats one completion")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-        self.reward_funcs, self.reward_weights = funcs, weights
         self.num_samples, self.threshold, self.top_k, self.rollout = num_samples, threshold, top_k, rollout
 
     @torch.no_grad()
@@ -171,23 +144,13 @@ class ExpertIteration(SFT):
         of a finished answer. Kept completions become `Example`s with the generated
         trace and answer (and the problem's metadata), ready for the reasoner's format.
         """
-        tokenizer = self.reasoner.tokenizer
         repeated = [example for example in examples for _ in range(self.num_samples)]
-        completion_ids = sample(
-            self.model, [self.reasoner.prompt_ids(example) for example in repeated],
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, config=self.rollout,
-        )
-        generations = [self.reasoner.parse(ids) for ids in completion_ids]
-        completions = [
-            tokenizer.decode(ids[:-1] if g.finished else ids, skip_special_tokens=False)
-            for ids, g in zip(completion_ids, generations)
-        ]
-        prompts = ["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in repeated]
-        rewards = combined_rewards(
-            self.reward_funcs, self.reward_weights, prompts, completions,
-            example=repeated, answer=[example.answer for example in repeated], completion_ids=completion_ids,
-        ).view(len(examples), self.num_samples)
-        finished = torch.tensor([g.finished for g in generations]).view_as(rewards)
+        rollout = self.policy.rollout(repeated, self.rollout)
+        generations = [self.reasoner.parse(ids) for ids in rollout.completion_ids]
+        rewards = self.rewards.score(
+            rollout.prompts, rollout.completions, **reward_columns(rollout.examples, rollout.completion_ids)
+        ).total.view(len(examples), self.num_samples)
+        finished = ~rollout.truncated.view_as(rewards)
         accepted = select(rewards, threshold=self.threshold, top_k=self.top_k) & finished
         kept = [
             Example(example.prompt, generation.trace, generation.answer, metadata=example.metadata)
