@@ -36,7 +36,7 @@ from framework.data.sample import Example
 from framework.data.tasks.base import Task
 from framework.io import atomic_write_text
 from framework.models.reasoner import Reasoner
-from framework.probes.metrics import AnswerAccuracy, StepValidity
+from framework.regimes.evaluation import GenerationEvaluation
 from framework.report import write_csv
 from framework.rollout.sampling import SamplingConfig
 
@@ -166,23 +166,11 @@ def answer_accuracy(
 
     def evaluate(reasoner: Reasoner) -> dict[str, float]:
         reasoner.model.to(device)
-        accuracy, validity, tokens = AnswerAccuracy(), StepValidity(), 0
+        evaluation = GenerationEvaluation(task).to(device)
         for start in range(0, len(examples), batch_size):
-            batch = examples[start : start + batch_size]
-            generations = reasoner.generate(batch, sampling)
-            if task is not None:
-                accuracy.update([task.check_answer(e, g.answer) for e, g in zip(batch, generations)])
-                validity.update([task.check_steps(e, g.trace) for e, g in zip(batch, generations)])
-            else:
-                accuracy.update([g.answer.split() == e.answer.split() for e, g in zip(batch, generations)])
-            tokens += sum(g.num_tokens for g in generations)
-        rate = {key: float(value) for key, value in accuracy.compute().items()}
-        scores = {"accuracy": rate["rate"], "correct": int(rate["hits"]), "total": int(rate["total"]),
-                  "accuracy_ci_low": rate["ci_low"], "accuracy_ci_high": rate["ci_high"]}
-        steps = validity.compute()
-        if steps["total"] > 0:
-            scores["step_validity"] = float(steps["rate"])
-        scores["tokens_generated"] = tokens / len(examples)
-        return scores
+            evaluation.update(reasoner, examples[start : start + batch_size], sampling)
+        values = {key.removeprefix("eval/"): float(value) for key, value in evaluation.compute("eval").items()}
+        values["correct"], values["total"] = int(values.pop("accuracy_hits")), int(values.pop("accuracy_total"))
+        return values
 
     return evaluate
