@@ -157,7 +157,8 @@ def gemm_seconds(shape: Shape, rounds: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
+    """A memory figure of this process from /proc (`VmRSS` now, `VmHWM` its peak), in KiB."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith(field + ":"):
@@ -182,9 +183,9 @@ def _peak_here(name: str, shape: Shape, masked: float) -> int:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # reset VmHWM to the current resident size
-    before = _rss_kib("VmRSS")
+    before = rss_kib("VmRSS")
     step(fn, inputs)
-    return (_rss_kib("VmHWM") - before) * 1024
+    return (rss_kib("VmHWM") - before) * 1024
 
 
 def peak_bytes(name: str, shape: Shape, masked: float) -> int:

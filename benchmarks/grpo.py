@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from benchmarks.common import rss_kib
 from framework.data.datamodule import generate_splits
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import build_word_tokenizer
@@ -96,7 +97,7 @@ class _Clock:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             with open("/proc/self/clear_refs", "w") as clear:
                 clear.write("5")  # reset VmHWM to the current resident size
-            self._baseline_kib = _rss_kib("VmRSS")
+            self._baseline_kib = rss_kib("VmRSS")
 
     def result(self) -> dict[str, float]:
         steps, rollouts = self.step_s[1:], self.rollout_s[1:]
@@ -105,16 +106,8 @@ class _Clock:
             "step_s": statistics.median(steps),
             "rollout_s": statistics.median(rollouts),
             "update_s": statistics.median(updates),
-            "peak_mib": (_rss_kib("VmHWM") - self._baseline_kib) / 1024,
+            "peak_mib": (rss_kib("VmHWM") - self._baseline_kib) / 1024,
         }
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def run_thoughtlab(setting: Setting) -> dict[str, float]:

@@ -57,7 +57,19 @@ def _collate_with_examples(items: list[tuple[Example, TokenizedSample]], pad_tok
     return batch
 
 
-class ReasoningDataModule(L.LightningDataModule):
+class ExampleBatches(L.LightningDataModule):
+    """A data module whose batches carry their `examples` beside the tensors."""
+
+    def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
+        # Examples are plain Python objects: move only the tensors beside them.
+        examples = batch.pop("examples", None) if isinstance(batch, dict) else None
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if examples is not None:
+            batch["examples"] = examples
+        return batch
+
+
+class ReasoningDataModule(ExampleBatches):
     """Serves train/val/test splits of `Example`s in the reasoner's format.
 
     Batches hold `input_ids`, `attention_mask` and `roles`, and the `examples`
@@ -128,13 +140,6 @@ class ReasoningDataModule(L.LightningDataModule):
             collate_fn=partial(_collate_with_examples, pad_token_id=self.reasoner.tokenizer.pad_token_id),
         )
 
-    def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
-        # Examples are plain Python objects: move only the tensors beside them.
-        examples = batch.pop("examples", None) if isinstance(batch, dict) else None
-        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        if examples is not None:
-            batch["examples"] = examples
-        return batch
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader("val")

@@ -20,11 +20,10 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from framework.data.datamodule import generate_splits
+from framework.data.datamodule import ExampleBatches, generate_splits
 from framework.data.formats import PreferencePair, read_preferences
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
@@ -67,7 +66,7 @@ def _collate_pairs(
     return batch
 
 
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(ExampleBatches):
     """Train/val/test splits of `PreferencePair`s in a reasoner's format.
 
     Every batch holds `input_ids`, `attention_mask` and `roles` of shape
@@ -166,11 +165,3 @@ class PreferenceDataModule(L.LightningDataModule):
     def every_pair_dataloader(self) -> list[DataLoader]:
         """Loaders over every non-empty split, unshuffled: what precomputed reference log-probs are computed from."""
         return [self._loader(s, shuffle=False, batch_size=self.eval_batch_size) for s in SPLITS if self.splits[s]]
-
-    def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
-        # Examples are plain Python objects: move only the tensors beside them.
-        examples = batch.pop("examples", None) if isinstance(batch, dict) else None
-        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        if examples is not None:
-            batch["examples"] = examples
-        return batch
