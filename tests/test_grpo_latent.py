@@ -178,7 +178,7 @@ def test_grpo_takes_a_latent_policy_for_a_latent_reasoner_and_trains_it(word_tok
 def test_grpo_raises_the_reward_of_a_latent_policy_that_hedges_between_answers():
     """A latent policy (one continuous thought, then the answer) SFT'd at the final stage to answer with the sum or
     the sum plus one, half and half, starts near 50% correct; GRPO on answer correctness must lift its sampled
-    reward well above that."""
+    reward well above that (measured: 0.37 -> 0.67 and 0.43 -> 0.78 for seeds 0 and 1)."""
     task = AdditionChain(n_terms=2, max_operand=4)
     tokenizer = build_word_tokenizer(task.vocabulary())
     L.seed_everything(0)
@@ -187,7 +187,7 @@ def test_grpo_raises_the_reward_of_a_latent_policy_that_hedges_between_answers()
     problems = generate_splits(task, 0, n_train=25, n_val=0, n_test=0)["train"]  # all 25 of them
     hedged = [x for e in problems for x in (e, dataclasses.replace(e, answer=str(int(e.answer) + 1)))]
     sft = LatentSFT(reasoner, task, curriculum=False, lr=3e-3, warmup_steps=10)
-    _quiet_trainer(SFT_STEPS).fit(sft, ReasoningDataModule(reasoner, hedged, [], batch_size=32))
+    _quiet_trainer(200).fit(sft, ReasoningDataModule(reasoner, hedged, [], batch_size=32))
 
     correctness = AnswerCorrectness(task)
 
@@ -197,15 +197,14 @@ def test_grpo_raises_the_reward_of_a_latent_policy_that_hedges_between_answers()
         return statistics.mean(correctness(rollout.prompts, rollout.completions, **reward_columns(rollout.examples)))
 
     before = mean_reward()
-    module = GRPO(reasoner, correctness, task, num_generations=8, lr=GRPO_LR, sampling=SAMPLING)
-    _quiet_trainer(GRPO_STEPS).fit(module, ReasoningDataModule(reasoner, problems, [], batch_size=8))
+    module = GRPO(reasoner, correctness, task, num_generations=8, lr=3e-4, sampling=SAMPLING)
+    assert isinstance(module.policy, LatentPolicy)
+    # Every prompt in every step: 200 completions give a steady gradient (8 prompts a step learn, but noisily).
+    _quiet_trainer(20).fit(module, ReasoningDataModule(reasoner, problems, [], batch_size=len(problems)))
     after = mean_reward()
     print(f"mean sampled reward before GRPO {before:.3f}, after {after:.3f}")
     assert before < 0.6, before
     assert after > before + 0.2, (before, after)
-
-
-SFT_STEPS, GRPO_STEPS, GRPO_LR = 100, 20, 1e-4
 
 
 def _quiet_trainer(max_steps: int) -> L.Trainer:
