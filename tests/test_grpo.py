@@ -275,7 +275,7 @@ def test_a_policy_that_cannot_generate_is_a_clear_error(word_tokenizer):
         GRPO(Reasoner(backbone, word_tokenizer, "cot"), think_format, sampling=SAMPLING)
     model = build_model("llama", "1m", word_tokenizer, seed=0)
     with pytest.raises(ValueError, match="'latent' has no token policy"):
-        GRPO(Reasoner(model, word_tokenizer, "latent"), think_format, sampling=SAMPLING)
+        TokenPolicy(Reasoner(model, word_tokenizer, "latent"))
     reasoner = Reasoner(model, word_tokenizer, "cot")
     with pytest.raises(ValueError, match="Policy interface"):
         GRPO(reasoner, think_format, policy=object(), sampling=SAMPLING)

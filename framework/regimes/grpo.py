@@ -45,6 +45,7 @@ from framework.regimes.grpo_loss import (
     group_advantages,
     nanstd,
 )
+from framework.regimes.latent_policy import LatentPolicy
 from framework.regimes.policy import Policy, Rollout, TokenPolicy
 from framework.rewards.base import RewardFunction, Rewards, reward_columns
 from framework.rollout.sampling import SamplingConfig
@@ -61,7 +62,8 @@ class GRPO(L.LightningModule):
         reasoner: the model, its tokenizer and mode; validation generates with it.
         rewards: TRL-signature reward functions (or a `Rewards`), combined with `reward_weights`.
         task: its checkers score validation (accuracy with a Wilson interval, step validity).
-        policy: what samples and re-scores completions; a `TokenPolicy` of the reasoner by default.
+        policy: what samples and re-scores completions; by default a `LatentPolicy` of a latent reasoner
+            (actions: the tokens after `<eot>`, thoughts differentiable), else a `TokenPolicy`.
         num_generations: G, completions per prompt (>= 2).
         scale_rewards: divide advantages by the std of the `"group"`, of the `"batch"`, or `"none"`.
         loss_type: `"grpo"`, `"dr_grpo"` or `"dapo"` aggregation (see `grpo_loss.aggregate_loss`).
@@ -113,7 +115,7 @@ class GRPO(L.LightningModule):
         else:
             self.rewards = Rewards(rewards, reward_weights)
         if policy is None:
-            policy = TokenPolicy(reasoner)
+            policy = LatentPolicy(reasoner) if reasoner.mode == "latent" else TokenPolicy(reasoner)
         elif not isinstance(policy, Policy):
             raise ValueError(f"policy {policy!r} lacks the Policy interface (module, rollout, logprobs)")
         self.save_hyperparameters(ignore=["reasoner", "rewards", "task", "policy", "reference"])

@@ -66,6 +66,22 @@ def completion_logprobs(
     build on this; the head's logits are never materialised.
     """
     hidden = backbone_hidden_states(model, input_ids, attention_mask)
+    return hidden_states_logprobs(model, hidden, labels, temperature=temperature, return_entropy=return_entropy)
+
+
+def hidden_states_logprobs(
+    model: PreTrainedModel,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """`completion_logprobs` from hidden states `[B, T, H]` that are already computed (e.g. with latent thoughts).
+
+    Shifts by one like `hidden_states_loss`: returns `[B, T-1]`, position i
+    scoring `labels[:, i + 1]` from `hidden[:, i]`.
+    """
     if getattr(model.config, "final_logit_softcapping", None) or model.get_output_embeddings().bias is not None:
         raise NotImplementedError("completion_logprobs supports bias-free heads without logit softcapping")
     return linear_token_logprobs(

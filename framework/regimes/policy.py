@@ -12,14 +12,12 @@ A regime such as GRPO asks a `Policy` for two things only:
    `rollout.action_mask` `[N, T]` marks which positions are actions.
 
 `TokenPolicy` serves the text modes (cot, none, pause): its `module` is the
-causal LM and the actions are all completion tokens. A latent policy plugs
-into the same two calls: its `module` holds the LM and the thought projection
-(e.g. an `nn.ModuleDict`); its rollout is `Reasoner.rollout_latent` (thoughts,
-then answer tokens), with `inputs` the prompt ids (with their `<latent>`
-slots) plus the completion; its `logprobs` recomputes the thoughts with
-`framework.models.latent.latent_forward` from `module` (so they are a
-differentiable function of the parameters) and scores only the tokens after
-`<eot>`, which are its actions.
+causal LM and the actions are all completion tokens. `LatentPolicy`
+(`framework.regimes.latent_policy`) serves the latent mode through the same
+two calls: its `module` holds the LM and the thought projection; its rollout is
+`Reasoner.rollout_latent` (thoughts, then answer tokens); its `logprobs`
+recomputes the thoughts from `module` (so they are a differentiable function
+of the parameters) and scores only the tokens after `<eot>`, its actions.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.data.masks import IGNORE_INDEX
 from framework.data.sample import Example
@@ -99,14 +97,9 @@ class TokenPolicy:
         if reasoner.mode not in self.MODES:
             raise ValueError(
                 f"reasoner mode {reasoner.mode!r} has no token policy; TokenPolicy serves {list(self.MODES)} "
-                "(a latent reasoner needs its own Policy, see framework.regimes.policy)"
+                "(a latent reasoner's policy is framework.regimes.latent_policy.LatentPolicy)"
             )
-        can_generate = getattr(reasoner.model, "can_generate", None)
-        if can_generate is None or not can_generate():
-            raise ValueError(
-                f"the reasoner's model {type(reasoner.model).__name__} cannot generate: a policy needs a causal LM "
-                "with a language-model head (AutoModelForCausalLM), not a bare backbone"
-            )
+        require_generation(reasoner)
         self.reasoner = reasoner
         self.module = reasoner.model
 
@@ -116,11 +109,7 @@ class TokenPolicy:
         completion_ids = sample(
             self.module, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, config=sampling
         )
-        finished = [bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in completion_ids]
-        completions = [
-            tokenizer.decode(ids[:-1] if done else ids, skip_special_tokens=False)
-            for ids, done in zip(completion_ids, finished)
-        ]
+        completions, finished = decode_completions(tokenizer, completion_ids)
         prompts = ["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples]
         inputs = _right_padded(prompt_ids, completion_ids, tokenizer.pad_token_id, self.module.device)
         return Rollout(
@@ -149,6 +138,28 @@ class TokenPolicy:
             temperature=temperature,
             return_entropy=return_entropy,
         )
+
+
+def require_generation(reasoner: Reasoner) -> None:
+    """A policy samples: the reasoner's model must be a causal LM with a head, not a bare backbone."""
+    can_generate = getattr(reasoner.model, "can_generate", None)
+    if can_generate is None or not can_generate():
+        raise ValueError(
+            f"the reasoner's model {type(reasoner.model).__name__} cannot generate: a policy needs a causal LM "
+            "with a language-model head (AutoModelForCausalLM), not a bare backbone"
+        )
+
+
+def decode_completions(
+    tokenizer: PreTrainedTokenizerBase, completion_ids: Sequence[Sequence[int]]
+) -> tuple[list[str], list[bool]]:
+    """The text of each completion (EOS excluded, special tokens kept for reward functions to see), and whether
+    it ended with EOS."""
+    finished = [bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in completion_ids]
+    texts = [
+        tokenizer.decode(ids[:-1] if done else ids, skip_special_tokens=False) for ids, done in zip(completion_ids, finished)
+    ]
+    return texts, finished
 
 
 def _right_padded(

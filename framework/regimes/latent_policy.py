@@ -1,0 +1,163 @@
+"""A latent reasoner as an RL policy: its actions are the tokens it writes after `<eot>`.
+
+The thoughts are not actions: nothing is sampled there, each one is the
+hidden state before its slot (through the projection, when there is one).
+They are a differentiable function of the parameters, so the policy gradient
+of the answer tokens reaches the thought path too, as in Coconut's training
+forward.
+
+Layout of `Rollout.inputs` (all first dimension N):
+
+- `prompt_ids`, `prompt_attention_mask` `[N, P]`: the prompts left-padded,
+  `<latent>` slots included, exactly as `latent_rollout` sampled them. All
+  rows of a rollout share a stage, hence the same `<latent>` x k `<eot>`
+  suffix, so their `<bot>` share a column (`collate_latent`'s alignment) and
+  the thought walk is k columns long.
+- `completion_ids`, `completion_attention_mask` `[N, C]`: the sampled tokens,
+  right-padded; the mask is `Rollout.action_mask`.
+
+`logprobs` runs the prompts through `run_with_thoughts` (the pass behind
+`latent_forward`) and then the completions against its cache. Keeping the two
+apart matters: a sampled completion may contain the `<latent>` token itself,
+which the sampler embedded as a token; a single `latent_forward` over prompt +
+completion would take it for a thought slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from framework.data.masks import IGNORE_INDEX
+from framework.data.sample import Example
+from framework.models.backbone import backbone_hidden_states
+from framework.models.latent import position_ids_from_mask, run_with_thoughts
+from framework.regimes.loss import hidden_states_logprobs
+from framework.regimes.policy import Rollout, decode_completions, require_generation
+from framework.rollout.sampling import SamplingConfig, left_pad
+
+if TYPE_CHECKING:
+    from framework.models.reasoner import Reasoner
+
+INPUT_KEYS = ("prompt_ids", "prompt_attention_mask", "completion_ids", "completion_attention_mask")
+
+
+class LatentPolicy:
+    """A `latent`-mode `Reasoner` as a `Policy` (see `framework.regimes.policy`).
+
+    `module` is an `nn.ModuleDict` holding the reasoner's own LM (`"model"`)
+    and, when its `LatentConfig.projection` is on, its thought projection
+    (`"projection"`): every trainable parameter, so a deep copy of it is a
+    complete KL reference. Rollouts are at the reasoner's current `stage`.
+    """
+
+    def __init__(self, reasoner: Reasoner) -> None:
+        if reasoner.mode != "latent":
+            raise ValueError(
+                f"LatentPolicy needs a 'latent'-mode reasoner, got mode {reasoner.mode!r} (text modes use TokenPolicy)"
+            )
+        require_generation(reasoner)
+        self.reasoner = reasoner
+        parts = {"model": reasoner.model}
+        if reasoner.projection is not None:
+            parts["projection"] = reasoner.projection
+        self.module = nn.ModuleDict(parts)
+
+    def rollout(self, examples: Sequence[Example], sampling: SamplingConfig) -> Rollout:
+        """Think, then sample one completion per example (`Reasoner.rollout_latent` at the reasoner's stage)."""
+        tokenizer = self.reasoner.tokenizer
+        sampled = self.reasoner.rollout_latent(examples, sampling)
+        completions, finished = decode_completions(tokenizer, sampled.completions)
+        device = self.reasoner.model.device
+        prompt_ids, prompt_mask = left_pad([self.reasoner.prompt_ids(e) for e in examples], tokenizer.pad_token_id, device)
+        completion_ids, completion_mask = _right_pad(sampled.completions, tokenizer.pad_token_id, device)
+        return Rollout(
+            examples=list(examples),
+            prompts=["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples],
+            completions=completions,
+            completion_ids=sampled.completions,
+            truncated=torch.tensor([not done for done in finished]),
+            inputs={
+                "prompt_ids": prompt_ids,
+                "prompt_attention_mask": prompt_mask,
+                "completion_ids": completion_ids,
+                "completion_attention_mask": completion_mask,
+            },
+            action_mask=completion_mask.bool(),
+        )
+
+    def logprobs(
+        self,
+        module: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        *,
+        temperature: float = 1.0,
+        return_entropy: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs `[N, C]` of the completion tokens, thoughts recomputed from `module` (differentiably).
+
+        `module` is `self.module` or a copy of it (a KL reference). Padding
+        positions hold 0 (and entropy 0).
+        """
+        model, projection = _parts(module)
+        prompt_ids, prompt_mask, completion_ids, completion_mask = _checked(inputs)
+        thought_pass = run_with_thoughts(
+            model, prompt_ids, prompt_mask, latent_token_id=self.reasoner.latent_token_id, projection=projection
+        )
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        positions = position_ids_from_mask(attention_mask)[:, prompt_ids.shape[1] :]
+        answer_hidden = backbone_hidden_states(
+            model,
+            attention_mask=attention_mask,
+            inputs_embeds=model.get_input_embeddings()(completion_ids),
+            position_ids=positions,
+            cache=thought_pass.cache,
+        )
+        # The last prompt column (`<eot>`) predicts the first completion token; the shift happens in the scorer.
+        hidden = torch.cat([thought_pass.hidden[:, -1:], answer_hidden], dim=1)
+        labels = completion_ids.masked_fill(~completion_mask.bool(), IGNORE_INDEX)
+        labels = torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
+        return hidden_states_logprobs(model, hidden, labels, temperature=temperature, return_entropy=return_entropy)
+
+
+def _parts(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    if not isinstance(module, nn.ModuleDict) or "model" not in module:
+        raise ValueError(
+            f"module must be the LatentPolicy's nn.ModuleDict with a 'model' (and optional 'projection') entry, or a "
+            f"copy of it; got {type(module).__name__}"
+        )
+    projection = module["projection"] if "projection" in module else None  # noqa: SIM401 (ModuleDict has no .get)
+    return module["model"], projection
+
+
+def _checked(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    missing = [key for key in INPUT_KEYS if key not in inputs]
+    if missing:
+        raise ValueError(f"inputs lack {missing}: LatentPolicy.logprobs takes the inputs of its own rollouts")
+    prompt_ids, prompt_mask, completion_ids, completion_mask = (inputs[key] for key in INPUT_KEYS)
+    if prompt_ids.shape != prompt_mask.shape or completion_ids.shape != completion_mask.shape:
+        raise ValueError(
+            f"inputs: prompt_ids {tuple(prompt_ids.shape)} / prompt_attention_mask {tuple(prompt_mask.shape)} and "
+            f"completion_ids {tuple(completion_ids.shape)} / completion_attention_mask {tuple(completion_mask.shape)} "
+            "must match pairwise"
+        )
+    if prompt_ids.shape[0] != completion_ids.shape[0]:
+        raise ValueError(f"inputs: {prompt_ids.shape[0]} prompts but {completion_ids.shape[0]} completions")
+    if prompt_ids.shape[1] < 1 or completion_ids.shape[1] < 1:
+        raise ValueError("inputs: prompts and completions need at least one column each")
+    return prompt_ids, prompt_mask, completion_ids, completion_mask
+
+
+def _right_pad(
+    sequences: Sequence[Sequence[int]], pad_token_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, : len(sequence)] = 1
+    return ids.to(device), mask.to(device)
