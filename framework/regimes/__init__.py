@@ -1,9 +1,11 @@
-"""One LightningModule per training regime."""
+"""One LightningModule per training regime, and the policies the RL regimes sample from."""
 
 from framework.regimes.dpo import DPO
 from framework.regimes.expert_iteration import ExpertIteration
 from framework.regimes.grpo import GRPO
+from framework.regimes.latent_policy import LatentPolicy
 from framework.regimes.latent_sft import LatentSFT
+from framework.regimes.policy import Policy, TokenPolicy
 from framework.regimes.sft import SFT
 
-__all__ = ["DPO", "GRPO", "SFT", "ExpertIteration", "LatentSFT"]
+__all__ = ["DPO", "GRPO", "SFT", "ExpertIteration", "LatentPolicy", "LatentSFT", "Policy", "TokenPolicy"]
