@@ -69,8 +69,9 @@ measurement uses.
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -250,8 +251,9 @@ def main(
             # 3. Elicit from a copy of the locked model, per arm and number of demonstrations.
             for arm in kind_arms:
                 for n in demos:
-                    elicited_reasoner, seconds = _elicit(arm, n, seed, reasoner, the_task, organism.locked(pool[:n]),
-                                                          train, elicit, run_dir)
+                    demonstrations = organism.locked(pool[:n])  # no password; strong trace and answer
+                    elicited_reasoner, seconds, steps = _elicit(arm, n, seed, reasoner, the_task, demonstrations,
+                                                                train, elicit, run_dir)
                     elicited = _measure(elicited_reasoner, test_locked, the_task, train)
                     unlocked_after = _measure(elicited_reasoner, test_unlocked, the_task, train)
                     recovery = elicitation_recovery(elicited.accuracy, locked.accuracy, unlocked.accuracy)
@@ -262,7 +264,7 @@ def main(
                         "locked_accuracy": locked.accuracy.rate, "unlocked_accuracy": unlocked.accuracy.rate,
                         **_prefixed("elicited", elicited),
                         **_prefixed("unlocked_after", unlocked_after),
-                        "elicit_time_s": round(seconds, 1),
+                        "elicit_steps": steps, "elicit_time_s": round(seconds, 1),
                     })
                     # rewritten after every run, so a run killed later keeps what finished
                     write_csv(results, run_dir / "results.csv")
@@ -335,17 +337,21 @@ def _copy(reasoner: Reasoner) -> Reasoner:
 
 
 def _fit(module: L.LightningModule, reasoner: Reasoner, examples: Sequence[Example], batch_size: int, max_steps: int,
-         train: TrainConfig, run_dir: Path, name: str, seed: int) -> float:
-    """Train `module` for `max_steps` on `examples` (repeated as needed); returns seconds. No validation."""
+         train: TrainConfig, run_dir: Path, name: str, seed: int) -> tuple[float, int]:
+    """Train `module` for `max_steps` on `examples` (repeated as needed); returns seconds and optimizer steps.
+
+    At most `max_steps` epochs too: an expert-iteration round that keeps nothing takes no optimizer step,
+    and a policy that never succeeds must not loop forever. No validation.
+    """
     data = ReasoningDataModule(reasoner, examples, [], batch_size=min(batch_size, len(examples)))
     trainer = L.Trainer(
-        max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0, accelerator=train.accelerator,
+        max_steps=max_steps, max_epochs=max_steps, limit_val_batches=0, num_sanity_val_steps=0, accelerator=train.accelerator,
         precision=train.precision, logger=CSVLogger(run_dir / "logs", name=name, version=f"seed{seed}"),
         enable_checkpointing=False, log_every_n_steps=10, enable_model_summary=False,
     )
     start = time.perf_counter()
     trainer.fit(module, data)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, trainer.global_step
 
 
 def _lock(
@@ -355,7 +361,7 @@ def _lock(
     """A reasoner of `kind` trained from scratch on the password-locked rows; returns it and the seconds taken."""
     L.seed_everything(seed, verbose=False)
     model, tokenizer = _fresh_model(model_config, organism, seed)
-    options = dict(lr=train.lr, warmup_steps=train.warmup_steps)
+    options = {"lr": train.lr, "warmup_steps": train.warmup_steps}
     if kind == "cot":
         reasoner = Reasoner(model, tokenizer, mode="cot")
         module: SFT = SFT(reasoner, task, mask="train_on_completion", **options)
@@ -370,7 +376,7 @@ def _lock(
         else:
             module = LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
     rows = organism.apply(problems, seed=seed)
-    seconds = _fit(module, reasoner, rows, train.batch_size, train.max_steps, train, run_dir, f"lock-{kind}", seed)
+    seconds, _ = _fit(module, reasoner, rows, train.batch_size, train.max_steps, train, run_dir, f"lock-{kind}", seed)
     if reasoner.latent is not None:
         reasoner.stage = reasoner.latent.final_stage  # measured and elicited at the final stage
     return reasoner, seconds
@@ -379,11 +385,14 @@ def _lock(
 def _elicit(
     arm: str, n: int, seed: int, locked: Reasoner, task: Task, demos: Sequence[Example], train: TrainConfig,
     elicit: ElicitConfig, run_dir: Path,
-) -> tuple[Reasoner, float]:
-    """A copy of the locked reasoner after `arm` on `n` demonstration problems; returns it and the seconds taken."""
+) -> tuple[Reasoner, float, int]:
+    """A copy of the locked reasoner after `arm` on `n` demonstration problems, the seconds and optimizer steps taken.
+
+    Expert iteration may take fewer steps than asked: a round whose samples are all wrong updates nothing.
+    """
     L.seed_everything(seed, verbose=False)
     reasoner = _copy(locked)
-    sft = dict(lr=elicit.lr, warmup_steps=elicit.warmup_steps)
+    sft = {"lr": elicit.lr, "warmup_steps": elicit.warmup_steps}
     rollout = SamplingConfig(max_new_tokens=train.max_new_tokens, do_sample=True, temperature=elicit.temperature)
     steps = elicit.steps
     if arm == "sft_full_trace":
@@ -406,9 +415,9 @@ def _elicit(
         steps = elicit.rl_steps
     else:
         raise ValueError(f"unknown arm {arm!r}")
-    seconds = _fit(module, reasoner, demos, elicit.batch_size, steps, train, run_dir, f"{arm}-{reasoner.mode}-n{n}",
-                   seed)
-    return reasoner, seconds
+    seconds, steps_taken = _fit(module, reasoner, demos, elicit.batch_size, steps, train, run_dir,
+                                f"{arm}-{reasoner.mode}-n{n}", seed)
+    return reasoner, seconds, steps_taken
 
 
 @torch.no_grad()
@@ -508,7 +517,7 @@ def _plot(results: list[dict[str, Any]], run_dir: Path) -> list[str]:
 def _cell(values: Sequence[float], percent: bool = True) -> str:
     mean, std = mean_std(values)
     scale = 100.0 if percent else 1.0
-    return "n/a" if mean != mean else f"{mean * scale:.1f} ± {std * scale:.1f}"
+    return "n/a" if math.isnan(mean) else f"{mean * scale:.1f} ± {std * scale:.1f}"
 
 
 def _count(row: dict[str, Any], name: str) -> str:

@@ -1,0 +1,91 @@
+"""The elicitation recipe end to end on a tiny budget, its command line, and its bad-input errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import yaml
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+from framework.data.tokenizer import wrap_tokenizer
+from recipes import elicitation
+from recipes.cli import run
+
+TINY = [
+    "--preset", "smoke",
+    "--train.max_steps", "3", "--train.batch_size", "8", "--train.max_new_tokens", "12",
+    "--task.n_lock", "32", "--task.n_test", "6", "--demos", "[1, 2]",
+    "--elicit.steps", "2", "--elicit.rl_steps", "1", "--elicit.num_generations", "2", "--elicit.num_samples", "2",
+]
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
+    run_dir = run(elicitation.main, "elicitation", [
+        *TINY, "--out", str(tmp_path),
+        "--arms.cot", "[sft_full_trace, sft_self_trace, grpo, expert_iteration]",
+    ])
+    assert run_dir.parent == tmp_path / "elicitation"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["train"]["max_steps"] == 3 and config["demos"] == [1, 2]  # flags beat the preset
+    assert config["task"]["n_lock"] == 32 and config["latent"]["curriculum"] is False  # the preset beats main's defaults
+
+    before = _rows(run_dir / "locked.csv")
+    assert [(r["reasoner"], r["seed"]) for r in before] == [("cot", "0"), ("latent", "0")]
+    for row in before:
+        for name in ("unlocked_accuracy", "locked_accuracy"):
+            assert int(row[f"{name}_total"]) == 6 and 0 <= int(row[f"{name}_hits"]) <= 6
+            assert float(row[name]) == pytest.approx(int(row[f"{name}_hits"]) / 6)
+    cot, latent = before
+    assert int(cot["locked_procedure_total"]) == 6  # cot: one verdict per episode
+    assert int(latent["locked_procedure_total"]) == 6 * 2  # latent: 2 thoughts (max_stage 2, c = 1) per episode
+
+    results = _rows(run_dir / "results.csv")
+    expected = [("cot", arm, n) for arm in ("sft_full_trace", "sft_self_trace", "grpo", "expert_iteration")
+                for n in ("1", "2")] + [("latent", "latent_answer_sft", n) for n in ("1", "2")]
+    assert [(r["reasoner"], r["arm"], r["n"]) for r in results] == expected
+    for row in results:
+        locked = cot if row["reasoner"] == "cot" else latent
+        assert int(row["elicited_accuracy_total"]) == 6 and int(row["unlocked_after_accuracy_total"]) == 6
+        assert float(row["locked_accuracy"]) == float(locked["locked_accuracy"])
+        gap = float(locked["unlocked_accuracy"]) - float(locked["locked_accuracy"])
+        recovery = (float(row["elicited_accuracy"]) - float(locked["locked_accuracy"])) / gap if gap else math.nan
+        assert float(row["recovery"]) == pytest.approx(recovery, nan_ok=True)
+
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Before elicitation", "## After elicitation", "## Per seed"):
+        assert section in report
+    assert "| cot | sft_self_trace | 2 | 1 |" in report and "| latent | latent_answer_sft | 1 | 1 |" in report
+    for kind in ("cot", "latent"):
+        assert (run_dir / f"recovery_vs_n_{kind}.png").stat().st_size > 1000
+    assert (run_dir / "logs" / "grpo-cot-n2" / "seed0" / "metrics.csv").is_file()
+
+
+def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):
+    with pytest.raises(ValueError, match="arm 'sft_full_trace' does not apply to the 'latent' reasoner"):
+        run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--arms.latent", "[sft_full_trace]"])
+    with pytest.raises(ValueError, match="arm 'latent_answer_sft' does not apply to the 'cot' reasoner"):
+        elicitation.main(out=tmp_path, reasoners=["cot"], arms=elicitation.Arms(cot=["latent_answer_sft"]))
+    with pytest.raises(ValueError, match="demos must be a non-empty list"):
+        elicitation.main(out=tmp_path, demos=[0, 4])
+    assert not (tmp_path / "elicitation").exists()  # nothing was written, nothing trained
+
+
+def test_a_password_the_tokenizer_splits_into_nothing_is_an_error_at_start(tmp_path, monkeypatch):
+    def tokenizer_deleting_x(words):
+        # A normalizer that deletes the letter x: the password "xx" has no tokens at all.
+        backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
+        backend.normalizer = normalizers.Replace("x", "")
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return wrap_tokenizer(backend)
+
+    monkeypatch.setattr(elicitation, "build_word_tokenizer", tokenizer_deleting_x)
+    with pytest.raises(ValueError, match="password 'xx' tokenizes to nothing"):
+        run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--lock.password", "xx"])
+    assert not (tmp_path / "elicitation").exists()
