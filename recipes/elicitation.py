@@ -347,7 +347,8 @@ def _fit(module: L.LightningModule, reasoner: Reasoner, examples: Sequence[Examp
     trainer = L.Trainer(
         max_steps=max_steps, max_epochs=max_steps, limit_val_batches=0, num_sanity_val_steps=0, accelerator=train.accelerator,
         precision=train.precision, logger=CSVLogger(run_dir / "logs", name=name, version=f"seed{seed}"),
-        enable_checkpointing=False, log_every_n_steps=10, enable_model_summary=False,
+        enable_checkpointing=False, enable_model_summary=False,
+        log_every_n_steps=max(1, min(10, max_steps // 20)),  # short elicitation runs still log their curve
     )
     start = time.perf_counter()
     trainer.fit(module, data)
