@@ -81,7 +81,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.organisms import PasswordLock
@@ -160,6 +160,10 @@ class LatentArmConfig:
     max_stage: int = 2
     curriculum: bool = True  # False: lock straight at the final stage (cheaper, usually less accurate)
 
+    def steps_per_stage(self, max_steps: int) -> int:
+        """Stages 0 … max_stage and the final one share the locking budget."""
+        return max_steps // (self.max_stage + 2)
+
 
 @dataclass
 class ElicitConfig:
@@ -217,6 +221,9 @@ def main(
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
     plan = _plan(reasoners, arms, demos)
+    if "latent" in plan and latent.curriculum and latent.steps_per_stage(train.max_steps) < 1:
+        raise ValueError(f"train.max_steps={train.max_steps} cannot hold the latent curriculum's "
+                         f"{latent.max_stage + 2} stages (latent.max_stage={latent.max_stage}, plus 0 and the final)")
     the_task = make_task(task.name, **task.options)
     organism = PasswordLock(
         the_task, password=lock.password, wrong_passwords=tuple(lock.wrong_passwords),
@@ -307,7 +314,7 @@ def _plan(reasoners: Sequence[str], arms: Arms, demos: Sequence[int]) -> dict[st
 
 def _tokenizer(config: ModelConfig, organism: PasswordLock) -> PreTrainedTokenizerBase:
     if config.checkpoint:
-        return load_pretrained(config.checkpoint)[1]
+        return AutoTokenizer.from_pretrained(config.checkpoint)
     return build_word_tokenizer(organism.vocabulary())
 
 
@@ -369,11 +376,8 @@ def _lock(
     else:
         reasoner = Reasoner(model, tokenizer, mode="latent", latent=_latent_config(latent, task))
         if latent.curriculum:
-            steps_per_stage = train.max_steps // (latent.max_stage + 2)
-            if steps_per_stage < 1:
-                raise ValueError(f"train.max_steps={train.max_steps} cannot hold the {latent.max_stage + 2} "
-                                 "curriculum stages")
-            module = LatentSFT(reasoner, task, steps_per_stage=steps_per_stage, seed=seed, **options)
+            module = LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), seed=seed,
+                               **options)
         else:
             module = LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
     rows = organism.apply(problems, seed=seed)
@@ -564,7 +568,7 @@ def _report(
         for r in results
     )
     curriculum = (f"Coconut's curriculum, stages 0 … {latent.max_stage} and the final stage, "
-                  f"{train.max_steps // (latent.max_stage + 2)} steps each" if latent.curriculum
+                  f"{latent.steps_per_stage(train.max_steps)} steps each" if latent.curriculum
                   else "no curriculum (the final stage from the first step)")
     plots = "\n".join(f"![recovery vs n]({name})" for name in figures)
     return f"""# Eliciting a password-locked capability on {task.name}

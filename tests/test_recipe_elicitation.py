@@ -74,6 +74,8 @@ def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):
         elicitation.main(out=tmp_path, reasoners=["cot"], arms=elicitation.Arms(cot=["latent_answer_sft"]))
     with pytest.raises(ValueError, match="demos must be a non-empty list"):
         elicitation.main(out=tmp_path, demos=[0, 4])
+    with pytest.raises(ValueError, match="cannot hold the latent curriculum's 4 stages"):
+        elicitation.main(out=tmp_path, train=elicitation.TrainConfig(max_steps=3))
     assert not (tmp_path / "elicitation").exists()  # nothing was written, nothing trained
 
 
