@@ -35,11 +35,15 @@ measurement uses.
      thoughts are computed, the loss is on `</think>` and the answer only;
    - `grpo` (cot): GRPO on the `n` problems with an answer-correctness
      reward (no demonstrations are shown, only the checker);
-   - `expert_iteration` (cot): online expert iteration on the `n` problems:
-     sample, keep the completions with a right answer, SFT on them.
-   The framework's GRPO and expert iteration sample text, so they apply to the
-   cot reasoner only; trace SFT needs a trace. Asking for an arm a reasoner
-   cannot run is an error before anything trains.
+   - `expert_iteration` (both): online expert iteration on the `n` problems:
+     sample, keep the completions with a right answer, SFT on them. For the
+     cot reasoner `framework.regimes.ExpertIteration`; for the latent one
+     `LatentExpertIteration` below: the samples think first (continuous
+     thoughts, then a sampled answer) and kept rows train through the
+     thoughts at the final stage, so the answer is the only target.
+   The framework's GRPO samples text only, so it applies to the cot reasoner;
+   trace SFT needs a trace. Asking for an arm a reasoner cannot run is an
+   error before anything trains.
 3. Measure. After elicitation the test set is scored again without the
    password (elicited accuracy) and with it (did elicitation hurt the
    unlocked capability?). recovery = (acc_elicited − acc_locked) /
@@ -104,7 +108,7 @@ ARMS: tuple[str, ...] = get_args(Arm)
 # Which arms each reasoner can run (see the module docstring for why).
 APPLICABLE: dict[str, tuple[str, ...]] = {
     "cot": ("sft_full_trace", "sft_empty_trace", "sft_self_trace", "grpo", "expert_iteration"),
-    "latent": ("latent_answer_sft",),
+    "latent": ("latent_answer_sft", "expert_iteration"),
 }
 
 
@@ -414,6 +418,10 @@ def _elicit(
         module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=elicit.num_generations,
                       sampling=rollout, lr=elicit.rl_lr)
         steps = elicit.rl_steps
+    elif arm == "expert_iteration" and reasoner.latent is not None:
+        module = LatentExpertIteration(reasoner, task, num_samples=elicit.num_samples, rollout=rollout,
+                                       lr=elicit.rl_lr, warmup_steps=elicit.warmup_steps, seed=seed)
+        steps = elicit.rl_steps
     elif arm == "expert_iteration":
         module = ExpertIteration(reasoner, task, reward_funcs=AnswerCorrectness(task), num_samples=elicit.num_samples,
                                  rollout=rollout, lr=elicit.rl_lr, warmup_steps=elicit.warmup_steps)
@@ -423,6 +431,35 @@ def _elicit(
     seconds, steps_taken = _fit(module, reasoner, demos, elicit.batch_size, steps, train, run_dir,
                                 f"{arm}-{reasoner.mode}-n{n}", seed)
     return reasoner, seconds, steps_taken
+
+
+class LatentExpertIteration(LatentSFT):
+    """Online expert iteration through continuous thoughts: sample, keep right answers, train on them.
+
+    `ExpertIteration` samples text; a latent reasoner must compute its thoughts before it answers, which
+    `Reasoner.generate` does. Each step samples `num_samples` completions per problem (thoughts, then a
+    sampled answer), keeps the problems' rows whose answer the task accepts, and takes one step of
+    `LatentSFT`'s loss on them at the final stage (the loss is on `</think>` and the answer). A step that
+    keeps nothing updates nothing.
+    """
+
+    def __init__(self, reasoner: Reasoner, task: Task, *, num_samples: int, rollout: SamplingConfig,
+                 **options: Any) -> None:
+        super().__init__(reasoner, task, curriculum=False, **options)
+        self.num_samples, self.rollout = num_samples, rollout
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        repeated = [example for example in batch["examples"] for _ in range(self.num_samples)]
+        with torch.no_grad(), eval_mode(self.model):
+            generations = self.reasoner.generate(repeated, self.rollout)
+        kept = [e for e, g in zip(repeated, generations) if g.finished and self.task.check_answer(e, g.answer)]
+        self.log("train/acceptance_rate", len(kept) / len(repeated), batch_size=len(batch["examples"]))
+        if not kept:
+            return None
+        staged = self.staged_batch(kept, [self.latent.final_stage] * len(kept))
+        loss = self.loss({key: value.to(self.device) for key, value in staged.items()})
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(kept))
+        return loss
 
 
 @torch.no_grad()

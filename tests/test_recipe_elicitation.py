@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 
+import lightning as L
 import pytest
+import torch
 import yaml
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
+from framework.data.datamodule import ReasoningDataModule
+from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import wrap_tokenizer
+from framework.models import LatentConfig, Reasoner, build_model
+from framework.rollout import SamplingConfig
 from recipes import elicitation
 from recipes.cli import run
 
@@ -30,6 +37,7 @@ def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
     run_dir = run(elicitation.main, "elicitation", [
         *TINY, "--out", str(tmp_path),
         "--arms.cot", "[sft_full_trace, sft_self_trace, grpo, expert_iteration]",
+        "--arms.latent", "[latent_answer_sft, expert_iteration]",
     ])
     assert run_dir.parent == tmp_path / "elicitation"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -48,7 +56,7 @@ def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
 
     results = _rows(run_dir / "results.csv")
     expected = [("cot", arm, n) for arm in ("sft_full_trace", "sft_self_trace", "grpo", "expert_iteration")
-                for n in ("1", "2")] + [("latent", "latent_answer_sft", n) for n in ("1", "2")]
+                for n in ("1", "2")] + [("latent", arm, n) for arm in ("latent_answer_sft", "expert_iteration") for n in ("1", "2")]
     assert [(r["reasoner"], r["arm"], r["n"]) for r in results] == expected
     for row in results:
         locked = cot if row["reasoner"] == "cot" else latent
@@ -64,12 +72,15 @@ def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
     assert "| cot | sft_self_trace | 2 | 1 |" in report and "| latent | latent_answer_sft | 1 | 1 |" in report
     for kind in ("cot", "latent"):
         assert (run_dir / f"recovery_vs_n_{kind}.png").stat().st_size > 1000
-    assert (run_dir / "logs" / "grpo-cot-n2" / "seed0" / "metrics.csv").is_file()
+    for log in ("grpo-cot-n2", "expert_iteration-latent-n1"):
+        assert (run_dir / "logs" / log / "seed0" / "metrics.csv").is_file()
 
 
 def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):
     with pytest.raises(ValueError, match="arm 'sft_full_trace' does not apply to the 'latent' reasoner"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--arms.latent", "[sft_full_trace]"])
+    with pytest.raises(ValueError, match="arm 'grpo' does not apply to the 'latent' reasoner"):
+        elicitation.main(out=tmp_path, reasoners=["latent"], arms=elicitation.Arms(latent=["grpo"]))
     with pytest.raises(ValueError, match="arm 'latent_answer_sft' does not apply to the 'cot' reasoner"):
         elicitation.main(out=tmp_path, reasoners=["cot"], arms=elicitation.Arms(cot=["latent_answer_sft"]))
     with pytest.raises(ValueError, match="demos must be a non-empty list"):
@@ -91,3 +102,26 @@ def test_a_password_the_tokenizer_splits_into_nothing_is_an_error_at_start(tmp_p
     with pytest.raises(ValueError, match="password 'xx' tokenizes to nothing"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--lock.password", "xx"])
     assert not (tmp_path / "elicitation").exists()
+
+
+class _AcceptEverything(AdditionChain):
+    """Every answer is right: each sampled row is kept, so the update path runs whatever the model writes."""
+
+    def check_answer(self, example, answer):
+        return True
+
+
+def test_latent_expert_iteration_trains_through_the_thoughts_on_the_rows_it_keeps(word_tokenizer, tmp_path):
+    task = _AcceptEverything()
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "latent",
+                        latent=LatentConfig(max_stage=2, step_separator=task.step_separator))
+    module = elicitation.LatentExpertIteration(
+        reasoner, task, num_samples=2, rollout=SamplingConfig(max_new_tokens=8, do_sample=True), warmup_steps=0)
+    before = [p.detach().clone() for p in reasoner.model.parameters()]
+    problems = [task.generate(random.Random(i)) for i in range(4)]
+    trainer = L.Trainer(max_steps=2, max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, ReasoningDataModule(reasoner, problems, [], batch_size=2))
+    assert trainer.global_step == 2  # both rounds kept rows and stepped
+    assert 0 < trainer.callback_metrics["train/acceptance_rate"] <= 1  # unfinished samples are never kept
+    assert any(not torch.equal(a, b) for a, b in zip(before, reasoner.model.parameters()))
