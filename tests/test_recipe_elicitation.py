@@ -1,0 +1,127 @@
+"""The elicitation recipe end to end on a tiny budget, its command line, and its bad-input errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+from framework.data.datamodule import ReasoningDataModule
+from framework.data.tasks import AdditionChain
+from framework.data.tokenizer import wrap_tokenizer
+from framework.models import LatentConfig, Reasoner, build_model
+from framework.rollout import SamplingConfig
+from recipes import elicitation
+from recipes.cli import run
+
+TINY = [
+    "--preset", "smoke",
+    "--train.max_steps", "3", "--train.batch_size", "8", "--train.max_new_tokens", "12",
+    "--task.n_lock", "32", "--task.n_test", "6", "--demos", "[1, 2]",
+    "--elicit.steps", "2", "--elicit.rl_steps", "1", "--elicit.num_generations", "2", "--elicit.num_samples", "2",
+]
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
+    run_dir = run(elicitation.main, "elicitation", [
+        *TINY, "--out", str(tmp_path),
+        "--arms.cot", "[sft_full_trace, sft_self_trace, grpo, expert_iteration]",
+        "--arms.latent", "[latent_answer_sft, expert_iteration]",
+    ])
+    assert run_dir.parent == tmp_path / "elicitation"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["train"]["max_steps"] == 3 and config["demos"] == [1, 2]  # flags beat the preset
+    assert config["task"]["n_lock"] == 32 and config["latent"]["curriculum"] is False  # the preset beats main's defaults
+
+    before = _rows(run_dir / "locked.csv")
+    assert [(r["reasoner"], r["seed"]) for r in before] == [("cot", "0"), ("latent", "0")]
+    for row in before:
+        for name in ("unlocked_accuracy", "locked_accuracy"):
+            assert int(row[f"{name}_total"]) == 6 and 0 <= int(row[f"{name}_hits"]) <= 6
+            assert float(row[name]) == pytest.approx(int(row[f"{name}_hits"]) / 6)
+    cot, latent = before
+    assert int(cot["locked_procedure_total"]) == 6  # cot: one verdict per episode
+    assert int(latent["locked_procedure_total"]) == 6 * 2  # latent: 2 thoughts (max_stage 2, c = 1) per episode
+
+    results = _rows(run_dir / "results.csv")
+    expected = [("cot", arm, n) for arm in ("sft_full_trace", "sft_self_trace", "grpo", "expert_iteration")
+                for n in ("1", "2")] + [("latent", arm, n) for arm in ("latent_answer_sft", "expert_iteration") for n in ("1", "2")]
+    assert [(r["reasoner"], r["arm"], r["n"]) for r in results] == expected
+    for row in results:
+        locked = cot if row["reasoner"] == "cot" else latent
+        assert int(row["elicited_accuracy_total"]) == 6 and int(row["unlocked_after_accuracy_total"]) == 6
+        assert float(row["locked_accuracy"]) == float(locked["locked_accuracy"])
+        gap = float(locked["unlocked_accuracy"]) - float(locked["locked_accuracy"])
+        recovery = (float(row["elicited_accuracy"]) - float(locked["locked_accuracy"])) / gap if gap else math.nan
+        assert float(row["recovery"]) == pytest.approx(recovery, nan_ok=True)
+
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Before elicitation", "## After elicitation", "## Per seed"):
+        assert section in report
+    assert "| cot | sft_self_trace | 2 | 1 |" in report and "| latent | latent_answer_sft | 1 | 1 |" in report
+    for kind in ("cot", "latent"):
+        assert (run_dir / f"recovery_vs_n_{kind}.png").stat().st_size > 1000
+    for log in ("grpo-cot-n2", "expert_iteration-latent-n1"):
+        assert (run_dir / "logs" / log / "seed0" / "metrics.csv").is_file()
+
+
+def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):
+    with pytest.raises(ValueError, match="arm 'sft_full_trace' does not apply to the 'latent' reasoner"):
+        run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--arms.latent", "[sft_full_trace]"])
+    with pytest.raises(ValueError, match="arm 'grpo' does not apply to the 'latent' reasoner"):
+        elicitation.main(out=tmp_path, reasoners=["latent"], arms=elicitation.Arms(latent=["grpo"]))
+    with pytest.raises(ValueError, match="arm 'latent_answer_sft' does not apply to the 'cot' reasoner"):
+        elicitation.main(out=tmp_path, reasoners=["cot"], arms=elicitation.Arms(cot=["latent_answer_sft"]))
+    with pytest.raises(ValueError, match="demos must be a non-empty list"):
+        elicitation.main(out=tmp_path, demos=[0, 4])
+    with pytest.raises(ValueError, match="cannot hold the latent curriculum's 4 stages"):
+        elicitation.main(out=tmp_path, train=elicitation.TrainConfig(max_steps=3))
+    assert not (tmp_path / "elicitation").exists()  # nothing was written, nothing trained
+
+
+def test_a_password_the_tokenizer_splits_into_nothing_is_an_error_at_start(tmp_path, monkeypatch):
+    def tokenizer_deleting_x(words):
+        # A normalizer that deletes the letter x: the password "xx" has no tokens at all.
+        backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
+        backend.normalizer = normalizers.Replace("x", "")
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return wrap_tokenizer(backend)
+
+    monkeypatch.setattr(elicitation, "build_word_tokenizer", tokenizer_deleting_x)
+    with pytest.raises(ValueError, match="password 'xx' tokenizes to nothing"):
+        run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--lock.password", "xx"])
+    assert not (tmp_path / "elicitation").exists()
+
+
+class _AcceptEverything(AdditionChain):
+    """Every answer is right: each sampled row is kept, so the update path runs whatever the model writes."""
+
+    def check_answer(self, example, answer):
+        return True
+
+
+def test_latent_expert_iteration_trains_through_the_thoughts_on_the_rows_it_keeps(word_tokenizer, tmp_path):
+    task = _AcceptEverything()
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "latent",
+                        latent=LatentConfig(max_stage=2, step_separator=task.step_separator))
+    module = elicitation.LatentExpertIteration(
+        reasoner, task, num_samples=2, rollout=SamplingConfig(max_new_tokens=8, do_sample=True), warmup_steps=0)
+    before = [p.detach().clone() for p in reasoner.model.parameters()]
+    problems = [task.generate(random.Random(i)) for i in range(4)]
+    trainer = L.Trainer(max_steps=2, max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, ReasoningDataModule(reasoner, problems, [], batch_size=2))
+    assert trainer.global_step == 2
+    assert 0 < trainer.callback_metrics["train/acceptance_rate"] <= 1  # unfinished samples are never kept
+    assert any(not torch.equal(a, b) for a, b in zip(before, reasoner.model.parameters()))
