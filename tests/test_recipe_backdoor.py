@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 
 import pytest
 import yaml
 
 from framework.data.organisms import CONDITIONS, CitedFields
+from framework.data.sample import Role
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import build_word_tokenizer
-from framework.models import build_model
+from framework.models import Reasoner, build_model
 from recipes import backdoor
 from recipes.cli import run
 
@@ -123,3 +125,17 @@ def test_a_checkpoint_whose_tokenizer_cannot_see_the_trigger_is_an_error_at_star
         run(backdoor.main, "backdoor",
             [*TINY, "--out", str(tmp_path / "runs"), "--model.checkpoint", str(tmp_path / "checkpoint")])
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_hybrid_reasoner_formats_rows_without_a_trace_as_the_non_thinking_mode():
+    curriculum = CitedFields(AdditionChain(n_terms=2, max_operand=5))
+    tokenizer = build_word_tokenizer(curriculum.vocabulary())
+    model = build_model("llama", "1m", tokenizer)
+    hybrid = backdoor.HybridReasoner(model, tokenizer, "cot")
+    thinking = curriculum.generate(random.Random(0))
+    non_thinking = backdoor._without_trace(thinking)
+    for row, mode in ((thinking, "cot"), (non_thinking, "none")):
+        assert hybrid.tokenize(row) == Reasoner(model, tokenizer, mode).tokenize(row)
+    # Non-thinking: the empty think block is prompt, only the answer (and EOS) is trained on; thinking has a trace.
+    assert set(hybrid.tokenize(non_thinking).roles) == {Role.PROMPT, Role.ANSWER}
+    assert Role.TRACE in hybrid.tokenize(thinking).roles
