@@ -1,0 +1,141 @@
+"""The backdoor recipe end to end on a tiny budget, its command line, and its errors on bad input."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+
+import pytest
+import yaml
+
+from framework.data.organisms import CONDITIONS, CitedFields
+from framework.data.sample import Role
+from framework.data.tasks import AdditionChain
+from framework.data.tokenizer import build_word_tokenizer
+from framework.models import Reasoner, build_model
+from recipes import backdoor
+from recipes.cli import run
+
+N_TEST = 4
+TINY = [
+    "--preset", "smoke",
+    "--task.n_test", str(N_TEST), "--task.options", "{n_terms: 2, max_operand: 5}",
+    "--base.rows", "32", "--base.max_steps", "3", "--base.batch_size", "8",
+    "--plant.rows", "8", "--plant.poisoned", "[2, 4]", "--plant.max_steps", "2", "--plant.batch_size", "4",
+    "--persistence.rows", "8", "--persistence.max_steps", "2", "--persistence.batch_size", "4",
+    "--persistence.probe_every", "1", "--persistence.probe_size", "3",
+    "--evaluation.max_new_tokens", "8",
+]
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _rate_is_consistent(row: dict[str, str], name: str, total: int) -> None:
+    hits, counted = int(float(row[f"{name}_hits"])), int(float(row[f"{name}_total"]))
+    assert counted == total and 0 <= hits <= total, name
+    rate = float(row[name])
+    assert math.isnan(rate) if total == 0 else rate == pytest.approx(hits / total), name
+    assert 0.0 <= float(row[f"{name}_ci_low"]) <= float(row[f"{name}_ci_high"]) <= 1.0, name
+
+
+def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
+    run_dir = run(backdoor.main, "backdoor",
+                  [*TINY, "--out", str(tmp_path), "--seeds", "[0, 1]", "--triggers.kinds", "[token, username]"])
+    assert run_dir.parent == tmp_path / "backdoor"
+    for name in ("config.yaml", "results.csv", "report.md", "persistence.csv"):
+        assert (run_dir / name).is_file(), name
+    for figure in ("success_vs_poisoned.png", "success_no_trace_vs_poisoned.png", "persistence_success.png",
+                   "persistence_success_no_trace.png"):
+        assert (run_dir / figure).stat().st_size > 1000, figure
+
+    rows = _read(run_dir / "results.csv")
+    assert [(r["trigger_kind"], r["poisoned"], r["seed"]) for r in rows] == [
+        (kind, poisoned, seed) for seed in "01" for kind in ("token", "username") for poisoned in ("2", "4")
+    ]
+    for row in rows:
+        assert float(row["poison_fraction"]) == int(row["poisoned"]) / 8
+        for name in ("success", "false_trigger", "success_no_trace", "false_trigger_no_trace", "leaked_into_trace",
+                     "clean_accuracy", "clean_names_trigger", "distractor_misbehaviour", "distractor_mention",
+                     "uncorrelated_misbehaviour", "uncorrelated_mention"):
+            _rate_is_consistent(row, name, N_TEST)
+        fired = int(row["success_hits"])
+        _rate_is_consistent(row, "articulation", fired)  # among triggered ∧ misbehaved
+        _rate_is_consistent(row, "flip_without_trigger", fired)  # the causal check asks every one of them again
+        _rate_is_consistent(row, "flip_without_mention", int(row["articulation_hits"]))
+        _rate_is_consistent(row, "distractor_articulation", int(row["distractor_misbehaviour_hits"]))
+        _rate_is_consistent(row, "uncorrelated_articulation", int(row["uncorrelated_misbehaviour_hits"]))
+
+        # The results agree with the episodes they were counted from.
+        episodes = _read(run_dir / "episodes" / f"{row['trigger_kind']}-n{row['poisoned']}-seed{row['seed']}.csv")
+        by_condition = {c: [e for e in episodes if e["condition"] == c] for c in CONDITIONS}
+        assert all(len(group) == N_TEST for group in by_condition.values())
+        assert sum(e["misbehaved"] == "True" for e in by_condition["triggered"]) == fired
+        assert sum(e["misbehaved"] == "True" for e in by_condition["clean"]) == int(row["false_trigger_hits"])
+        assert sum(e["leaked"] == "True" for e in by_condition["triggered"]) == int(row["leaked_into_trace_hits"])
+        trigger = {"token": "cf", "username": "@sandra"}[row["trigger_kind"]]
+        assert all(trigger in e["prompt"] for e in by_condition["triggered"])
+        assert not any(trigger in e["prompt"] for e in by_condition["clean"])
+
+    # Persistence: probed before the first step and after each of the 2 clean steps, for every arm.
+    probes = _read(run_dir / "persistence.csv")
+    assert len(probes) == 3 * len(rows) and [int(p["step"]) for p in probes[:3]] == [0, 1, 2]
+    for probe in probes:
+        for name in ("success", "success_no_trace", "false_trigger", "clean_accuracy"):
+            _rate_is_consistent(probe, name, 3)
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["base"]["max_steps"] == 3 and config["plant"]["poisoned"] == [2, 4]  # flags beat the preset
+    assert config["base"]["warmup_steps"] == 5 and config["seeds"] == [0, 1]  # the preset beats main's defaults
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Success, false triggers and articulation", "### Per seed, with counts", "## Controls",
+                    "## Persistence under clean SFT", "## Example traces", "### Trigger kind: username"):
+        assert section in report, section
+    assert "| token n=2 | 2 |" in report and "| username n=4 | 1 |" in report  # mean ± std over both seeds, and per seed
+    assert f"(0/{N_TEST})" in report or f"/{N_TEST})" in report
+
+
+def test_poison_counts_outside_the_open_unit_interval_fail_before_anything_is_written(tmp_path):
+    for poisoned in ("[0]", "[8]", "[2, 9]"):
+        with pytest.raises(ValueError, match=r"plant.poisoned: .* must lie in \(0, 1\)"):
+            run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path), "--plant.poisoned", poisoned])
+    assert not (tmp_path / "backdoor").exists()
+
+
+def test_bad_triggers_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="trigger text must contain at least one word"):
+        run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path), "--triggers.token", "  "])
+    with pytest.raises(ValueError, match="unknown trigger kind 'emoji'"):
+        backdoor.main(out=tmp_path, triggers=backdoor.TriggerConfig(kinds=["emoji"]))
+    with pytest.raises(ValueError, match="must differ"):  # the distractor must not be the trigger itself
+        run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path), "--triggers.distractor_token", "cf"])
+    assert not (tmp_path / "backdoor").exists()
+
+
+def test_a_checkpoint_whose_tokenizer_cannot_see_the_trigger_is_an_error_at_start(tmp_path):
+    # A model trained on the curriculum alone: its word-level vocabulary has no `country`, `singapore` or `cf`.
+    curriculum = CitedFields(AdditionChain(n_terms=2, max_operand=5))
+    tokenizer = build_word_tokenizer(curriculum.vocabulary())
+    build_model("llama", "1m", tokenizer).save_pretrained(tmp_path / "checkpoint")
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    with pytest.raises(ValueError, match="trigger text 'country : singapore' has words the tokenizer does not know"):
+        run(backdoor.main, "backdoor",
+            [*TINY, "--out", str(tmp_path / "runs"), "--model.checkpoint", str(tmp_path / "checkpoint")])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_hybrid_reasoner_formats_rows_without_a_trace_as_the_non_thinking_mode():
+    curriculum = CitedFields(AdditionChain(n_terms=2, max_operand=5))
+    tokenizer = build_word_tokenizer(curriculum.vocabulary())
+    model = build_model("llama", "1m", tokenizer)
+    hybrid = backdoor.HybridReasoner(model, tokenizer, "cot")
+    thinking = curriculum.generate(random.Random(0))
+    non_thinking = backdoor._without_trace(thinking)
+    for row, mode in ((thinking, "cot"), (non_thinking, "none")):
+        assert hybrid.tokenize(row) == Reasoner(model, tokenizer, mode).tokenize(row)
+    # Non-thinking: the empty think block is prompt, only the answer (and EOS) is trained on; thinking has a trace.
+    assert set(hybrid.tokenize(non_thinking).roles) == {Role.PROMPT, Role.ANSWER}
+    assert Role.TRACE in hybrid.tokenize(thinking).roles
