@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from framework.data.masks import IGNORE_INDEX
@@ -24,3 +25,15 @@ def test_completion_logprobs_match_log_softmax_of_model_logits(word_tokenizer):
     expected_entropy = -(log_softmax.exp() * log_softmax).sum(-1) * scored
     torch.testing.assert_close(logprobs.double(), expected)
     torch.testing.assert_close(entropy.double(), expected_entropy)
+
+
+def test_completion_logprobs_refuse_a_head_they_would_score_wrongly(word_tokenizer):
+    model = build_model("qwen3", "1m", word_tokenizer)
+    input_ids = torch.randint(0, len(word_tokenizer), (1, 5))
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
+        completion_logprobs(model, input_ids, torch.ones_like(input_ids), input_ids)
+    model.config.final_logit_softcapping = None
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(word_tokenizer)))
+    with pytest.raises(ValueError, match="LM head has a bias"):
+        completion_logprobs(model, input_ids, torch.ones_like(input_ids), input_ids)

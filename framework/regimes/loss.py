@@ -82,8 +82,14 @@ def hidden_states_logprobs(
     Shifts by one like `hidden_states_loss`: returns `[B, T-1]`, position i
     scoring `labels[:, i + 1]` from `hidden[:, i]`.
     """
-    if getattr(model.config, "final_logit_softcapping", None) or model.get_output_embeddings().bias is not None:
-        raise NotImplementedError("completion_logprobs supports bias-free heads without logit softcapping")
+    # kernels.linear_token_logprobs scores `hidden @ weight.T` only: refuse heads it would score wrongly.
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ValueError(
+            f"{type(model).__name__} caps its logits (config.final_logit_softcapping="
+            f"{model.config.final_logit_softcapping}); per-token log-probs support uncapped heads only"
+        )
+    if model.get_output_embeddings().bias is not None:
+        raise ValueError(f"{type(model).__name__}'s LM head has a bias; per-token log-probs support bias-free heads only")
     return linear_token_logprobs(
         hidden[:, :-1],
         model.get_output_embeddings().weight,
