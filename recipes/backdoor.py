@@ -124,7 +124,7 @@ from framework.probes import (
 from framework.regimes import SFT
 from framework.report import plot_curves, summary_table, write_csv
 from framework.rollout import SamplingConfig
-from recipes.reasoning_modes import ModelConfig
+from recipes.models import ModelConfig
 
 RECIPE = "backdoor"
 CONTROLS = ("distractor", "uncorrelated")

@@ -85,21 +85,22 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
-from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
+from framework.data.tokenizer import build_word_tokenizer
 from framework.eval_mode import eval_mode
 from framework.io import atomic_write_text
-from framework.models import LatentConfig, Reasoner, build_model, load_pretrained
+from framework.models import LatentConfig, Reasoner
 from framework.probes import Proportion, elicitation_recovery, logit_lens
 from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT
 from framework.report import mean_std, plot_curves, write_csv
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig
+from recipes.models import ModelConfig, model_and_tokenizer
 
 RECIPE = "elicitation"
 ReasonerKind = Literal["cot", "latent"]
@@ -131,15 +132,6 @@ class LockConfig:
     locked_fraction: float = 0.5
     empty_share: float = 0.5
     weak_error_rate: float = 0.5  # per step; with 3 steps the weak policy is right about 1 time in 8
-
-
-@dataclass
-class ModelConfig:
-    """A tiny model of a Hugging Face family, or a local checkpoint directory."""
-
-    family: Literal["llama", "qwen3", "gpt2"] = "llama"
-    size: Literal["1m", "20m"] = "1m"
-    checkpoint: str | None = None  # a local HF directory; overrides family and size
 
 
 @dataclass
@@ -322,17 +314,6 @@ def _tokenizer(config: ModelConfig, organism: PasswordLock) -> PreTrainedTokeniz
     return build_word_tokenizer(organism.vocabulary())
 
 
-def _fresh_model(
-    config: ModelConfig, organism: PasswordLock, seed: int
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    if config.checkpoint:
-        model, tokenizer = load_pretrained(config.checkpoint)
-        add_reasoning_tokens(tokenizer, model)
-        return model, tokenizer
-    tokenizer = build_word_tokenizer(organism.vocabulary())
-    return build_model(config.family, config.size, tokenizer, seed=seed), tokenizer
-
-
 def _latent_config(latent: LatentArmConfig, task: Task) -> LatentConfig:
     return LatentConfig(thoughts_per_step=latent.thoughts_per_step, max_stage=latent.max_stage,
                         step_separator=task.step_separator)
@@ -371,7 +352,7 @@ def _lock(
 ) -> tuple[Reasoner, float]:
     """A reasoner of `kind` trained from scratch on the password-locked rows; returns it and the seconds taken."""
     L.seed_everything(seed, verbose=False)
-    model, tokenizer = _fresh_model(model_config, organism, seed)
+    model, tokenizer = model_and_tokenizer(model_config, organism.vocabulary(), seed)
     options = {"lr": train.lr, "warmup_steps": train.warmup_steps}
     if kind == "cot":
         reasoner = Reasoner(model, tokenizer, mode="cot")

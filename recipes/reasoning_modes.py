@@ -44,17 +44,16 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.callbacks import HuggingFaceCheckpoint
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
-from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
 from framework.io import atomic_write_text
-from framework.models import LatentConfig, Reasoner, build_model, count_parameters, load_pretrained
+from framework.models import LatentConfig, Reasoner, count_parameters
 from framework.regimes import SFT, LatentSFT
 from framework.report import plot_curves, summary_table, write_csv
 from framework.rollout import SamplingConfig
+from recipes.models import ModelConfig, model_and_tokenizer
 
 RECIPE = "reasoning_modes"
 Arm = Literal["cot", "none", "pause", "latent", "latent_no_curriculum", "pause_as_thought"]
@@ -74,18 +73,6 @@ class TaskConfig:
     n_train: int = 6000  # of the 8100 distinct 2x2 problems; the rest are validation and test
     n_val: int = 200
     n_test: int = 500
-
-
-@dataclass
-class ModelConfig:
-    """A tiny model of a Hugging Face family, or a local checkpoint directory."""
-
-    family: Literal["llama", "qwen3", "gpt2"] = "llama"
-    size: Literal["1m", "20m"] = "1m"
-    checkpoint: str | None = None  # a local HF directory; overrides family and size
-    # "thoughtlab_decode" runs one-position steps (thoughts, decoding) through kernels.decode_attention and the
-    # rest through SDPA; it pays off on a GPU, where the Triton kernel runs.
-    attention: Literal["sdpa", "eager", "thoughtlab_decode"] = "sdpa"
 
 
 @dataclass
@@ -231,7 +218,7 @@ def _train_and_test(
 ) -> tuple[dict[str, Any], Path]:
     """Train one arm with one seed, score the test split: (results row, the run's metrics CSV)."""
     L.seed_everything(seed, verbose=False)
-    module = _arm_module(arm, seed, *_model_and_tokenizer(model_config, task, seed), task, train, pause_tokens, latent)
+    module = _arm_module(arm, seed, *model_and_tokenizer(model_config, task.vocabulary(), seed), task, train, pause_tokens, latent)
     reasoner = module.reasoner
     data = ReasoningDataModule(reasoner, splits["train"], splits["val"], splits["test"],
                                batch_size=train.batch_size, eval_batch_size=train.eval_batch_size)
@@ -261,17 +248,6 @@ def _train_and_test(
         "parameters": count_parameters(reasoner.model),
     }
     return row, Path(logger.log_dir) / "metrics.csv"
-
-
-def _model_and_tokenizer(config: ModelConfig, task: Task, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    if config.checkpoint:
-        model, tokenizer = load_pretrained(config.checkpoint)
-        add_reasoning_tokens(tokenizer, model)
-    else:
-        tokenizer = build_word_tokenizer(task.vocabulary())
-        model = build_model(config.family, config.size, tokenizer, seed=seed)
-    model.set_attn_implementation(config.attention)
-    return model, tokenizer
 
 
 def _validation_curve(metrics_csv: Path, x: str) -> list[tuple[float, float]]:

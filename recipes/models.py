@@ -1,0 +1,39 @@
+"""The model every recipe trains: a tiny Hugging Face model from scratch, or a local checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
+from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
+from framework.models import build_model, load_pretrained
+
+
+@dataclass
+class ModelConfig:
+    """A tiny model of a Hugging Face family, or a local checkpoint directory."""
+
+    family: Literal["llama", "qwen3", "gpt2"] = "llama"
+    size: Literal["1m", "20m"] = "1m"
+    checkpoint: str | None = None  # a local HF directory; overrides family and size
+    # "thoughtlab_decode" runs one-position steps (thoughts, decoding) through kernels.decode_attention and the
+    # rest through SDPA; it pays off on a GPU, where the Triton kernel runs.
+    attention: Literal["sdpa", "eager", "thoughtlab_decode"] = "sdpa"
+
+
+def model_and_tokenizer(
+    config: ModelConfig, vocabulary: Iterable[str], seed: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The checkpoint with the reasoning tokens added, or a fresh model over a word tokenizer of `vocabulary`."""
+    if config.checkpoint:
+        model, tokenizer = load_pretrained(config.checkpoint)
+        add_reasoning_tokens(tokenizer, model)
+    else:
+        tokenizer = build_word_tokenizer(vocabulary)
+        model = build_model(config.family, config.size, tokenizer, seed=seed)
+    model.set_attn_implementation(config.attention)
+    return model, tokenizer
