@@ -14,7 +14,15 @@ import framework.models.latent as latent_module
 from framework.data.masks import TRAIN_ON_COMPLETION
 from framework.data.sample import Example, Role
 from framework.data.tasks import AdditionChain
-from framework.data.tokenizer import LATENT, LATENT_END, LATENT_START, PAUSE, REASONING_TOKENS, add_reasoning_tokens
+from framework.data.tokenizer import (
+    LATENT,
+    LATENT_END,
+    LATENT_START,
+    PAUSE,
+    REASONING_TOKENS,
+    THINK_END,
+    add_reasoning_tokens,
+)
 from framework.models import FAMILIES, LatentConfig, Reasoner, build_model, latent_forward, load_pretrained
 from framework.models.latent import collate_latent, position_ids_from_mask, run_with_thoughts
 from framework.probes import thought_features
@@ -414,9 +422,14 @@ def test_bad_stages_separators_and_steps_are_named(word_tokenizer, addition_task
     with pytest.raises(ValueError, match=r"stage must be in 0 … 3"):
         reasoner.stage = 7
     no_steps = Example(example.prompt, example.trace, example.answer)
-    with pytest.raises(ValueError, match="has no `steps`"):
+    with pytest.raises(ValueError, match="has a trace but no `steps`"):
         reasoner.tokenize(no_steps, 1)
     assert reasoner.tokenize(no_steps, CONFIG.final_stage).input_ids  # the final stage needs no steps
+    # An empty trace (a weak policy that skipped every step) has zero steps: every stage keeps nothing.
+    empty = Example(example.prompt, "", example.answer)
+    for stage in range(CONFIG.final_stage + 1):
+        completion = "".join(segment.text for segment in reasoner.completion_segments(empty, stage))
+        assert completion == THINK_END + empty.answer
     no_separator = Reasoner(reasoner.model, word_tokenizer, "latent", latent=LatentConfig(max_stage=2))
     with pytest.raises(ValueError, match="step_separator is not set"):
         no_separator.tokenize(example, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -240,12 +241,19 @@ def test_schedules_that_do_not_fit_the_data_fail_before_training(word_tokenizer,
     with pytest.raises(ValueError, match="max_stage=3 but the longest training trace has 2 steps"):
         _trainer(tmp_path, max_steps=1).fit(LatentSFT(too_deep, addition_task, steps_per_stage=1), data)
     reasoner = _reasoner(word_tokenizer)
-    unsplit = [Example(e.prompt, e.trace, e.answer) for e in data.splits["train"]]
+    split = data.splits["train"]
+    unsplit = [Example(e.prompt, e.trace, e.answer) for e in split]
     data = ReasoningDataModule(reasoner, unsplit, unsplit[:2], batch_size=8)
-    with pytest.raises(ValueError, match="training example 0 .* has no `steps`"):
+    with pytest.raises(ValueError, match="training example 0 .* has a trace but no `steps`"):
         _trainer(tmp_path, max_steps=1).fit(LatentSFT(reasoner, addition_task, steps_per_stage=1), data)
     # without a curriculum the final stage needs no steps
     _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(LatentSFT(reasoner, addition_task, curriculum=False), data)
+    # an empty trace is zero steps, not an unsplit trace: the curriculum trains on it
+    with_empty = [*split[:7], replace(split[7], trace="", steps=())]
+    data = ReasoningDataModule(reasoner, with_empty, split[:2], batch_size=8)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(LatentSFT(reasoner, addition_task, steps_per_stage=1), data)
+    assert trainer.global_step == 1
 
 
 def test_token_level_regimes_refuse_a_latent_reasoner(word_tokenizer, addition_task):

@@ -124,10 +124,10 @@ def latent_completion_segments(example: Example, config: LatentConfig, stage: in
     answer = Segment(Role.ANSWER, example.answer)
     if config.check_stage(stage) == config.final_stage:
         return [Segment(Role.TRACE, THINK_END), answer]
-    if not example.steps:
+    if example.trace and not example.steps:  # an empty trace has no steps to keep, and needs none
         raise ValueError(
-            f"example {example.prompt[:40]!r}… has no `steps`: latent curriculum stage {stage} keeps the steps after "
-            f"the first {stage}, so the trace must come split into Example.steps (only the final stage "
+            f"example {example.prompt[:40]!r}… has a trace but no `steps`: latent curriculum stage {stage} keeps the "
+            f"steps after the first {stage}, so the trace must come split into Example.steps (only the final stage "
             f"{config.final_stage} needs none)"
         )
     if config.step_separator is None:

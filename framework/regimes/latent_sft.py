@@ -128,10 +128,11 @@ class LatentSFT(SFT):
         if not (self.hparams.curriculum or self.hparams.mix_prob > 0):
             return  # the final stage needs no steps
         for index, example in enumerate(examples):
-            if not example.steps:
+            if example.trace and not example.steps:  # an empty trace (a weak policy's, say) has zero steps: fine
                 raise ValueError(
-                    f"training example {index} ({example.prompt[:40]!r}…) has no `steps`; the latent curriculum "
-                    "replaces steps one stage at a time, so every example needs Example.steps (or use curriculum=False)"
+                    f"training example {index} ({example.prompt[:40]!r}…) has a trace but no `steps`; the latent "
+                    "curriculum replaces steps one stage at a time, so every trace must come split into Example.steps "
+                    "(or use curriculum=False)"
                 )
         longest = max(len(example.steps) for example in examples)
         if self.hparams.curriculum and self.latent.max_stage > longest:
