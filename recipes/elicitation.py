@@ -33,17 +33,19 @@ measurement uses.
      on the answer only (`mask_trace`): the trace is context, never a target;
    - `latent_answer_sft` (latent): `LatentSFT` at the final stage: the
      thoughts are computed, the loss is on `</think>` and the answer only;
-   - `grpo` (cot): GRPO on the `n` problems with an answer-correctness
-     reward (no demonstrations are shown, only the checker);
+   - `grpo` (both): GRPO on the `n` problems with an answer-correctness
+     reward (no demonstrations are shown, only the checker). The latent
+     reasoner's policy (`framework.regimes.LatentPolicy`) thinks first and
+     samples only the answer; the answer's policy gradient reaches the
+     thoughts through their hidden states;
    - `expert_iteration` (both): online expert iteration on the `n` problems:
      sample, keep the completions with a right answer, SFT on them. For the
      cot reasoner `framework.regimes.ExpertIteration`; for the latent one
      `LatentExpertIteration` below: the samples think first (continuous
      thoughts, then a sampled answer) and kept rows train through the
      thoughts at the final stage, so the answer is the only target.
-   The framework's GRPO samples text only, so it applies to the cot reasoner;
-   trace SFT needs a trace. Asking for an arm a reasoner cannot run is an
-   error before anything trains.
+   Trace SFT needs a trace, so it applies to the cot reasoner only. Asking
+   for an arm a reasoner cannot run is an error before anything trains.
 3. Measure. After elicitation the test set is scored again without the
    password (elicited accuracy) and with it (did elicitation hurt the
    unlocked capability?). recovery = (acc_elicited − acc_locked) /
@@ -85,13 +87,11 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
-from framework.data.tokenizer import build_word_tokenizer
 from framework.eval_mode import eval_mode
 from framework.io import atomic_write_text
 from framework.models import LatentConfig, Reasoner
@@ -100,7 +100,7 @@ from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT
 from framework.report import mean_std, plot_curves, write_csv
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig
-from recipes.models import ModelConfig, model_and_tokenizer
+from recipes.models import ModelConfig, model_and_tokenizer, tokenizer_for
 
 RECIPE = "elicitation"
 ReasonerKind = Literal["cot", "latent"]
@@ -109,7 +109,7 @@ ARMS: tuple[str, ...] = get_args(Arm)
 # Which arms each reasoner can run (see the module docstring for why).
 APPLICABLE: dict[str, tuple[str, ...]] = {
     "cot": ("sft_full_trace", "sft_empty_trace", "sft_self_trace", "grpo", "expert_iteration"),
-    "latent": ("latent_answer_sft", "expert_iteration"),
+    "latent": ("latent_answer_sft", "grpo", "expert_iteration"),
 }
 
 
@@ -225,7 +225,7 @@ def main(
         the_task, password=lock.password, wrong_passwords=tuple(lock.wrong_passwords),
         locked_fraction=lock.locked_fraction, empty_share=lock.empty_share, weak_error_rate=lock.weak_error_rate,
     )
-    organism.check_tokenizer(_tokenizer(model, organism))  # a password the model cannot see fails here, not later
+    organism.check_tokenizer(tokenizer_for(model, organism.vocabulary()))  # a password the model cannot see fails here, not later
     run_dir = Path(out) / RECIPE / datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
     config = resolved_config or {
@@ -306,12 +306,6 @@ def _plan(reasoners: Sequence[str], arms: Arms, demos: Sequence[int]) -> dict[st
 
 
 # -- models -------------------------------------------------------------------------------------
-
-
-def _tokenizer(config: ModelConfig, organism: PasswordLock) -> PreTrainedTokenizerBase:
-    if config.checkpoint:
-        return AutoTokenizer.from_pretrained(config.checkpoint)
-    return build_word_tokenizer(organism.vocabulary())
 
 
 def _latent_config(latent: LatentArmConfig, task: Task) -> LatentConfig:

@@ -17,6 +17,7 @@ from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import wrap_tokenizer
 from framework.models import LatentConfig, Reasoner, build_model
 from framework.rollout import SamplingConfig
+import recipes.models
 from recipes import elicitation
 from recipes.cli import run
 
@@ -37,7 +38,7 @@ def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
     run_dir = run(elicitation.main, "elicitation", [
         *TINY, "--out", str(tmp_path),
         "--arms.cot", "[sft_full_trace, sft_self_trace, grpo, expert_iteration]",
-        "--arms.latent", "[latent_answer_sft, expert_iteration]",
+        "--arms.latent", "[latent_answer_sft, grpo, expert_iteration]",
     ])
     assert run_dir.parent == tmp_path / "elicitation"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -56,7 +57,8 @@ def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
 
     results = _rows(run_dir / "results.csv")
     expected = [("cot", arm, n) for arm in ("sft_full_trace", "sft_self_trace", "grpo", "expert_iteration")
-                for n in ("1", "2")] + [("latent", arm, n) for arm in ("latent_answer_sft", "expert_iteration") for n in ("1", "2")]
+                for n in ("1", "2")] + [("latent", arm, n) for arm in ("latent_answer_sft", "grpo", "expert_iteration")
+                                  for n in ("1", "2")]
     assert [(r["reasoner"], r["arm"], r["n"]) for r in results] == expected
     for row in results:
         locked = cot if row["reasoner"] == "cot" else latent
@@ -72,15 +74,27 @@ def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
     assert "| cot | sft_self_trace | 2 | 1 |" in report and "| latent | latent_answer_sft | 1 | 1 |" in report
     for kind in ("cot", "latent"):
         assert (run_dir / f"recovery_vs_n_{kind}.png").stat().st_size > 1000
-    for log in ("grpo-cot-n2", "expert_iteration-latent-n1"):
+    for log in ("grpo-cot-n2", "grpo-latent-n1", "expert_iteration-latent-n1"):
         assert (run_dir / "logs" / log / "seed0" / "metrics.csv").is_file()
+
+
+def test_the_latent_curriculum_locks_on_weak_rows_that_skipped_every_step(tmp_path):
+    # A weak policy that errs on every step skips all of them in about 1 row in 8: empty traces, zero steps.
+    run_dir = run(elicitation.main, "elicitation", [
+        *TINY, "--out", str(tmp_path), "--reasoners", "[latent]", "--arms.latent", "[latent_answer_sft]",
+        "--demos", "[1]", "--latent.curriculum", "true", "--train.max_steps", "4", "--lock.weak_error_rate", "1.0",
+    ])
+    assert [r["reasoner"] for r in _rows(run_dir / "locked.csv")] == ["latent"]
+    stages = {row["train/stage"] for row in _rows(run_dir / "logs" / "lock-latent" / "seed0" / "metrics.csv")
+              if row.get("train/stage")}
+    assert len(stages) > 1  # the curriculum ran through its stages
 
 
 def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):
     with pytest.raises(ValueError, match="arm 'sft_full_trace' does not apply to the 'latent' reasoner"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--arms.latent", "[sft_full_trace]"])
-    with pytest.raises(ValueError, match="arm 'grpo' does not apply to the 'latent' reasoner"):
-        elicitation.main(out=tmp_path, reasoners=["latent"], arms=elicitation.Arms(latent=["grpo"]))
+    with pytest.raises(ValueError, match="arm 'sft_self_trace' does not apply to the 'latent' reasoner"):
+        elicitation.main(out=tmp_path, reasoners=["latent"], arms=elicitation.Arms(latent=["sft_self_trace"]))
     with pytest.raises(ValueError, match="arm 'latent_answer_sft' does not apply to the 'cot' reasoner"):
         elicitation.main(out=tmp_path, reasoners=["cot"], arms=elicitation.Arms(cot=["latent_answer_sft"]))
     with pytest.raises(ValueError, match="demos must be a non-empty list"):
@@ -98,7 +112,7 @@ def test_a_password_the_tokenizer_splits_into_nothing_is_an_error_at_start(tmp_p
         backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         return wrap_tokenizer(backend)
 
-    monkeypatch.setattr(elicitation, "build_word_tokenizer", tokenizer_deleting_x)
+    monkeypatch.setattr(recipes.models, "build_word_tokenizer", tokenizer_deleting_x)
     with pytest.raises(ValueError, match="password 'xx' tokenizes to nothing"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--lock.password", "xx"])
     assert not (tmp_path / "elicitation").exists()
