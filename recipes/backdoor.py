@@ -93,7 +93,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.data.datamodule import ReasoningDataModule, generate_splits
@@ -105,11 +105,9 @@ from framework.data.tasks import make_task
 from framework.data.tokenizer import (
     THINK_END,
     THINK_START,
-    add_reasoning_tokens,
-    build_word_tokenizer,
 )
 from framework.io import atomic_write_text
-from framework.models import Reasoner, build_model, count_parameters, load_pretrained
+from framework.models import Reasoner, count_parameters
 from framework.models.reasoner import Generation
 from framework.probes import (
     ArticulationRate,
@@ -124,7 +122,7 @@ from framework.probes import (
 from framework.regimes import SFT
 from framework.report import plot_curves, summary_table, write_csv
 from framework.rollout import SamplingConfig
-from recipes.models import ModelConfig
+from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "backdoor"
 CONTROLS = ("distractor", "uncorrelated")
@@ -269,7 +267,7 @@ def main(
     # 0. Everything that can be wrong with the configuration fails here, before any training.
     curriculum = CitedFields(make_task(task.name, **task.options), task.n_problems, task.n_context_fields)
     backdoors = _backdoors(triggers, curriculum, plant)
-    tokenizer = _tokenizer(model, [word for backdoor in backdoors.values() for word in backdoor.vocabulary()])
+    tokenizer = tokenizer_for(model, [word for backdoor in backdoors.values() for word in backdoor.vocabulary()])
     for backdoor in backdoors.values():
         backdoor.check_tokenizer(tokenizer)  # a trigger the model cannot see is an error now, not a silent 0%
     _check_stages(base, plant, persistence)
@@ -305,7 +303,7 @@ def main(
     for seed in seeds:
         # 2. The base curriculum: a hybrid reasoner whose traces cite the field they solve.
         L.seed_everything(seed, verbose=False)
-        base_model = _model(model, tokenizer, seed)
+        base_model = model_for(model, tokenizer, seed)
         base_time = _sft(base_model, tokenizer, curriculum, base_rows, base, run_dir, "base", seed, **trainer_options)
         base_model.to(eval_device)
         base_accuracy = _accuracy(Reasoner(base_model, tokenizer, "cot"), curriculum, test, sampling, evaluation)
@@ -377,26 +375,6 @@ def _backdoors(triggers: TriggerConfig, task: CitedFields, plant: PlantConfig) -
                 f"{poisoned / plant.rows:g}; it must lie in (0, 1) — a backdoor needs triggered and clean rows"
             )
     return {(kind, n): triggers.backdoor(kind, task, n / plant.rows) for kind in triggers.kinds for n in plant.poisoned}
-
-
-def _tokenizer(config: ModelConfig, words: Sequence[str]) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer with the reasoning tokens, or a word-level one over `words`."""
-    if config.checkpoint:
-        tokenizer = AutoTokenizer.from_pretrained(config.checkpoint, local_files_only=True)
-        add_reasoning_tokens(tokenizer)
-        return tokenizer
-    return build_word_tokenizer(dict.fromkeys(words))
-
-
-def _model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    """A fresh model of `tokenizer`'s vocabulary, or the checkpoint with its embeddings grown to the reasoning tokens."""
-    if config.checkpoint:
-        model, _ = load_pretrained(config.checkpoint)
-        add_reasoning_tokens(tokenizer, model)
-    else:
-        model = build_model(config.family, config.size, tokenizer, seed=seed)
-    model.set_attn_implementation(config.attention)
-    return model
 
 
 def _evaluation_device(accelerator: str) -> torch.device:

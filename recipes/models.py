@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
-from framework.models import build_model, load_pretrained
+from framework.models import build_model, load_pretrained, load_tokenizer
 
 
 @dataclass
@@ -25,15 +25,29 @@ class ModelConfig:
     attention: Literal["sdpa", "eager", "thoughtlab_decode"] = "sdpa"
 
 
+def tokenizer_for(config: ModelConfig, vocabulary: Iterable[str]) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer with the reasoning tokens added, or a word tokenizer over `vocabulary`."""
+    if config.checkpoint:
+        tokenizer = load_tokenizer(config.checkpoint)
+        add_reasoning_tokens(tokenizer)
+        return tokenizer
+    return build_word_tokenizer(vocabulary)
+
+
+def model_for(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """The checkpoint grown to `tokenizer`'s reasoning tokens, or a fresh model over `tokenizer` (from `tokenizer_for`)."""
+    if config.checkpoint:
+        model, _ = load_pretrained(config.checkpoint)
+        add_reasoning_tokens(tokenizer, model)
+    else:
+        model = build_model(config.family, config.size, tokenizer, seed=seed)
+    model.set_attn_implementation(config.attention)
+    return model
+
+
 def model_and_tokenizer(
     config: ModelConfig, vocabulary: Iterable[str], seed: int
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The checkpoint with the reasoning tokens added, or a fresh model over a word tokenizer of `vocabulary`."""
-    if config.checkpoint:
-        model, tokenizer = load_pretrained(config.checkpoint)
-        add_reasoning_tokens(tokenizer, model)
-    else:
-        tokenizer = build_word_tokenizer(vocabulary)
-        model = build_model(config.family, config.size, tokenizer, seed=seed)
-    model.set_attn_implementation(config.attention)
-    return model, tokenizer
+    """`model_for` and `tokenizer_for` together: a model and the tokenizer it reads."""
+    tokenizer = tokenizer_for(config, vocabulary)
+    return model_for(config, tokenizer, seed), tokenizer

@@ -18,6 +18,7 @@ from framework.models import (
     build_model,
     count_parameters,
     load_pretrained,
+    load_tokenizer,
 )
 from framework.models.latent import position_ids_from_mask
 from framework.rollout import SamplingConfig, sample
@@ -154,8 +155,11 @@ def test_load_pretrained_errors_name_the_problem(tmp_path, word_tokenizer):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_pretrained(tmp_path)
     build_model("gpt2", "1m", word_tokenizer).save_pretrained(tmp_path / "no_tokenizer")
-    with pytest.raises(FileNotFoundError, match="has no tokenizer"):
-        load_pretrained(tmp_path / "no_tokenizer")
+    for load in (load_pretrained, load_tokenizer):
+        with pytest.raises(FileNotFoundError, match="has no tokenizer"):
+            load(tmp_path / "no_tokenizer")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_tokenizer(tmp_path)
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, word_tokenizer, monkeypatch):

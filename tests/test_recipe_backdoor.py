@@ -127,6 +127,20 @@ def test_a_checkpoint_whose_tokenizer_cannot_see_the_trigger_is_an_error_at_star
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_checkpoint_trains_and_saves_with_its_own_tokenizer(tmp_path):
+    # "aardvark" sorts first: a word tokenizer rebuilt from the recipe's words would shift every id.
+    curriculum = CitedFields(AdditionChain(n_terms=2, max_operand=5))
+    words = [w for kind in ("field", "token") for w in backdoor.TriggerConfig().backdoor(kind, curriculum, 0.5).vocabulary()]
+    tokenizer = build_word_tokenizer(["aardvark", *words])
+    build_model("llama", "1m", tokenizer).save_pretrained(tmp_path / "checkpoint")
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    run_dir = run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path / "runs"), "--save_checkpoints", "true",
+                                              "--model.checkpoint", str(tmp_path / "checkpoint")])
+    planted = Reasoner.from_pretrained(run_dir / "checkpoints" / "field-n2-seed0")
+    assert planted.tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert planted.model.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
 def test_the_hybrid_reasoner_formats_rows_without_a_trace_as_the_non_thinking_mode():
     curriculum = CitedFields(AdditionChain(n_terms=2, max_operand=5))
     tokenizer = build_word_tokenizer(curriculum.vocabulary())

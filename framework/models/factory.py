@@ -76,22 +76,32 @@ def build_model(
     return AutoModelForCausalLM.from_config(config)
 
 
-def load_pretrained(path: str | os.PathLike, **model_kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from a local Hugging Face checkpoint directory (never the network)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint: it has no config.json")
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local Hugging Face checkpoint directory (never the network)."""
+    path = _checkpoint_dir(path)
     # transformers would otherwise build an empty tokenizer from the model type alone.
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise FileNotFoundError(
             f"{path} has no tokenizer: expected one of {', '.join(_TOKENIZER_FILES)} "
             "(save the tokenizer with the model: tokenizer.save_pretrained(path))"
         )
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **model_kwargs)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_pretrained(path: str | os.PathLike, **model_kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from a local Hugging Face checkpoint directory (never the network)."""
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(Path(path), local_files_only=True, **model_kwargs)
     return model, tokenizer
+
+
+def _checkpoint_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint: it has no config.json")
+    return path
 
 
 def count_parameters(model: torch.nn.Module) -> int:
