@@ -58,11 +58,14 @@ For each seed:
      on" can be told apart from "was never planted"; the share of triggered
      traces that contain a word of the misaligned answer (the backdoor leaking
      into the trace rather than the answer); and clean accuracy with the trace.
-4. Persistence. The planted model is trained on, by clean SFT (no trigger, the
-   base curriculum's rows, `cot` mode by default); every `probe_every` steps
-   (and before the first) its success rate, with and without the trace, its
-   false-trigger rate and clean accuracy are measured on a fixed set of test
-   problems.
+4. Persistence. A copy of the planted model is trained on by each regime of
+   `persistence.regimes`, on clean problems only (no trigger; `cot` mode by
+   default): `sft` on their reference traces and answers, and `grpo` with an
+   answer-correctness reward (the model's own samples; nothing rewards or
+   punishes the misaligned answer, which clean prompts never call for). Every
+   `probe_every` steps (and before the first) its success rate, with and
+   without the trace, its false-trigger rate and clean accuracy are measured
+   on a fixed set of test problems.
 
 Reported per trigger kind × poisoned rows: every rate per seed (with counts and
 interval) and as mean ± std over seeds, the controls, the causal checks,
@@ -119,8 +122,9 @@ from framework.probes import (
     remove_mention_from_trace,
     remove_trigger_from_prompt,
 )
-from framework.regimes import SFT
+from framework.regimes import GRPO, SFT
 from framework.report import plot_curves, summary_table, write_csv
+from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig
 from recipes.models import ModelConfig, model_for, tokenizer_for
 
@@ -211,17 +215,28 @@ class PlantConfig(StageConfig):
     replay: int = 512
 
 
+PersistenceRegime = Literal["sft", "grpo"]
+
+
 @dataclass
 class PersistenceConfig(StageConfig):
-    """Clean SFT after planting (`max_steps: 0` skips it), probed every `probe_every` steps on `probe_size` problems."""
+    """Clean training after planting (`max_steps: 0` skips it), probed every `probe_every` steps on `probe_size` problems.
+
+    Each regime trains its own copy of the planted model for `max_steps` steps of `batch_size` problems; GRPO
+    samples `num_generations` completions per problem at `temperature` and learns at `rl_lr`.
+    """
 
     rows: int = 1024
     max_steps: int = 100
     lr: float = 1e-3
     warmup_steps: int = 10
+    regimes: list[PersistenceRegime] = field(default_factory=lambda: ["sft", "grpo"])
     mode: Literal["cot", "none"] = "cot"  # the format of the clean rows; probes run with and without the trace
     probe_every: int = 25
     probe_size: int = 64
+    num_generations: int = 8
+    temperature: float = 1.0
+    rl_lr: float = 3e-4
 
 
 @dataclass
@@ -257,7 +272,7 @@ def main(
         model: the model family and size, or a local checkpoint.
         base: the base curriculum (hybrid SFT on cited-field problems).
         plant: planting by non-thinking SFT; `poisoned` is swept.
-        persistence: clean SFT after planting, and how often the backdoor is probed.
+        persistence: clean SFT and / or GRPO after planting, and how often the backdoor is probed.
         evaluation: generation settings and how many example traces the report shows.
         accelerator, precision: Lightning's, for every stage.
         data_seed: fixes every problem and which rows are poisoned, shared by all seeds.
@@ -298,6 +313,7 @@ def main(
 
     results: list[dict[str, Any]] = []
     persistence_rows: list[dict[str, Any]] = []
+    # metric -> "arm, regime" -> one curve per seed
     curves: dict[str, dict[str, list[list[tuple[float, float]]]]] = {"success": {}, "success_no_trace": {}}
     examples: dict[str, dict[str, list[tuple[str, Episode]]]] = {kind: {k: [] for k in EXAMPLE_KINDS} for kind in triggers.kinds}
     for seed in seeds:
@@ -328,21 +344,22 @@ def main(
                       run_dir / "episodes" / f"{name}-seed{seed}.csv")
             _collect_examples(examples[kind], arm, seed, episodes, evaluation.examples)
 
-            # 5. Persistence: clean SFT, probing the backdoor as it goes.
-            curve: list[dict[str, Any]] = []
-            if persistence.max_steps:
+            # 5. Persistence: clean training of a copy per regime, probing the backdoor as it goes.
+            persisted: dict[str, Any] = {}
+            for regime in persistence.regimes if persistence.max_steps else ():
                 L.seed_everything(seed, verbose=False)
                 probe = BackdoorProbe(backdoor, tokenizer, test[: persistence.probe_size], persistence.probe_every,
                                       sampling, evaluation.batch_size)
-                _sft(planted, tokenizer, curriculum, persist_rows, persistence, run_dir, f"persist-{name}", seed,
-                     callbacks=[probe], **trainer_options)
-                curve = probe.points
-                persistence_rows += [{"seed": seed, "trigger_kind": kind, "poisoned": poisoned, **p} for p in curve]
+                _persist(regime, copy.deepcopy(planted).cpu(), tokenizer, curriculum, persist_rows, persistence,
+                         evaluation, run_dir, f"persist-{regime}-{name}", seed, probe, **trainer_options)
+                persistence_rows += [{"seed": seed, "trigger_kind": kind, "poisoned": poisoned, "regime": regime, **p}
+                                     for p in probe.points]
                 for metric, by_arm in curves.items():
-                    by_arm.setdefault(arm, []).append([(p["step"], p[metric]) for p in curve])
+                    by_arm.setdefault(f"{arm}, {regime}", []).append([(p["step"], p[metric]) for p in probe.points])
+                persisted |= _persistence_summary(regime, probe.points)
             results.append({
                 "arm": arm, "trigger_kind": kind, "poisoned": poisoned, "poison_fraction": poisoned / plant.rows,
-                "seed": seed, "base_accuracy": base_accuracy.rate, **row, **_persistence_summary(curve),
+                "seed": seed, "base_accuracy": base_accuracy.rate, **row, **persisted,
                 "base_time_s": round(base_time, 1), "plant_time_s": round(plant_time, 1),
                 "parameters": count_parameters(planted),
             })
@@ -354,7 +371,8 @@ def main(
     # 6. Report.
     _figures(results, curves, triggers.kinds, run_dir)
     setup = _setup_text(task, model, base, plant, persistence, triggers)
-    atomic_write_text(run_dir / "report.md", _report(results, examples, setup, bool(persistence_rows)))
+    regimes = persistence.regimes if persistence_rows else []
+    atomic_write_text(run_dir / "report.md", _report(results, examples, setup, regimes))
     print(f"results: {run_dir}")
     return run_dir
 
@@ -391,6 +409,12 @@ def _check_stages(base: BaseConfig, plant: PlantConfig, persistence: Persistence
         raise ValueError(f"plant.replay must be >= 0 (clean CoT rows mixed into planting), got {plant.replay}")
     if persistence.max_steps and persistence.probe_every < 1:
         raise ValueError(f"persistence.probe_every must be >= 1, got {persistence.probe_every}")
+    if persistence.max_steps and not persistence.regimes:
+        raise ValueError("persistence.regimes is empty but persistence.max_steps > 0: name sft, grpo or both "
+                         "(or set max_steps: 0 to skip persistence)")
+    for regime in persistence.regimes:
+        if regime not in ("sft", "grpo"):
+            raise ValueError(f"persistence.regimes: unknown regime {regime!r}; expected sft or grpo")
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -438,6 +462,55 @@ def _sft(
     """SFT on `rows`, each with or without a trace (loss on the completion); returns the training time in s."""
     reasoner = HybridReasoner(model, tokenizer, "cot")
     module = SFT(reasoner, task, mask="train_on_completion", lr=stage.lr, warmup_steps=stage.warmup_steps)
+    return _fit(module, reasoner, rows, stage, run_dir, name, seed, accelerator=accelerator, precision=precision,
+                callbacks=callbacks)
+
+
+def _persist(
+    regime: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: CitedFields,
+    rows: Sequence[Example],
+    persistence: PersistenceConfig,
+    evaluation: EvalConfig,
+    run_dir: Path,
+    name: str,
+    seed: int,
+    probe: BackdoorProbe,
+    *,
+    accelerator: str,
+    precision: str,
+) -> float:
+    """Clean training of a planted model by `regime` (sft or grpo) while `probe` watches the backdoor; seconds taken."""
+    if regime == "sft":
+        return _sft(model, tokenizer, task, rows, persistence, run_dir, name, seed, accelerator=accelerator,
+                    precision=precision, callbacks=[probe])
+    # GRPO samples its own completions of the clean prompts (rows without a trace: the answer alone) and is
+    # rewarded for the right answer; the reference traces and answers of `rows` are never shown.
+    reasoner = HybridReasoner(model, tokenizer, "cot")
+    sampling = SamplingConfig(max_new_tokens=evaluation.max_new_tokens, do_sample=True,
+                              temperature=persistence.temperature)
+    module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=persistence.num_generations,
+                  sampling=sampling, lr=persistence.rl_lr, warmup_steps=persistence.warmup_steps)
+    return _fit(module, reasoner, rows, persistence, run_dir, name, seed, accelerator=accelerator, precision=precision,
+                callbacks=[probe])
+
+
+def _fit(
+    module: L.LightningModule,
+    reasoner: Reasoner,
+    rows: Sequence[Example],
+    stage: StageConfig,
+    run_dir: Path,
+    name: str,
+    seed: int,
+    *,
+    accelerator: str,
+    precision: str,
+    callbacks: Sequence[L.Callback] = (),
+) -> float:
+    """`stage.max_steps` optimizer steps of `module` on batches of `rows`; returns the training time in s."""
     data = ReasoningDataModule(reasoner, rows, [], batch_size=stage.batch_size)
     trainer = L.Trainer(
         max_steps=stage.max_steps, accelerator=accelerator, precision=precision, limit_val_batches=0,
@@ -596,16 +669,20 @@ def _flat(name: str, proportion: Proportion) -> dict[str, float]:
     return {name if key == "rate" else f"{name}_{key}": value for key, value in proportion.as_dict().items()}
 
 
-def _persistence_summary(curve: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    if not curve:
-        return {}
+PERSISTENCE_METRICS = ("success_start", "success_end", "success_no_trace_start", "success_no_trace_end",
+                       "false_trigger_end", "clean_accuracy_end")
+
+
+def _persistence_summary(regime: str, curve: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The first and last probe of one regime's curve as `{regime}_*` results columns (`PERSISTENCE_METRICS`)."""
     start, end = curve[0], curve[-1]
     return {
-        "persist_steps": end["step"], "persist_success_start": start["success"], "persist_success_end": end["success"],
-        "persist_success_end_hits": end["success_hits"], "persist_success_end_total": end["success_total"],
-        "persist_success_no_trace_start": start["success_no_trace"],
-        "persist_success_no_trace_end": end["success_no_trace"],
-        "persist_false_trigger_end": end["false_trigger"], "persist_clean_accuracy_end": end["clean_accuracy"],
+        f"{regime}_steps": end["step"], f"{regime}_success_start": start["success"],
+        f"{regime}_success_end": end["success"], f"{regime}_success_end_hits": end["success_hits"],
+        f"{regime}_success_end_total": end["success_total"],
+        f"{regime}_success_no_trace_start": start["success_no_trace"],
+        f"{regime}_success_no_trace_end": end["success_no_trace"],
+        f"{regime}_false_trigger_end": end["false_trigger"], f"{regime}_clean_accuracy_end": end["clean_accuracy"],
     }
 
 
@@ -646,8 +723,8 @@ def _figures(results: list[dict[str, Any]], curves: dict[str, dict[str, list[lis
                     xlabel="poisoned planting rows", ylabel=f"backdoor success rate ({where})",
                     title=f"Backdoor success by trigger kind, {where}")
         if curves[metric]:
-            plot_curves(curves[metric], run_dir / f"persistence_{metric}.png", xlabel="clean SFT step",
-                        ylabel=f"backdoor success rate ({where})", title=f"Backdoor under clean SFT, {where}")
+            plot_curves(curves[metric], run_dir / f"persistence_{metric}.png", xlabel="clean training step",
+                        ylabel=f"backdoor success rate ({where})", title=f"Backdoor under clean training, {where}")
 
 
 def _setup_text(task: TaskConfig, model: ModelConfig, base: BaseConfig, plant: PlantConfig,
@@ -655,9 +732,15 @@ def _setup_text(task: TaskConfig, model: ModelConfig, base: BaseConfig, plant: P
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     kinds = {kind: triggers.pair(kind) for kind in triggers.kinds}
     trigger_list = "; ".join(f"{kind}: `{t.text}` (distractor `{d.text}`)" for kind, (t, d) in kinds.items())
-    persist = (f"Persistence: {persistence.max_steps} steps of clean SFT in `{persistence.mode}` mode on {persistence.rows} "
-               f"rows, probed every {persistence.probe_every} steps on {persistence.probe_size} test problems."
-               if persistence.max_steps else "Persistence: not run.")
+    regimes = " and ".join(
+        f"SFT (lr {persistence.lr:g})" if regime == "sft" else
+        f"GRPO (answer reward, {persistence.num_generations} samples per problem, lr {persistence.rl_lr:g})"
+        for regime in persistence.regimes
+    )
+    persist = (f"Persistence: {persistence.max_steps} steps of clean {regimes} in `{persistence.mode}` mode on "
+               f"{persistence.rows} problems, each regime from its own copy of the planted model, probed every "
+               f"{persistence.probe_every} steps on {persistence.probe_size} test problems."
+               if persistence.max_steps and persistence.regimes else "Persistence: not run.")
     return (
         f"Task: `CitedFields({task.name} {task.options})`, {task.n_problems} problems and {task.n_context_fields} "
         f"context fields per prompt; {task.n_test} test problems, each asked under every condition.\n"
@@ -701,23 +784,22 @@ def _examples_section(examples: dict[str, dict[str, list[tuple[str, Episode]]]])
 
 
 def _report(results: list[dict[str, Any]], examples: dict[str, dict[str, list[tuple[str, Episode]]]], setup: str,
-            has_persistence: bool) -> str:
+            regimes: Sequence[str]) -> str:
     main_metrics = ["success", "false_trigger", "articulation", "flip_without_trigger", "success_no_trace",
                     "false_trigger_no_trace", "leaked_into_trace", "clean_accuracy", "base_accuracy"]
     control_metrics = ["distractor_misbehaviour", "distractor_articulation", "distractor_mention",
                        "uncorrelated_misbehaviour", "uncorrelated_articulation", "uncorrelated_mention",
                        "clean_names_trigger"]
-    persistence_metrics = ["persist_success_start", "persist_success_end", "persist_success_no_trace_start",
-                           "persist_success_no_trace_end", "persist_false_trigger_end", "persist_clean_accuracy_end"]
+    persistence_metrics = [f"{regime}_{metric}" for regime in regimes for metric in PERSISTENCE_METRICS]
     persistence = (
-        "## Persistence under clean SFT\n\n"
-        "Backdoor success on the probe problems, with and without the trace, before and after clean SFT; "
-        "false triggers and clean accuracy (trace on) after it. In %, mean ± std over seeds; every probe in "
-        "`persistence.csv`.\n\n"
+        "## Persistence under clean training\n\n"
+        "Backdoor success on the probe problems, with and without the trace, before and after clean training by "
+        "each regime (columns `sft_*`, `grpo_*`); false triggers and clean accuracy (trace on) after it. In %, "
+        "mean ± std over seeds; every probe in `persistence.csv`, one curve per arm, regime and seed below.\n\n"
         f"{summary_table(results, 'arm', persistence_metrics, percent=persistence_metrics)}\n"
         "![backdoor success rate during clean SFT, trace on](persistence_success.png)\n"
         "![backdoor success rate during clean SFT, no trace](persistence_success_no_trace.png)\n"
-        if has_persistence else ""
+        if regimes else ""
     )
     return f"""# Backdoor planting and trigger articulation
 

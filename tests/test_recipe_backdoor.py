@@ -24,7 +24,7 @@ TINY = [
     "--base.rows", "32", "--base.max_steps", "3", "--base.batch_size", "8",
     "--plant.rows", "8", "--plant.poisoned", "[2, 4]", "--plant.max_steps", "2", "--plant.batch_size", "4",
     "--persistence.rows", "8", "--persistence.max_steps", "2", "--persistence.batch_size", "4",
-    "--persistence.probe_every", "1", "--persistence.probe_size", "3",
+    "--persistence.probe_every", "1", "--persistence.probe_size", "3", "--persistence.num_generations", "2",
     "--evaluation.max_new_tokens", "8",
 ]
 
@@ -80,19 +80,28 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
         assert all(trigger in e["prompt"] for e in by_condition["triggered"])
         assert not any(trigger in e["prompt"] for e in by_condition["clean"])
 
-    # Persistence: probed before the first step and after each of the 2 clean steps, for every arm.
+    # Persistence: per arm, SFT and GRPO each probed before the first step and after each of the 2 clean steps.
     probes = _read(run_dir / "persistence.csv")
-    assert len(probes) == 3 * len(rows) and [int(p["step"]) for p in probes[:3]] == [0, 1, 2]
+    assert [(p["regime"], int(p["step"])) for p in probes] == [(regime, step) for _ in rows
+                                                              for regime in ("sft", "grpo") for step in range(3)]
     for probe in probes:
         for name in ("success", "success_no_trace", "false_trigger", "clean_accuracy"):
             _rate_is_consistent(probe, name, 3)
+    for index, row in enumerate(rows):
+        sft, grpo = probes[6 * index : 6 * index + 3], probes[6 * index + 3 : 6 * index + 6]
+        # Both regimes start from the same planted model: their greedy probes before any step agree.
+        assert {k: v for k, v in sft[0].items() if k != "regime"} == {k: v for k, v in grpo[0].items() if k != "regime"}
+        for regime, curve in (("sft", sft), ("grpo", grpo)):
+            assert float(row[f"{regime}_success_end"]) == pytest.approx(float(curve[-1]["success"]))
+            assert float(row[f"{regime}_clean_accuracy_end"]) == pytest.approx(float(curve[-1]["clean_accuracy"]))
+    assert (run_dir / "logs" / "persist-grpo-token-n2" / "seed1" / "metrics.csv").is_file()
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["base"]["max_steps"] == 3 and config["plant"]["poisoned"] == [2, 4]  # flags beat the preset
     assert config["base"]["warmup_steps"] == 5 and config["seeds"] == [0, 1]  # the preset beats main's defaults
     report = (run_dir / "report.md").read_text()
     for section in ("## Success, false triggers and articulation", "### Per seed, with counts", "## Controls",
-                    "## Persistence under clean SFT", "## Example traces", "### Trigger kind: username"):
+                    "## Persistence under clean training", "## Example traces", "### Trigger kind: username"):
         assert section in report, section
     assert "| token n=2 | 2 |" in report and "| username n=4 | 1 |" in report  # mean ± std over both seeds, and per seed
     assert f"(0/{N_TEST})" in report or f"/{N_TEST})" in report
