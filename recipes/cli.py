@@ -33,8 +33,10 @@ def _preset_from(argv: Sequence[str], default: str) -> str:
     return default
 
 
-def run(main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None, default_preset: str = "cpu") -> Any:
-    """Parse `argv` into `main`'s typed arguments and call it with the resolved config."""
+def parse(
+    main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None, default_preset: str = "cpu"
+) -> dict[str, Any]:
+    """`main`'s typed arguments from `argv` over a preset, with `resolved_config`: the whole configuration as YAML data."""
     argv = list(sys.argv[1:] if argv is None else argv)
     preset = _preset_from(argv, default_preset)
     parser = ArgumentParser(prog=f"python -m recipes.{recipe}", description=(main.__doc__ or "").strip().splitlines()[0])
@@ -47,4 +49,9 @@ def run(main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None
     arguments = parser.instantiate(config).as_dict()
     for meta in ("preset", "config", "__path__"):
         arguments.pop(meta, None)
-    return main(**arguments, resolved_config=resolved)
+    return {**arguments, "resolved_config": resolved}
+
+
+def run(main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None, default_preset: str = "cpu") -> Any:
+    """Parse `argv` into `main`'s typed arguments and call it with the resolved config."""
+    return main(**parse(main, recipe, argv, default_preset))

@@ -131,7 +131,10 @@ class LockConfig:
     wrong_passwords: list[str] = field(default_factory=lambda: ["sesam", "open", "please", "secret"])
     locked_fraction: float = 0.5
     empty_share: float = 0.5
-    weak_error_rate: float = 0.5  # per step; with 3 steps the weak policy is right about 1 time in 8
+    # Per step. A failing step skips its term or undercounts (half each), so above 2/3 the weak policy's most
+    # likely step is a wrong one: greedy decoding, which reads the mode, then reproduces the weak answer rather
+    # than the strong one. At 0.75 a sampled 3-step chain is right about 1 time in 64.
+    weak_error_rate: float = 0.75
 
 
 @dataclass

@@ -1,0 +1,36 @@
+"""Every preset of every recipe parses into its recipe's typed arguments (a typo fails here, not on a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from recipes import backdoor, elicitation, reasoning_modes
+from recipes.cli import PRESETS, parse
+
+RECIPES = {"reasoning_modes": reasoning_modes, "elicitation": elicitation, "backdoor": backdoor}
+PRESET_FILES = sorted((recipe, path.stem) for recipe in RECIPES for path in (PRESETS / recipe).glob("*.yaml"))
+
+
+def test_each_recipe_has_the_smoke_cpu_and_gpu_presets():
+    for recipe in RECIPES:
+        assert {"smoke", "cpu", "gpu"} <= {preset for name, preset in PRESET_FILES if name == recipe}, recipe
+
+
+@pytest.mark.parametrize(("recipe", "preset"), PRESET_FILES)
+def test_preset_parses_into_the_recipes_arguments(recipe, preset):
+    arguments = parse(RECIPES[recipe].main, recipe, ["--preset", preset])
+    # Every preset value reached the arguments: the resolved config repeats the preset's own settings.
+    settings = yaml.safe_load((PRESETS / recipe / f"{preset}.yaml").read_text())
+    resolved = arguments["resolved_config"]
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            for inner, inner_value in value.items():
+                assert resolved[key][inner] == inner_value, f"{recipe}/{preset}: {key}.{inner}"
+        else:
+            assert resolved[key] == value, f"{recipe}/{preset}: {key}"
+
+
+def test_a_misspelled_preset_field_is_an_error():
+    with pytest.raises(SystemExit):
+        parse(elicitation.main, "elicitation", ["--preset", "smoke", "--train.max_stepz", "3"])
