@@ -535,8 +535,8 @@ def _plot(results: list[dict[str, Any]], run_dir: Path) -> list[str]:
 
 def _cell(values: Sequence[float], percent: bool = True) -> str:
     mean, std = mean_std(values)
-    scale = 100.0 if percent else 1.0
-    return "n/a" if math.isnan(mean) else f"{mean * scale:.1f} ± {std * scale:.1f}"
+    scale, digits = (100.0, 1) if percent else (1.0, 2)
+    return "n/a" if math.isnan(mean) else f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
 def _count(row: dict[str, Any], name: str) -> str:
