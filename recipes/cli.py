@@ -45,7 +45,7 @@ def parse(
     parser.add_function_arguments(main, as_group=False, skip={"resolved_config"})
     parser.set_defaults(yaml.safe_load(preset_path(recipe, preset).read_text()))
     config = parser.parse_args(argv)
-    resolved = yaml.safe_load(parser.dump(config, skip_none=False))
+    resolved = yaml.safe_load(parser.dump(config, skip_unset=False))
     arguments = parser.instantiate(config).as_dict()
     for meta in ("preset", "config", "__path__"):
         arguments.pop(meta, None)
