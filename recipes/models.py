@@ -37,8 +37,14 @@ def tokenizer_for(config: ModelConfig, vocabulary: Iterable[str]) -> PreTrainedT
 def model_for(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
     """The checkpoint grown to `tokenizer`'s reasoning tokens, or a fresh model over `tokenizer` (from `tokenizer_for`)."""
     if config.checkpoint:
-        model, _ = load_pretrained(config.checkpoint)
-        add_reasoning_tokens(tokenizer, model)
+        # The checkpoint's own tokenizer still lacks the reasoning tokens, so `add_reasoning_tokens` knows which
+        # rows are new and starts them from an existing embedding, even where the matrix already has spare rows
+        # (Qwen's is padded past its vocabulary) that `tokenizer`, which already has them, could not tell apart.
+        model, own = load_pretrained(config.checkpoint)
+        add_reasoning_tokens(own, model)
+        if own.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"model.checkpoint={config.checkpoint}: the tokenizer given does not match the "
+                             "checkpoint's own (build it with tokenizer_for(config, ...))")
     else:
         model = build_model(config.family, config.size, tokenizer, seed=seed)
     model.set_attn_implementation(config.attention)

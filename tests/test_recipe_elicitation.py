@@ -12,12 +12,12 @@ import torch
 import yaml
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
+import recipes.models
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import wrap_tokenizer
 from framework.models import LatentConfig, Reasoner, build_model
 from framework.rollout import SamplingConfig
-import recipes.models
 from recipes import elicitation
 from recipes.cli import run
 
