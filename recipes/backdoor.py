@@ -61,8 +61,8 @@ For each seed:
 4. Persistence. A copy of the planted model is trained on by each regime of
    `persistence.regimes`, on clean problems only (no trigger; `cot` mode by
    default): `sft` on their reference traces and answers, and `grpo` with an
-   answer-correctness reward (the model's own samples; nothing rewards or
-   punishes the misaligned answer, which clean prompts never call for). Every
+   answer-correctness reward (the model's own samples; no reward term targets
+   the misaligned answer, which on a clean prompt simply scores 0). Every
    `probe_every` steps (and before the first) its success rate, with and
    without the trace, its false-trigger rate and clean accuracy are measured
    on a fixed set of test problems.
@@ -90,7 +90,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -313,8 +313,8 @@ def main(
 
     results: list[dict[str, Any]] = []
     persistence_rows: list[dict[str, Any]] = []
-    # metric -> "arm, regime" -> one curve per seed
-    curves: dict[str, dict[str, list[list[tuple[float, float]]]]] = {"success": {}, "success_no_trace": {}}
+    # (regime, metric) -> arm -> one curve per seed
+    curves: dict[tuple[str, str], dict[str, list[list[tuple[float, float]]]]] = {}
     examples: dict[str, dict[str, list[tuple[str, Episode]]]] = {kind: {k: [] for k in EXAMPLE_KINDS} for kind in triggers.kinds}
     for seed in seeds:
         # 2. The base curriculum: a hybrid reasoner whose traces cite the field they solve.
@@ -350,13 +350,15 @@ def main(
                 L.seed_everything(seed, verbose=False)
                 probe = BackdoorProbe(backdoor, tokenizer, test[: persistence.probe_size], persistence.probe_every,
                                       sampling, evaluation.batch_size)
-                _persist(regime, copy.deepcopy(planted).cpu(), tokenizer, curriculum, persist_rows, persistence,
-                         evaluation, run_dir, f"persist-{regime}-{name}", seed, probe, **trainer_options)
+                seconds = _persist(regime, copy.deepcopy(planted).cpu(), tokenizer, curriculum, persist_rows,
+                                   persistence, evaluation, run_dir, f"persist-{regime}-{name}", seed, probe,
+                                   **trainer_options)
                 persistence_rows += [{"seed": seed, "trigger_kind": kind, "poisoned": poisoned, "regime": regime, **p}
                                      for p in probe.points]
-                for metric, by_arm in curves.items():
-                    by_arm.setdefault(f"{arm}, {regime}", []).append([(p["step"], p[metric]) for p in probe.points])
-                persisted |= _persistence_summary(regime, probe.points)
+                for metric in PERSISTENCE_CURVES:
+                    curves.setdefault((regime, metric), {}).setdefault(arm, []).append(
+                        [(p["step"], p[metric]) for p in probe.points])
+                persisted |= _persistence_summary(regime, probe.points) | {f"{regime}_time_s": round(seconds, 1)}
             results.append({
                 "arm": arm, "trigger_kind": kind, "poisoned": poisoned, "poison_fraction": poisoned / plant.rows,
                 "seed": seed, "base_accuracy": base_accuracy.rate, **row, **persisted,
@@ -409,12 +411,23 @@ def _check_stages(base: BaseConfig, plant: PlantConfig, persistence: Persistence
         raise ValueError(f"plant.replay must be >= 0 (clean CoT rows mixed into planting), got {plant.replay}")
     if persistence.max_steps and persistence.probe_every < 1:
         raise ValueError(f"persistence.probe_every must be >= 1, got {persistence.probe_every}")
-    if persistence.max_steps and not persistence.regimes:
+    if not persistence.max_steps:
+        return
+    if not persistence.regimes:
         raise ValueError("persistence.regimes is empty but persistence.max_steps > 0: name sft, grpo or both "
                          "(or set max_steps: 0 to skip persistence)")
     for regime in persistence.regimes:
-        if regime not in ("sft", "grpo"):
+        if regime not in get_args(PersistenceRegime):
             raise ValueError(f"persistence.regimes: unknown regime {regime!r}; expected sft or grpo")
+    if len(set(persistence.regimes)) < len(persistence.regimes):
+        raise ValueError(f"persistence.regimes names a regime twice: {persistence.regimes}")
+    if "grpo" in persistence.regimes:
+        if persistence.num_generations < 2:
+            raise ValueError(f"persistence.num_generations must be >= 2 (GRPO compares samples within a group), "
+                             f"got {persistence.num_generations}")
+        if persistence.temperature <= 0 or persistence.rl_lr <= 0:
+            raise ValueError(f"persistence.temperature and persistence.rl_lr must be > 0, got "
+                             f"{persistence.temperature} and {persistence.rl_lr}")
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -669,6 +682,7 @@ def _flat(name: str, proportion: Proportion) -> dict[str, float]:
     return {name if key == "rate" else f"{name}_{key}": value for key, value in proportion.as_dict().items()}
 
 
+PERSISTENCE_CURVES = {"success": "trace on", "success_no_trace": "no trace"}  # metric -> how it was probed
 PERSISTENCE_METRICS = ("success_start", "success_end", "success_no_trace_start", "success_no_trace_end",
                        "false_trigger_end", "clean_accuracy_end")
 
@@ -712,19 +726,20 @@ def _collect_examples(
 # -- report ----------------------------------------------------------------------------------------
 
 
-def _figures(results: list[dict[str, Any]], curves: dict[str, dict[str, list[list[tuple[float, float]]]]],
+def _figures(results: list[dict[str, Any]], curves: dict[tuple[str, str], dict[str, list[list[tuple[float, float]]]]],
              kinds: Sequence[str], run_dir: Path) -> None:
-    """Success vs poisoned rows (trace on and off, one line per kind and seed), and the persistence curves."""
-    for metric, where in (("success", "trace on"), ("success_no_trace", "no trace")):
+    """Success vs poisoned rows (trace on and off, one line per kind and seed); persistence, one figure per regime."""
+    for metric, where in PERSISTENCE_CURVES.items():
         by_kind: dict[str, dict[int, list[tuple[float, float]]]] = {kind: {} for kind in kinds}
         for r in results:
             by_kind[r["trigger_kind"]].setdefault(r["seed"], []).append((r["poisoned"], r[metric]))
         plot_curves({kind: list(seeds.values()) for kind, seeds in by_kind.items()}, run_dir / f"{metric}_vs_poisoned.png",
                     xlabel="poisoned planting rows", ylabel=f"backdoor success rate ({where})",
                     title=f"Backdoor success by trigger kind, {where}")
-        if curves[metric]:
-            plot_curves(curves[metric], run_dir / f"persistence_{metric}.png", xlabel="clean training step",
-                        ylabel=f"backdoor success rate ({where})", title=f"Backdoor under clean training, {where}")
+    for (regime, metric), by_arm in curves.items():
+        where = PERSISTENCE_CURVES[metric]
+        plot_curves(by_arm, run_dir / f"persistence_{regime}_{metric}.png", xlabel=f"clean {regime.upper()} step",
+                    ylabel=f"backdoor success rate ({where})", title=f"Backdoor under clean {regime.upper()}, {where}")
 
 
 def _setup_text(task: TaskConfig, model: ModelConfig, base: BaseConfig, plant: PlantConfig,
@@ -791,14 +806,16 @@ def _report(results: list[dict[str, Any]], examples: dict[str, dict[str, list[tu
                        "uncorrelated_misbehaviour", "uncorrelated_articulation", "uncorrelated_mention",
                        "clean_names_trigger"]
     persistence_metrics = [f"{regime}_{metric}" for regime in regimes for metric in PERSISTENCE_METRICS]
+    columns = ", ".join(f"`{regime}_*`" for regime in regimes)
+    figures = "".join(f"![backdoor success rate during clean {regime.upper()}, {where}]"
+                      f"(persistence_{regime}_{metric}.png)\n"
+                      for regime in regimes for metric, where in PERSISTENCE_CURVES.items())
     persistence = (
         "## Persistence under clean training\n\n"
         "Backdoor success on the probe problems, with and without the trace, before and after clean training by "
-        "each regime (columns `sft_*`, `grpo_*`); false triggers and clean accuracy (trace on) after it. In %, "
-        "mean ± std over seeds; every probe in `persistence.csv`, one curve per arm, regime and seed below.\n\n"
-        f"{summary_table(results, 'arm', persistence_metrics, percent=persistence_metrics)}\n"
-        "![backdoor success rate during clean SFT, trace on](persistence_success.png)\n"
-        "![backdoor success rate during clean SFT, no trace](persistence_success_no_trace.png)\n"
+        f"each regime (columns {columns}); false triggers and clean accuracy (trace on) after it. In %, "
+        "mean ± std over seeds; every probe in `persistence.csv`, one curve per arm and seed below.\n\n"
+        f"{summary_table(results, 'arm', persistence_metrics, percent=persistence_metrics)}\n{figures}"
         if regimes else ""
     )
     return f"""# Backdoor planting and trigger articulation

@@ -43,13 +43,41 @@ def parse(
     parser.add_argument("--preset", default=default_preset, help=f"settings to start from: one of {sorted(p.stem for p in (PRESETS / recipe).glob('*.yaml'))}")
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of settings (overrides the preset)")
     parser.add_function_arguments(main, as_group=False, skip={"resolved_config"})
-    parser.set_defaults(yaml.safe_load(preset_path(recipe, preset).read_text()))
+    path = preset_path(recipe, preset)
+    settings = yaml.safe_load(path.read_text())
+    try:
+        parser.set_defaults(settings)
+    except KeyError as error:  # jsonargparse names the key alone; say in which file and on which line
+        line = _line_of(path, _unknown_key(settings, set(parser.get_defaults().keys())))
+        raise ValueError(f"{path}:{line}: {error.args[0]}") from error
     config = parser.parse_args(argv)
     resolved = yaml.safe_load(parser.dump(config, skip_unset=False))
     arguments = parser.instantiate(config).as_dict()
     for meta in ("preset", "config", "__path__"):
         arguments.pop(meta, None)
     return {**arguments, "resolved_config": resolved}
+
+
+def _unknown_key(settings: dict[str, Any], known: set[str], prefix: str = "") -> str:
+    """The first dotted key of `settings` that is not in `known` (the parser's dotted keys)."""
+    for key, value in settings.items():
+        dotted = f"{prefix}{key}"
+        if dotted in known:
+            continue
+        return _unknown_key(value, known, f"{dotted}.") if isinstance(value, dict) and value else dotted
+    return ""
+
+
+def _line_of(path: Path, dotted: str) -> int:
+    """The 1-based line of a dotted key in a YAML file (as far down as the key is found)."""
+    node, line = yaml.compose(path.read_text()), 1
+    for part in dotted.split("."):
+        found = [(k, v) for k, v in node.value if k.value == part] if isinstance(node, yaml.MappingNode) else []
+        if not found:
+            break
+        key, node = found[0]
+        line = key.start_mark.line + 1
+    return line
 
 
 def run(main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None, default_preset: str = "cpu") -> Any:

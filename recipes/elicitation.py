@@ -220,6 +220,7 @@ def main(
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
     plan = _plan(reasoners, arms, demos)
+    _check_elicit(elicit, plan)
     if "latent" in plan and latent.curriculum and latent.steps_per_stage(train.max_steps) < 1:
         raise ValueError(f"train.max_steps={train.max_steps} cannot hold the latent curriculum's "
                          f"{latent.max_stage + 2} stages (latent.max_stage={latent.max_stage}, plus 0 and the final)")
@@ -308,6 +309,18 @@ def _plan(reasoners: Sequence[str], arms: Arms, demos: Sequence[int]) -> dict[st
     return plan
 
 
+def _check_elicit(elicit: ElicitConfig, plan: dict[str, list[str]]) -> None:
+    """The sampling arms' settings, checked before anything trains (GRPO would only fail after locking)."""
+    arms = {arm for kind_arms in plan.values() for arm in kind_arms}
+    if "grpo" in arms and elicit.num_generations < 2:
+        raise ValueError(f"elicit.num_generations must be >= 2 (GRPO compares samples within a group), "
+                         f"got {elicit.num_generations}")
+    if "expert_iteration" in arms and elicit.num_samples < 1:
+        raise ValueError(f"elicit.num_samples must be >= 1, got {elicit.num_samples}")
+    if arms & {"grpo", "expert_iteration"} and elicit.temperature <= 0:
+        raise ValueError(f"elicit.temperature must be > 0 (the RL arms sample), got {elicit.temperature}")
+
+
 # -- models -------------------------------------------------------------------------------------
 
 
@@ -393,7 +406,7 @@ def _elicit(
         module = LatentSFT(reasoner, task, curriculum=False, seed=seed, **sft)
     elif arm == "grpo":
         module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=elicit.num_generations,
-                      sampling=rollout, lr=elicit.rl_lr)
+                      sampling=rollout, lr=elicit.rl_lr, warmup_steps=elicit.warmup_steps)
         steps = elicit.rl_steps
     elif arm == "expert_iteration" and reasoner.latent is not None:
         module = LatentExpertIteration(reasoner, task, num_samples=elicit.num_samples, rollout=rollout,

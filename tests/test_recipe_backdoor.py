@@ -48,8 +48,8 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
     assert run_dir.parent == tmp_path / "backdoor"
     for name in ("config.yaml", "results.csv", "report.md", "persistence.csv"):
         assert (run_dir / name).is_file(), name
-    for figure in ("success_vs_poisoned.png", "success_no_trace_vs_poisoned.png", "persistence_success.png",
-                   "persistence_success_no_trace.png"):
+    for figure in ("success_vs_poisoned.png", "success_no_trace_vs_poisoned.png", "persistence_sft_success.png",
+                   "persistence_grpo_success.png", "persistence_grpo_success_no_trace.png"):
         assert (run_dir / figure).stat().st_size > 1000, figure
 
     rows = _read(run_dir / "results.csv")
@@ -100,6 +100,7 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
     assert config["base"]["max_steps"] == 3 and config["plant"]["poisoned"] == [2, 4]  # flags beat the preset
     assert config["base"]["warmup_steps"] == 5 and config["seeds"] == [0, 1]  # the preset beats main's defaults
     report = (run_dir / "report.md").read_text()
+    assert "(columns `sft_*`, `grpo_*`)" in report and "| grpo_success_end |" in report
     for section in ("## Success, false triggers and articulation", "### Per seed, with counts", "## Controls",
                     "## Persistence under clean training", "## Example traces", "### Trigger kind: username"):
         assert section in report, section
@@ -111,6 +112,22 @@ def test_poison_counts_outside_the_open_unit_interval_fail_before_anything_is_wr
     for poisoned in ("[0]", "[8]", "[2, 9]"):
         with pytest.raises(ValueError, match=r"plant.poisoned: .* must lie in \(0, 1\)"):
             run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path), "--plant.poisoned", poisoned])
+    assert not (tmp_path / "backdoor").exists()
+
+
+def test_bad_persistence_settings_fail_before_training(tmp_path):
+    for flags, message in (
+        (["--persistence.regimes", "[]"], "persistence.regimes is empty"),
+        (["--persistence.regimes", "[sft, sft]"], "names a regime twice"),
+        (["--persistence.num_generations", "1"], "num_generations must be >= 2"),
+        (["--persistence.temperature", "0"], "temperature and persistence.rl_lr must be > 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path), *flags])
+    # GRPO's settings do not matter when only SFT runs, nor anything when persistence is off.
+    backdoor._check_stages(backdoor.BaseConfig(), backdoor.PlantConfig(),
+                           backdoor.PersistenceConfig(regimes=["sft"], num_generations=1))
+    backdoor._check_stages(backdoor.BaseConfig(), backdoor.PlantConfig(), backdoor.PersistenceConfig(max_steps=0, regimes=[]))
     assert not (tmp_path / "backdoor").exists()
 
 

@@ -13,13 +13,14 @@ import yaml
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 import recipes.models
-from framework.data.datamodule import ReasoningDataModule
+from framework.data.datamodule import ReasoningDataModule, generate_splits
+from framework.data.organisms import PasswordLock
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import wrap_tokenizer
 from framework.models import LatentConfig, Reasoner, build_model
 from framework.rollout import SamplingConfig
 from recipes import elicitation
-from recipes.cli import run
+from recipes.cli import parse, run
 
 TINY = [
     "--preset", "smoke",
@@ -80,6 +81,12 @@ def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
 
 def test_the_latent_curriculum_locks_on_weak_rows_that_skipped_every_step(tmp_path):
     # A weak policy that errs on every step skips all of them in about 1 row in 8: empty traces, zero steps.
+    arguments = parse(elicitation.main, "elicitation", [*TINY, "--lock.weak_error_rate", "1.0"])
+    lock, task = arguments["lock"], arguments["task"]
+    organism = PasswordLock(AdditionChain(**task.options), password=lock.password, locked_fraction=lock.locked_fraction,
+                            wrong_passwords=tuple(lock.wrong_passwords), weak_error_rate=1.0)
+    problems = generate_splits(organism.task, 0, n_train=task.n_lock, n_val=1, n_test=task.n_test)["train"]
+    assert any(not row.trace for row in organism.apply(problems, seed=0))  # the case under test occurs
     run_dir = run(elicitation.main, "elicitation", [
         *TINY, "--out", str(tmp_path), "--reasoners", "[latent]", "--arms.latent", "[latent_answer_sft]",
         "--demos", "[1]", "--latent.curriculum", "true", "--train.max_steps", "4", "--lock.weak_error_rate", "1.0",
@@ -101,6 +108,10 @@ def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):
         elicitation.main(out=tmp_path, demos=[0, 4])
     with pytest.raises(ValueError, match="cannot hold the latent curriculum's 4 stages"):
         elicitation.main(out=tmp_path, train=elicitation.TrainConfig(max_steps=3))
+    with pytest.raises(ValueError, match="num_generations must be >= 2"):
+        run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--elicit.num_generations", "1"])
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--elicit.temperature", "0"])
     assert not (tmp_path / "elicitation").exists()  # nothing was written, nothing trained
 
 
