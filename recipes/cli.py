@@ -7,8 +7,9 @@ Precedence, lowest first: `main`'s defaults, the preset (`--preset`, default
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser

@@ -72,6 +72,10 @@ measurement uses.
     python -m recipes.elicitation --help
 """
 
+# The typed signature of `main` is the configuration: jsonargparse reads its dataclass and list defaults, which
+# main never mutates.
+# ruff: noqa: B006, B008
+
 from __future__ import annotations
 
 import copy
