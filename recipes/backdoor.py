@@ -320,7 +320,8 @@ def main(
         # 2. The base curriculum: a hybrid reasoner whose traces cite the field they solve.
         L.seed_everything(seed, verbose=False)
         base_model = model_for(model, tokenizer, seed)
-        base_time = _sft(base_model, tokenizer, curriculum, base_rows, base, run_dir, "base", seed, **trainer_options)
+        base_time = _train("sft", base_model, tokenizer, curriculum, base_rows, base, run_dir, "base", seed,
+                           **trainer_options)
         base_model.to(eval_device)
         base_accuracy = _accuracy(Reasoner(base_model, tokenizer, "cot"), curriculum, test, sampling, evaluation)
         base_model.cpu()
@@ -332,8 +333,8 @@ def main(
             L.seed_everything(seed, verbose=False)
             planted = copy.deepcopy(base_model)
             plant_rows = backdoor.apply(problems["plant"], seed=data_seed) + problems["replay"]
-            plant_time = _sft(planted, tokenizer, curriculum, plant_rows, plant, run_dir, f"plant-{name}", seed,
-                              **trainer_options)
+            plant_time = _train("sft", planted, tokenizer, curriculum, plant_rows, plant, run_dir, f"plant-{name}",
+                                seed, **trainer_options)
             if save_checkpoints:
                 Reasoner(planted, tokenizer, "cot").save_pretrained(run_dir / "checkpoints" / f"{name}-seed{seed}")
 
@@ -350,9 +351,9 @@ def main(
                 L.seed_everything(seed, verbose=False)
                 probe = BackdoorProbe(backdoor, tokenizer, test[: persistence.probe_size], persistence.probe_every,
                                       sampling, evaluation.batch_size)
-                seconds = _persist(regime, copy.deepcopy(planted).cpu(), tokenizer, curriculum, persist_rows,
-                                   persistence, evaluation, run_dir, f"persist-{regime}-{name}", seed, probe,
-                                   **trainer_options)
+                seconds = _train(regime, copy.deepcopy(planted).cpu(), tokenizer, curriculum, persist_rows,
+                                 persistence, run_dir, f"persist-{regime}-{name}", seed, callbacks=[probe],
+                                 max_new_tokens=evaluation.max_new_tokens, **trainer_options)
                 persistence_rows += [{"seed": seed, "trigger_kind": kind, "poisoned": poisoned, "regime": regime, **p}
                                      for p in probe.points]
                 for metric in PERSISTENCE_CURVES:
@@ -458,7 +459,8 @@ def _without_trace(example: Example) -> Example:
     return replace(example, trace="", steps=())
 
 
-def _sft(
+def _train(
+    regime: PersistenceRegime,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     task: CitedFields,
@@ -470,60 +472,24 @@ def _sft(
     *,
     accelerator: str,
     precision: str,
+    max_new_tokens: int = 0,
     callbacks: Sequence[L.Callback] = (),
 ) -> float:
-    """SFT on `rows`, each with or without a trace (loss on the completion); returns the training time in s."""
+    """`stage.max_steps` steps of `regime` on `rows` (each with or without a trace); returns the training time in s.
+
+    `sft` trains on the rows' completions. `grpo` (a `PersistenceConfig` stage only) samples its own completions of
+    the prompts, up to `max_new_tokens` (rows without a trace: the answer alone), rewarded for the right answer;
+    the reference traces and answers are never shown.
+    """
     reasoner = HybridReasoner(model, tokenizer, "cot")
-    module = SFT(reasoner, task, mask="train_on_completion", lr=stage.lr, warmup_steps=stage.warmup_steps)
-    return _fit(module, reasoner, rows, stage, run_dir, name, seed, accelerator=accelerator, precision=precision,
-                callbacks=callbacks)
-
-
-def _persist(
-    regime: str,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: CitedFields,
-    rows: Sequence[Example],
-    persistence: PersistenceConfig,
-    evaluation: EvalConfig,
-    run_dir: Path,
-    name: str,
-    seed: int,
-    probe: BackdoorProbe,
-    *,
-    accelerator: str,
-    precision: str,
-) -> float:
-    """Clean training of a planted model by `regime` (sft or grpo) while `probe` watches the backdoor; seconds taken."""
     if regime == "sft":
-        return _sft(model, tokenizer, task, rows, persistence, run_dir, name, seed, accelerator=accelerator,
-                    precision=precision, callbacks=[probe])
-    # GRPO samples its own completions of the clean prompts (rows without a trace: the answer alone) and is
-    # rewarded for the right answer; the reference traces and answers of `rows` are never shown.
-    reasoner = HybridReasoner(model, tokenizer, "cot")
-    sampling = SamplingConfig(max_new_tokens=evaluation.max_new_tokens, do_sample=True,
-                              temperature=persistence.temperature)
-    module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=persistence.num_generations,
-                  sampling=sampling, lr=persistence.rl_lr, warmup_steps=persistence.warmup_steps)
-    return _fit(module, reasoner, rows, persistence, run_dir, name, seed, accelerator=accelerator, precision=precision,
-                callbacks=[probe])
-
-
-def _fit(
-    module: L.LightningModule,
-    reasoner: Reasoner,
-    rows: Sequence[Example],
-    stage: StageConfig,
-    run_dir: Path,
-    name: str,
-    seed: int,
-    *,
-    accelerator: str,
-    precision: str,
-    callbacks: Sequence[L.Callback] = (),
-) -> float:
-    """`stage.max_steps` optimizer steps of `module` on batches of `rows`; returns the training time in s."""
+        module: L.LightningModule = SFT(reasoner, task, mask="train_on_completion", lr=stage.lr,
+                                        warmup_steps=stage.warmup_steps)
+    else:
+        assert isinstance(stage, PersistenceConfig), "GRPO runs only as a persistence regime"
+        sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=stage.temperature)
+        module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=stage.num_generations,
+                      sampling=sampling, lr=stage.rl_lr, warmup_steps=stage.warmup_steps)
     data = ReasoningDataModule(reasoner, rows, [], batch_size=stage.batch_size)
     trainer = L.Trainer(
         max_steps=stage.max_steps, accelerator=accelerator, precision=precision, limit_val_batches=0,
