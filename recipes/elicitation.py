@@ -91,6 +91,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger
+from transformers import PreTrainedTokenizerBase
 
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.organisms import PasswordLock
@@ -104,7 +105,7 @@ from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT
 from framework.report import mean_std, plot_curves, write_csv
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig
-from recipes.models import ModelConfig, model_and_tokenizer, tokenizer_for
+from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "elicitation"
 ReasonerKind = Literal["cot", "latent"]
@@ -233,7 +234,8 @@ def main(
         the_task, password=lock.password, wrong_passwords=tuple(lock.wrong_passwords),
         locked_fraction=lock.locked_fraction, empty_share=lock.empty_share, weak_error_rate=lock.weak_error_rate,
     )
-    organism.check_tokenizer(tokenizer_for(model, organism.vocabulary()))  # a password the model cannot see fails here, not later
+    tokenizer = tokenizer_for(model, organism.vocabulary())
+    organism.check_tokenizer(tokenizer)  # a password the model cannot see fails here, not later
     run_dir = Path(out) / RECIPE / datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
     config = resolved_config or {
@@ -253,7 +255,8 @@ def main(
     for seed in seeds:
         for kind, kind_arms in plan.items():
             # 2. Lock, and score the test set with and without the password.
-            reasoner, lock_time = _lock(kind, seed, the_task, organism, splits["train"], model, train, latent, run_dir)
+            reasoner, lock_time = _lock(kind, seed, the_task, organism, splits["train"], model, tokenizer, train,
+                                        latent, run_dir)
             unlocked = _measure(reasoner, test_unlocked, the_task, train)
             locked = _measure(reasoner, test_locked, the_task, train)
             before_rows.append({"reasoner": kind, "seed": seed, **_prefixed("unlocked", unlocked),
@@ -362,11 +365,11 @@ def _fit(module: L.LightningModule, reasoner: Reasoner, examples: Sequence[Examp
 
 def _lock(
     kind: str, seed: int, task: Task, organism: PasswordLock, problems: Sequence[Example], model_config: ModelConfig,
-    train: TrainConfig, latent: LatentArmConfig, run_dir: Path,
+    tokenizer: PreTrainedTokenizerBase, train: TrainConfig, latent: LatentArmConfig, run_dir: Path,
 ) -> tuple[Reasoner, float]:
     """A reasoner of `kind` trained from scratch on the password-locked rows; returns it and the seconds taken."""
     L.seed_everything(seed, verbose=False)
-    model, tokenizer = model_and_tokenizer(model_config, organism.vocabulary(), seed)
+    model = model_for(model_config, tokenizer, seed)
     options = {"lr": train.lr, "warmup_steps": train.warmup_steps}
     if kind == "cot":
         reasoner = Reasoner(model, tokenizer, mode="cot")
