@@ -45,6 +45,7 @@ from functools import partial
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from framework.models.backbone import cache_argument
 from framework.data.masks import TRAIN_ON_COMPLETION
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import build_word_tokenizer
@@ -190,11 +191,11 @@ def coconut_generate(model: PreTrainedModel, prompts: Sequence[Sequence[int]], *
         cache = DynamicCache(config=model.config)
         start = 0
         for column in [i for i, token in enumerate(prompt) if token == latent_token_id]:
-            hidden = model.base_model(inputs_embeds=embeds[:, start:column], past_key_values=cache,
+            hidden = model.base_model(inputs_embeds=embeds[:, start:column], **cache_argument(cache),
                                       use_cache=True).last_hidden_state
             embeds = torch.cat([embeds[:, :column], hidden[:, -1:], embeds[:, column + 1:]], dim=1)
             start = column
-        hidden = model.base_model(inputs_embeds=embeds[:, start:], past_key_values=cache, use_cache=True)
+        hidden = model.base_model(inputs_embeds=embeds[:, start:], **cache_argument(cache), use_cache=True)
         tokens: list[int] = []
         hidden = hidden.last_hidden_state[:, -1]
         while True:
@@ -225,12 +226,12 @@ def hf_cache_loop(model: PreTrainedModel, prompts: Sequence[Sequence[int]], *, l
     first = int(slots.any(0).float().argmax()) if slots.any() else input_ids.shape[1] - 1
     cache = DynamicCache(config=model.config)
     hidden = model.base_model(inputs_embeds=embeds[:, :first], attention_mask=attention_mask[:, :first],
-                              position_ids=positions[:, :first], past_key_values=cache,
+                              position_ids=positions[:, :first], **cache_argument(cache),
                               use_cache=True).last_hidden_state[:, -1:]
     for column in range(first, input_ids.shape[1]):
         inputs = torch.where(slots[:, column, None, None], hidden, embeds[:, column:column + 1])
         hidden = model.base_model(inputs_embeds=inputs, attention_mask=attention_mask[:, :column + 1],
-                                  position_ids=positions[:, column:column + 1], past_key_values=cache,
+                                  position_ids=positions[:, column:column + 1], **cache_argument(cache),
                                   use_cache=True).last_hidden_state
     position = positions[:, -1:]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
@@ -244,7 +245,7 @@ def hf_cache_loop(model: PreTrainedModel, prompts: Sequence[Sequence[int]], *, l
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         position = position + 1
         hidden = model.base_model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
-                                  past_key_values=cache, use_cache=True).last_hidden_state
+                                  **cache_argument(cache), use_cache=True).last_hidden_state
     completions = []
     for row in torch.stack(generated, dim=1).tolist():
         completions.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import Cache, PreTrainedModel
+
+# transformers 5.24 renamed the `past_key_values` argument of models and `generate` to `cache` and warns on the old
+# name, which 5.40 removes from models; 5.17 (on the GPU machines) knows only the old name.
+_CACHE_ARGUMENT = "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
+
+
+def cache_argument(cache: Cache | None) -> dict[str, Cache | None]:
+    """`cache` as the keyword argument this transformers version's models and `generate` take."""
+    return {_CACHE_ARGUMENT: cache}
 
 
 def backbone_hidden_states(
@@ -28,7 +39,7 @@ def backbone_hidden_states(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
+        **cache_argument(cache),
         use_cache=cache is not None,
     )
     return output.last_hidden_state

@@ -80,7 +80,7 @@ def latent_rollout(
         pad_token_id=pad_token_id,
         eos_token_id=eos_token_id,
         config=config,
-        past_key_values=filled.cache,
+        cache=filled.cache,
     )
     return LatentRollout(
         completions=completions,

@@ -9,6 +9,7 @@ import torch
 from transformers import Cache, PreTrainedModel
 
 from framework.eval_mode import eval_mode
+from framework.models.backbone import cache_argument
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,11 @@ def generate_completions(
     pad_token_id: int,
     eos_token_id: int,
     config: SamplingConfig = SamplingConfig(),
-    past_key_values: Cache | None = None,
+    cache: Cache | None = None,
 ) -> list[list[int]]:
     """Hugging Face `generate` on left-padded prompts, cut after the first EOS (kept).
 
-    `past_key_values` may already hold the keys and values of a prefix of the
+    `cache` may already hold the keys and values of a prefix of the
     prompts (all but at least the last column): `generate` then runs only the
     columns the cache lacks, so a caller can fill the prefix its own way (latent
     thoughts) and decode from there.
@@ -80,7 +81,7 @@ def generate_completions(
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            **cache_argument(cache),
             max_new_tokens=config.max_new_tokens,
             do_sample=config.do_sample,
             temperature=config.temperature if config.do_sample else None,

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from framework.models import FAMILIES, build_model
+from framework.models.backbone import cache_argument
 from framework.rollout.sampling import SamplingConfig, left_pad, sample
 from kernels import hf_attention
 from kernels.hf_attention import DECODE_ATTENTION, use_decode_attention
@@ -48,7 +49,7 @@ def decode(model, tokenizer, steps: int = STEPS, *, hole: bool = False, static: 
     else:
         cache = DynamicCache(config=model.config)
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **cache_argument(cache))
     logits = [out.logits[:, -1]]
     next_position = positions[:, -1:] + 1
     for step in range(steps):
@@ -57,7 +58,7 @@ def decode(model, tokenizer, steps: int = STEPS, *, hole: bool = False, static: 
             column[1] = 0
         attention_mask = torch.cat([attention_mask, column], dim=1)
         out = model(input_ids=new_tokens[:, step:step + 1], attention_mask=attention_mask, position_ids=next_position,
-                    past_key_values=cache)
+                    **cache_argument(cache))
         logits.append(out.logits[:, -1])
         next_position = next_position + column
     return torch.stack(logits)
@@ -122,10 +123,10 @@ def test_gradients_through_a_decode_step_match_sdpa(word_tokenizer, monkeypatch,
         use_decode_attention(model) if name == DECODE_ATTENTION else model.set_attn_implementation(name)
         cache = DynamicCache(config=model.config)
         positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache)
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **cache_argument(cache))
         embeds = thought.clone().requires_grad_()
         out = model(inputs_embeds=embeds, attention_mask=torch.cat([attention_mask, torch.ones(3, 1)], dim=1).long(),
-                    position_ids=positions[:, -1:] + 1, past_key_values=cache)
+                    position_ids=positions[:, -1:] + 1, **cache_argument(cache))
         model.zero_grad()
         (out.logits * upstream).sum().backward()
         grads[name] = (embeds.grad, model.model.layers[0].self_attn.q_proj.weight.grad.clone())
