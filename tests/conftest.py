@@ -9,6 +9,7 @@ interpreted.
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -19,6 +20,31 @@ from transformers import PreTrainedTokenizerFast
 
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import BOS, EOS, PAD, UNK, build_word_tokenizer, wrap_tokenizer
+
+
+class _DeprecationLog(logging.Handler):
+    """Collects the deprecation notices transformers sends through its own logger rather than `warnings`."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "deprecat" in record.getMessage().lower():
+            self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def _no_deprecated_calls():
+    """Fail a test whose calls transformers announces it will remove (its `warnings` are errors: pyproject.toml)."""
+    handler = _DeprecationLog()
+    logger = logging.getLogger("transformers")  # does not propagate to the root logger, so caplog misses it
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.messages, f"deprecated call logged by transformers: {handler.messages[0]}"
 
 
 @pytest.fixture(scope="session")
