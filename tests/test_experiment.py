@@ -1,0 +1,115 @@
+"""The experiment runtime: cells run once and replay on resume, fits continue exactly, configs must match."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from framework.data.datamodule import ReasoningDataModule, generate_splits
+from framework.experiment import Experiment, FitSettings
+from framework.models import Reasoner, build_model
+from framework.regimes.sft import SFT
+
+SETTINGS = FitSettings(max_steps=12, val_every=None, accelerator="cpu", log_every_n_steps=1)
+
+
+class _Killed(Exception):
+    """Stands in for SIGKILL: the process stops mid-epoch, after the previous epoch's checkpoint."""
+
+
+class _KillAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise _Killed
+
+
+def _module_and_data(word_tokenizer, addition_task):
+    """A fresh model, its SFT module and data: 20 rows in batches of 8, so an epoch is 3 steps (the last one short)."""
+    L.seed_everything(0, verbose=False)
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    splits = generate_splits(addition_task, 0, n_train=20, n_val=0, n_test=0)
+    data = ReasoningDataModule(reasoner, splits["train"], [], batch_size=8)
+    return SFT(reasoner, addition_task, lr=3e-3, warmup_steps=2), data
+
+
+def _weights(module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.model.state_dict().items()}
+
+
+def test_a_fit_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, word_tokenizer, addition_task):
+    experiment = Experiment("demo", tmp_path, {"a": 1}, progress_bar=False)
+    module, data = _module_and_data(word_tokenizer, addition_task)
+    experiment.cell("straight", 0, lambda cell: (cell.fit(module, data, SETTINGS), {})[1])
+    straight = _weights(module)
+
+    module, data = _module_and_data(word_tokenizer, addition_task)
+    with pytest.raises(_Killed):
+        experiment.cell("killed", 0, lambda cell: (cell.fit(module, data, SETTINGS, [_KillAt(8)]), {})[1])
+    assert (experiment.path("cells", "killed", "lightning", "last.ckpt")).is_file()
+    assert any(not torch.equal(value, straight[name]) for name, value in _weights(module).items())  # it stopped early
+
+    module, data = _module_and_data(word_tokenizer, addition_task)  # a new process: fresh weights, fresh generators
+    torch.manual_seed(12345)  # whatever state the generators are in, the checkpoint's is restored
+    fitted = {}
+    experiment.cell("killed", 0, lambda cell: (fitted.setdefault("fit", cell.fit(module, data, SETTINGS)), {})[1])
+    assert fitted["fit"].steps == SETTINGS.max_steps
+    resumed = _weights(module)
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+    assert not experiment.path("cells", "killed", "lightning").exists()  # a finished fit drops its checkpoint
+
+
+def test_a_finished_cell_replays_its_rows_without_running(tmp_path):
+    config = {"seeds": [0, 1], "train": {"max_steps": 5}, "out": str(tmp_path)}
+    first = Experiment("demo", tmp_path, config, seeds=[0, 1], progress_bar=False)
+    calls = []
+
+    def work(name):
+        def run(cell):
+            calls.append(name)
+            return {"results": [{"arm": name, "value": torch.rand(()).item()}], "curve": [{"arm": name, "step": 1}]}
+        return run
+
+    rows = [first.cell(name, 7, work(name)) for name in ("a", "b")]
+    assert calls == ["a", "b"]
+    assert rows[0]["results"][0]["value"] == rows[1]["results"][0]["value"]  # each cell seeded from its own seed
+    written = (first.directory / "results.csv").read_text()
+
+    # Resume: another `out` is only where the run is written, not what it computes.
+    again = Experiment("demo", tmp_path, {**config, "out": "elsewhere"}, seeds=[0, 1], resume=first.directory,
+                       progress_bar=False)
+    replayed = [again.cell(name, 7, work(name)) for name in ("a", "b")]
+    assert calls == ["a", "b"] and replayed == rows
+    assert (first.directory / "results.csv").read_text() == written
+    assert (first.directory / "curve.csv").is_file()
+    starts = yaml.safe_load((first.directory / "environment.yaml").read_text())
+    assert len(starts) == 2 and starts[0]["seeds"] == [0, 1] and "torch" in starts[0]["packages"]
+
+
+def test_a_cell_that_keeps_a_model_is_unfinished_until_the_model_is_saved(tmp_path):
+    experiment = Experiment("demo", tmp_path, {}, progress_bar=False)
+    with pytest.raises(RuntimeError, match="saved none"):
+        experiment.cell("base/seed0", 0, lambda cell: {"results": []}, keeps_model=True)
+    assert not experiment.path("cells", "base", "seed0", "DONE.json").exists()
+
+
+def test_resume_refuses_another_configuration_and_names_where_it_differs(tmp_path):
+    first = Experiment("demo", tmp_path, {"train": {"max_steps": 5, "lr": 0.1}}, progress_bar=False)
+    with pytest.raises(ValueError, match=r"differs .* at train\.max_steps"):
+        Experiment("demo", tmp_path, {"train": {"max_steps": 6, "lr": 0.1}}, resume=first.directory)
+    with pytest.raises(FileNotFoundError, match="no config.yaml"):
+        Experiment("demo", tmp_path, {}, resume=tmp_path / "nowhere")
+
+
+def test_bad_names_and_settings_are_refused(tmp_path):
+    experiment = Experiment("demo", tmp_path, {}, progress_bar=False)
+    with pytest.raises(ValueError, match="cell name"):
+        experiment.cell("../escape", 0, lambda cell: {})
+    with pytest.raises(ValueError, match="max_steps must be a positive"):
+        FitSettings(max_steps=-5)
