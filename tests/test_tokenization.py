@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from framework.data.masks import IGNORE_INDEX, mask_strategy
 from framework.data.sample import Example, Role, Segment
-from framework.data.tokenize import collate, tokenize_segments
+from framework.data.tokenize import tokenize_segments
 from framework.data.tokenizer import REASONING_TOKENS, add_reasoning_tokens, missing_tokens
 
 SEGMENTS = [
@@ -89,15 +89,6 @@ def test_add_reasoning_tokens_grows_a_tokenizer_and_model():
     assert missing_tokens(tokenizer, REASONING_TOKENS) == []
     assert model.get_input_embeddings().num_embeddings == len(tokenizer) == 3 + len(REASONING_TOKENS)
     assert add_reasoning_tokens(tokenizer, model) == []
-
-
-def test_collate_pads_right_with_pad_role():
-    from framework.data.tokenize import TokenizedSample
-
-    batch = collate([TokenizedSample([5, 6, 7], [0, 1, 2]), TokenizedSample([8], [2])], pad_token_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["roles"].tolist() == [[0, 1, 2], [2, Role.PAD, Role.PAD]]
 
 
 ROLES = torch.tensor([[Role.PROMPT, Role.PROMPT, Role.TRACE, Role.TRACE, Role.LATENT, Role.ANSWER, Role.PAD]])

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
+from framework.data.collate import collate
 from framework.data.formats import read_examples
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
-from framework.data.tokenize import TokenizedSample, collate
+from framework.data.tokenize import TokenizedSample
 
 if TYPE_CHECKING:
     from framework.models.reasoner import Reasoner

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
+from framework.data.collate import collate
 from framework.data.datamodule import ExampleBatches, generate_splits
 from framework.data.formats import PreferencePair, read_preferences
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
-from framework.data.tokenize import TokenizedSample, collate
+from framework.data.tokenize import TokenizedSample
 
 if TYPE_CHECKING:
     from framework.models.reasoner import Reasoner

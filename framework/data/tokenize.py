@@ -1,14 +1,13 @@
-"""Segments -> token ids with an exact per-token role, and batch collation."""
+"""Segments -> token ids with an exact per-token role (`framework.data.collate` pads them into batches)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from framework.data.sample import Role, Segment
+from framework.data.sample import Segment
 
 
 @dataclass(frozen=True)
@@ -42,17 +41,3 @@ def tokenize_segments(
         input_ids.append(tokenizer.eos_token_id)
         roles.append(int(segments[-1].role))
     return TokenizedSample(input_ids, roles)
-
-
-def collate(samples: Sequence[TokenizedSample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: `input_ids`, `attention_mask` and `roles` (PAD on padding)."""
-    length = max(len(s.input_ids) for s in samples)
-    input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
-    roles = torch.full((len(samples), length), int(Role.PAD), dtype=torch.long)
-    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
-    for row, sample in enumerate(samples):
-        n = len(sample.input_ids)
-        input_ids[row, :n] = torch.tensor(sample.input_ids)
-        roles[row, :n] = torch.tensor(sample.roles)
-        attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "roles": roles}
