@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from framework.data.sample import Segment
+from framework.data.sample import Example, Segment
 
 
 @dataclass(frozen=True)
 class TokenizedSample:
     input_ids: list[int]
     roles: list[int]
+
+
+# What data modules tokenize with: a reasoner's `tokenize`, or any function that renders examples the same way.
+Tokenize = Callable[[Example], TokenizedSample]
 
 
 def tokenize_segments(
