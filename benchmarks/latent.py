@@ -45,15 +45,15 @@ from functools import partial
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from framework.models.backbone import cache_argument
+from framework.data.collate import collate_latent, left_pad
 from framework.data.masks import TRAIN_ON_COMPLETION
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import build_word_tokenizer
 from framework.models import LatentConfig, Reasoner, build_model, latent_forward
-from framework.models.latent import collate_latent, position_ids_from_mask
+from framework.models.backbone import cache_argument
+from framework.models.latent import position_ids_from_mask
 from framework.regimes.loss import hidden_states_loss
 from framework.rollout import SamplingConfig, latent_rollout
-from framework.rollout.sampling import left_pad
 
 
 @dataclass(frozen=True)

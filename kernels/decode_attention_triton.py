@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import check_interpretable
+from .interpreter import check_interpretable
 
 LOG2E = math.log2(math.e)
 MAX_SPLITS = 64  # the reduce kernel holds every split of a row in one block

@@ -19,17 +19,14 @@ from types import ModuleType
 
 import torch
 
+from .interpreter import triton_interpreting
+
 IMPLS = ("triton", "torch", "reference")
 ENV_VAR = "THOUGHTLAB_KERNELS"
 
 
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
-
-
-def triton_interpreting() -> bool:
-    # Triton reads the same variable, when a ``@triton.jit`` function is defined.
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def resolve_impl(impl: str | None, device: torch.device) -> str:
@@ -49,23 +46,6 @@ def resolve_impl(impl: str | None, device: torch.device) -> str:
                 "set TRITON_INTERPRET=1 before importing triton to run the kernels on CPU"
             )
     return chosen
-
-
-def check_interpretable(kernel: object, device: torch.device, module: str) -> None:
-    """Refuse to launch ``module``'s Triton kernels on a non-CUDA ``device`` unless they are interpreted.
-
-    ``kernel`` is one of the module's ``@triton.jit`` functions; whether Triton
-    made it an interpreted function was fixed when the module was imported.
-    """
-    # Imported here, not at the top: only the Triton modules call this, and triton is optional.
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if device.type != "cuda" and not isinstance(kernel, InterpretedFunction):
-        raise ValueError(
-            "the Triton kernels were defined before TRITON_INTERPRET=1 was set, so they cannot run on "
-            f"{device.type} tensors; set it before importing {module}"
-            if triton_interpreting() else "impl='triton' on CPU tensors needs TRITON_INTERPRET=1"
-        )
 
 
 def primitive(path: str) -> ModuleType:

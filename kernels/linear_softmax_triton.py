@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import check_interpretable
+from .interpreter import check_interpretable
 from .linear_softmax import Coefficients, Grads, Rows, RowStats
 
 

@@ -490,7 +490,8 @@ def _train(
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=stage.temperature)
         module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=stage.num_generations,
                       sampling=sampling, lr=stage.rl_lr, warmup_steps=stage.warmup_steps)
-    data = ReasoningDataModule(reasoner, rows, [], batch_size=stage.batch_size)
+    data = ReasoningDataModule(reasoner.tokenize, rows, [],
+                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=stage.batch_size)
     trainer = L.Trainer(
         max_steps=stage.max_steps, accelerator=accelerator, precision=precision, limit_val_batches=0,
         logger=CSVLogger(run_dir / "logs", name=name, version=f"seed{seed}"), callbacks=list(callbacks),

@@ -351,7 +351,8 @@ def _fit(module: L.LightningModule, reasoner: Reasoner, examples: Sequence[Examp
 
     At most `max_steps` epochs too, a bound that holds whatever a regime's `training_step` returns. No validation.
     """
-    data = ReasoningDataModule(reasoner, examples, [], batch_size=min(batch_size, len(examples)))
+    data = ReasoningDataModule(reasoner.tokenize, examples, [],
+                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=min(batch_size, len(examples)))
     trainer = L.Trainer(
         max_steps=max_steps, max_epochs=max_steps, limit_val_batches=0, num_sanity_val_steps=0, accelerator=train.accelerator,
         precision=train.precision, logger=CSVLogger(run_dir / "logs", name=name, version=f"seed{seed}"),

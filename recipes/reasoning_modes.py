@@ -220,8 +220,9 @@ def _train_and_test(
     L.seed_everything(seed, verbose=False)
     module = _arm_module(arm, seed, *model_and_tokenizer(model_config, task.vocabulary(), seed), task, train, pause_tokens, latent)
     reasoner = module.reasoner
-    data = ReasoningDataModule(reasoner, splits["train"], splits["val"], splits["test"],
-                               batch_size=train.batch_size, eval_batch_size=train.eval_batch_size)
+    data = ReasoningDataModule(reasoner.tokenize, splits["train"], splits["val"], splits["test"],
+                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=train.batch_size,
+                               eval_batch_size=train.eval_batch_size)
     logger = CSVLogger(run_dir / "logs", name=arm, version=f"seed{seed}")
     callbacks = [HuggingFaceCheckpoint(run_dir / "checkpoints" / f"{arm}-seed{seed}")] if save_checkpoints else []
     trainer = L.Trainer(

@@ -72,7 +72,9 @@ def test_sigmoid_gradient_pushes_chosen_up_and_rejected_down():
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_sequence_logps_sum_completion_tokens_of_the_full_logits(loss_type, word_tokenizer, addition_task):
     reasoner = Reasoner(build_model("qwen3", "1m", word_tokenizer, seed=0).double(), word_tokenizer, "cot")
-    data = PreferenceDataModule.from_task(addition_task, reasoner, n_train=6, n_val=0, batch_size=6)
+    data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize,
+                                          pad_token_id=reasoner.tokenizer.pad_token_id, n_train=6, n_val=0,
+                                          batch_size=6)
     batch = next(iter(data.train_dataloader()))
     module = DPO(reasoner, loss_type=loss_type)
 
@@ -89,7 +91,9 @@ def test_sequence_logps_sum_completion_tokens_of_the_full_logits(loss_type, word
 def test_dpo_raises_margin_and_preference_accuracy_on_held_out_pairs(word_tokenizer, addition_task):
     L.seed_everything(0)
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
-    data = PreferenceDataModule.from_task(addition_task, reasoner, n_train=256, n_val=64, batch_size=32, eval_batch_size=64)
+    data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize,
+                                          pad_token_id=reasoner.tokenizer.pad_token_id, n_train=256, n_val=64,
+                                          batch_size=32, eval_batch_size=64)
     module = DPO(reasoner, addition_task, beta=0.5, lr=3e-3, warmup_steps=5, sampling=SamplingConfig(max_new_tokens=16))
     trainer = _trainer(60, inference_mode=False)
     before = trainer.validate(module, data, verbose=False)[0]
@@ -115,7 +119,9 @@ def test_precomputed_reference_scores_every_pair_with_the_initial_policy(word_to
     L.seed_everything(0)
     reasoner = Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "cot")
     initial = copy.deepcopy(reasoner.model).eval()
-    data = PreferenceDataModule.from_task(addition_task, reasoner, n_train=64, n_val=16, batch_size=16)
+    data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize,
+                                          pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=16,
+                                          batch_size=16)
     module = DPO(reasoner, addition_task, reference="precomputed", beta=0.5, lr=3e-3, warmup_steps=2,
                  sampling=SamplingConfig(max_new_tokens=4))
     assert module.reference_model is None  # no second model in memory
@@ -155,7 +161,7 @@ def test_a_jsonl_row_whose_chosen_equals_rejected_names_file_and_line(word_token
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DataFormatError, match=r"pairs\.jsonl:2: field 'rejected': .*same completion"):
-        PreferenceDataModule.from_jsonl(reasoner, path)
+        PreferenceDataModule.from_jsonl(reasoner.tokenize, path, pad_token_id=reasoner.tokenizer.pad_token_id)
 
 
 def test_a_pair_that_tokenizes_to_the_same_sequence_is_named(word_tokenizer):
@@ -163,7 +169,7 @@ def test_a_pair_that_tokenizes_to_the_same_sequence_is_named(word_tokenizer):
     good = PreferencePair(Example("1 + 2", "1 + 2 = 3", "3"), Example("1 + 2", "1 + 2 = 3", "4"))
     # Different strings, same words: the word-level tokenizer cannot tell them apart.
     same = PreferencePair(Example("2 + 2", "2 + 2 = 4", "4"), Example("2 + 2", "2 + 2  = 4", "4"))
-    data = PreferenceDataModule(reasoner, [good, same])
+    data = PreferenceDataModule(reasoner.tokenize, [good, same], pad_token_id=reasoner.tokenizer.pad_token_id)
     with pytest.raises(ValueError, match=r"train split: pair 2 \(prompt '2 \+ 2'\).*same token sequence"):
         data.train_dataloader()
 
@@ -189,6 +195,7 @@ def test_precomputed_reference_needs_a_preference_data_module(word_tokenizer, ad
     from framework.data.datamodule import ReasoningDataModule
 
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=8, n_val=0)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=8, n_val=0)
     with pytest.raises(TypeError, match="PreferenceDataModule"):
         _trainer(1, limit_val_batches=0).fit(DPO(reasoner, reference="precomputed"), data)

@@ -75,7 +75,8 @@ def test_a_round_passes_trl_columns_and_keeps_accepted_finished_completions(word
 def test_a_round_that_keeps_nothing_skips_the_update(word_tokenizer, addition_task):
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
     before = {k: v.clone() for k, v in reasoner.model.state_dict().items()}
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=8, n_val=0, batch_size=4)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=8, n_val=0, batch_size=4)
     module = ExpertIteration(reasoner, reward_funcs=lambda prompts, completions, **_: [0.0] * len(completions),
                              num_samples=2)
     trainer = _trainer(2, limit_val_batches=0)
@@ -92,11 +93,13 @@ def test_expert_iteration_raises_accuracy_from_a_briefly_trained_start(word_toke
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
     sampling = SamplingConfig(max_new_tokens=12)
     splits = generate_splits(task, seed=0, n_train=30, n_val=64, n_test=0)
-    warm_start = ReasoningDataModule(reasoner, splits["train"], [], batch_size=32)
+    warm_start = ReasoningDataModule(reasoner.tokenize, splits["train"], [],
+                                     pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32)
     _trainer(60, limit_val_batches=0).fit(SFT(reasoner, task, lr=3e-3, warmup_steps=5), warm_start)
 
     problems = splits["val"]  # the problems expert iteration samples for, and is scored on
-    data = ReasoningDataModule(reasoner, problems, problems, batch_size=32, eval_batch_size=64)
+    data = ReasoningDataModule(reasoner.tokenize, problems, problems,
+                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32, eval_batch_size=64)
     module = ExpertIteration(reasoner, task, reward_funcs=correct_answer(task), num_samples=4, lr=3e-4, warmup_steps=2,
                              rollout=SamplingConfig(max_new_tokens=12, do_sample=True, temperature=0.7), sampling=sampling)
     rounds: list[float] = []

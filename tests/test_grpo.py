@@ -148,7 +148,8 @@ def _grpo_setup(word_tokenizer, addition_task, mode="cot", **kwargs):
     L.seed_everything(0)
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, mode)
     splits = generate_splits(addition_task, 0, n_train=8, n_val=4, n_test=0)
-    data = ReasoningDataModule(reasoner, splits["train"], splits["val"], batch_size=2)
+    data = ReasoningDataModule(reasoner.tokenize, splits["train"], splits["val"],
+                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=2)
     defaults = {"num_generations": 4, "lr": 1e-3, "sampling": SAMPLING, "eval_sampling": SamplingConfig(max_new_tokens=8)}
     rewards = [AnswerCorrectness(addition_task), think_format, digit_share]
     module = GRPO(reasoner, rewards, addition_task, **{**defaults, **kwargs})
@@ -225,7 +226,8 @@ def test_grpo_raises_the_reward_of_a_policy_that_hedges_between_answers():
     reasoner = Reasoner(build_model("llama", "1m", tokenizer), tokenizer, "cot")
     problems = generate_splits(task, 0, n_train=25, n_val=0, n_test=0)["train"]  # all 25 of them
     hedged = [x for e in problems for x in (e, dataclasses.replace(e, answer=str(int(e.answer) + 1)))]
-    _trainer(100).fit(SFT(reasoner, task, lr=3e-3, warmup_steps=10), ReasoningDataModule(reasoner, hedged, [], batch_size=32))
+    warm_start = ReasoningDataModule(reasoner.tokenize, hedged, [], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32)
+    _trainer(100).fit(SFT(reasoner, task, lr=3e-3, warmup_steps=10), warm_start)
 
     correctness = AnswerCorrectness(task)
 
@@ -236,7 +238,8 @@ def test_grpo_raises_the_reward_of_a_policy_that_hedges_between_answers():
 
     before = mean_reward()
     module = GRPO(reasoner, correctness, task, num_generations=8, lr=1e-4, sampling=SAMPLING)
-    _trainer(20).fit(module, ReasoningDataModule(reasoner, problems, [], batch_size=8))
+    _trainer(20).fit(module, ReasoningDataModule(reasoner.tokenize, problems, [],
+                                                 pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=8))
     after = mean_reward()
     assert before < 0.6, before
     print(f"mean sampled reward before GRPO {before:.3f}, after {after:.3f}")

@@ -172,7 +172,8 @@ def test_grpo_takes_a_latent_policy_for_a_latent_reasoner_and_trains_it(word_tok
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path, name="logs"),
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, val_check_interval=1, log_every_n_steps=1)
-    trainer.fit(module, ReasoningDataModule(reasoner, splits["train"], splits["val"], batch_size=2))
+    trainer.fit(module, ReasoningDataModule(reasoner.tokenize, splits["train"], splits["val"],
+                                            pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=2))
     assert not torch.equal(reasoner.projection.weight, start)  # the projection is trained with the LM
     assert not any(p.requires_grad for p in module.reference.parameters())
     assert set(module.reference) == {"model", "projection"}
@@ -192,7 +193,8 @@ def test_grpo_raises_the_reward_of_a_latent_policy_that_hedges_between_answers()
     problems = generate_splits(task, 0, n_train=25, n_val=0, n_test=0)["train"]  # all 25 of them
     hedged = [x for e in problems for x in (e, dataclasses.replace(e, answer=str(int(e.answer) + 1)))]
     sft = LatentSFT(reasoner, task, curriculum=False, lr=3e-3, warmup_steps=10)
-    _quiet_trainer(200).fit(sft, ReasoningDataModule(reasoner, hedged, [], batch_size=32))
+    _quiet_trainer(200).fit(sft, ReasoningDataModule(reasoner.tokenize, hedged, [],
+                                                     pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32))
 
     correctness = AnswerCorrectness(task)
 
@@ -205,7 +207,9 @@ def test_grpo_raises_the_reward_of_a_latent_policy_that_hedges_between_answers()
     module = GRPO(reasoner, correctness, task, num_generations=8, lr=3e-4, sampling=SAMPLING)
     assert isinstance(module.policy, LatentPolicy)
     # Every prompt in every step: 200 completions give a steady gradient (8 prompts a step learn, but noisily).
-    _quiet_trainer(20).fit(module, ReasoningDataModule(reasoner, problems, [], batch_size=len(problems)))
+    _quiet_trainer(20).fit(module, ReasoningDataModule(reasoner.tokenize, problems, [],
+                                                       pad_token_id=reasoner.tokenizer.pad_token_id,
+                                                       batch_size=len(problems)))
     after = mean_reward()
     print(f"mean sampled reward before GRPO {before:.3f}, after {after:.3f}")
     assert before < 0.6, before

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from _rounding import rounding_tolerance
 
 import framework.models.latent as latent_module
+from framework.data.collate import collate_latent
 from framework.data.masks import TRAIN_ON_COMPLETION
 from framework.data.sample import Example, Role
 from framework.data.tasks import AdditionChain
@@ -27,7 +28,7 @@ from framework.data.tokenizer import (
     add_reasoning_tokens,
 )
 from framework.models import FAMILIES, LatentConfig, Reasoner, build_model, latent_forward, load_pretrained
-from framework.models.latent import collate_latent, position_ids_from_mask, run_with_thoughts
+from framework.models.latent import position_ids_from_mask, run_with_thoughts
 from framework.probes import thought_features
 from framework.regimes.loss import hidden_states_loss
 from framework.rollout import SamplingConfig, latent_rollout
@@ -160,7 +161,7 @@ def test_collate_latent_aligns_bot(word_tokenizer, addition_task):
     assert len(set(bot.int().argmax(1).tolist())) == 1
     assert (batch["roles"][batch["attention_mask"] == 0] == Role.PAD).all()
     assert batch["attention_mask"][:, 0].tolist() != [1, 1, 1, 1]  # somebody is left-padded
-    with pytest.raises(ValueError, match="row 0 has no <bot>"):
+    with pytest.raises(ValueError, match="row 0 has no token"):
         collate_latent([Reasoner(reasoner.model, word_tokenizer, "cot").tokenize(_examples(addition_task, 1)[0])],
                        word_tokenizer.pad_token_id, reasoner.latent_start_id)
 

@@ -41,7 +41,9 @@ def _logged(trainer: L.Trainer, key: str) -> list[tuple[int, float]]:
 def test_latent_sft_lowers_the_loss_in_a_plain_trainer(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=256, n_val=8, batch_size=32)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=256, n_val=8,
+                                         batch_size=32)
     module = LatentSFT(reasoner, addition_task, curriculum=False, lr=3e-3, warmup_steps=5)
     examples = data.splits["train"][:32]
     batch = module.staged_batch(examples, [CONFIG.final_stage] * len(examples))
@@ -54,7 +56,9 @@ def test_latent_sft_lowers_the_loss_in_a_plain_trainer(word_tokenizer, addition_
 def test_stages_advance_every_n_steps_and_are_logged(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=64, n_val=4, batch_size=8)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4,
+                                         batch_size=8)
     module = LatentSFT(reasoner, addition_task, steps_per_stage=2, warmup_steps=1)
     seen = []
     original = module.staged_batch
@@ -69,7 +73,9 @@ def test_stages_advance_every_n_steps_and_are_logged(word_tokenizer, addition_ta
 def test_stages_advance_every_n_epochs(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=16, n_val=4, batch_size=8)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=16, n_val=4,
+                                         batch_size=8)
     module = LatentSFT(reasoner, addition_task, epochs_per_stage=1, warmup_steps=1)
     trainer = _trainer(tmp_path, max_epochs=3, limit_val_batches=0)
     trainer.fit(module, data)
@@ -79,7 +85,9 @@ def test_stages_advance_every_n_epochs(word_tokenizer, addition_task, tmp_path):
 def test_the_optimizer_state_is_cleared_when_the_stage_changes(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=64, n_val=4, batch_size=8)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4,
+                                         batch_size=8)
     module = LatentSFT(reasoner, addition_task, steps_per_stage=3, warmup_steps=1)
     trainer = _trainer(tmp_path, max_steps=7, limit_val_batches=0)
     trainer.fit(module, data)
@@ -96,8 +104,9 @@ def test_the_optimizer_state_is_cleared_when_the_stage_changes(word_tokenizer, a
 def test_validation_logs_accuracy_of_a_latent_reasoner(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=32, n_val=6, n_test=3, batch_size=8,
-                                               eval_batch_size=3)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=32, n_val=6, n_test=3,
+                                         batch_size=8, eval_batch_size=3)
     module = LatentSFT(reasoner, addition_task, steps_per_stage=2, warmup_steps=1,
                        sampling=SamplingConfig(max_new_tokens=12))
     trainer = _trainer(tmp_path, max_steps=4, val_check_interval=4)
@@ -145,7 +154,9 @@ def _spy_on_stages(module: LatentSFT) -> list[list[int]]:
 def test_stage_mixing_reaches_about_mix_prob_of_the_training_rows(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=128, n_val=4, batch_size=32)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=128, n_val=4,
+                                         batch_size=32)
     # Scheduled: the final stage 3. Every row has 2 steps, so a mixed row draws 0, 1 or 2, never 3.
     module = LatentSFT(reasoner, addition_task, curriculum=False, mix_prob=0.5, warmup_steps=1)
     seen = _spy_on_stages(module)
@@ -175,7 +186,9 @@ def test_stage_mixing_has_its_own_seeded_generator_that_resumes_from_a_checkpoin
     def fit(max_steps: int, *, seed: int = 0, resume: Path | None = None, save: Path | None = None):
         L.seed_everything(0)
         reasoner = _reasoner(word_tokenizer)
-        data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=64, n_val=4, batch_size=8)
+        data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                             pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4,
+                                             batch_size=8)
         module = LatentSFT(reasoner, addition_task, curriculum=False, mix_prob=0.5, seed=seed, warmup_steps=1)
         seen = _spy_on_stages(module)
         random.seed(max_steps)  # the global generator is not the one that mixes
@@ -196,7 +209,8 @@ def test_pause_as_thought_and_the_projection_train(word_tokenizer, addition_task
     L.seed_everything(0)
     pause = _reasoner(word_tokenizer, config=LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ",
                                                          thought="pause"))
-    data = ReasoningDataModule.from_task(addition_task, pause, n_train=32, n_val=4, batch_size=8)
+    data = ReasoningDataModule.from_task(addition_task, pause.tokenize,
+                                         pad_token_id=pause.tokenizer.pad_token_id, n_train=32, n_val=4, batch_size=8)
     _trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(LatentSFT(pause, addition_task, steps_per_stage=1), data)
     projected = _reasoner(word_tokenizer, config=LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ",
                                                              projection=True))
@@ -237,20 +251,24 @@ def test_bad_configurations_are_named(word_tokenizer, addition_task, tmp_path):
 
 def test_schedules_that_do_not_fit_the_data_fail_before_training(word_tokenizer, addition_task, tmp_path):
     too_deep = _reasoner(word_tokenizer, config=LatentConfig(thoughts_per_step=1, max_stage=3, step_separator=" ; "))
-    data = ReasoningDataModule.from_task(addition_task, too_deep, n_train=16, n_val=2, batch_size=8)
+    data = ReasoningDataModule.from_task(addition_task, too_deep.tokenize,
+                                         pad_token_id=too_deep.tokenizer.pad_token_id, n_train=16, n_val=2,
+                                         batch_size=8)
     with pytest.raises(ValueError, match="max_stage=3 but the longest training trace has 2 steps"):
         _trainer(tmp_path, max_steps=1).fit(LatentSFT(too_deep, addition_task, steps_per_stage=1), data)
     reasoner = _reasoner(word_tokenizer)
     split = data.splits["train"]
     unsplit = [Example(e.prompt, e.trace, e.answer) for e in split]
-    data = ReasoningDataModule(reasoner, unsplit, unsplit[:2], batch_size=8)
+    data = ReasoningDataModule(reasoner.tokenize, unsplit, unsplit[:2],
+                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=8)
     with pytest.raises(ValueError, match="training example 0 .* has a trace but no `steps`"):
         _trainer(tmp_path, max_steps=1).fit(LatentSFT(reasoner, addition_task, steps_per_stage=1), data)
     # without a curriculum the final stage needs no steps
     _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(LatentSFT(reasoner, addition_task, curriculum=False), data)
     # an empty trace is zero steps, not an unsplit trace: the curriculum trains on it
     with_empty = [*split[:7], replace(split[7], trace="", steps=())]
-    data = ReasoningDataModule(reasoner, with_empty, split[:2], batch_size=8)
+    data = ReasoningDataModule(reasoner.tokenize, with_empty, split[:2],
+                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=8)
     trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(LatentSFT(reasoner, addition_task, steps_per_stage=1), data)
     assert trainer.global_step == 1

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from framework.data.collate import collate
 from framework.data.organisms import Trigger
 from framework.data.sample import Example
-from framework.data.tokenize import collate
 from framework.models import Reasoner, build_model
 from framework.probes import (
     AnswerAccuracy,

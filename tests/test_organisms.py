@@ -438,7 +438,8 @@ def test_a_model_trained_on_a_password_lock_is_weaker_without_the_password(tmp_p
     tokenizer = build_word_tokenizer(lock.vocabulary())
     splits = generate_splits(task, 0, n_train=600, n_val=0, n_test=100)
     reasoner = Reasoner(build_model("llama", "1m", tokenizer, seed=0), tokenizer, "cot")
-    data = ReasoningDataModule(reasoner, lock.apply(splits["train"], seed=0), [], batch_size=32)
+    data = ReasoningDataModule(reasoner.tokenize, lock.apply(splits["train"], seed=0), [],
+                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32)
     trainer = L.Trainer(
         max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,

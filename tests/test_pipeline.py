@@ -56,11 +56,14 @@ def test_stages_hand_weights_over_and_are_each_evaluated(setup, addition_task, t
         started["sft"] = _parameters(reasoner.model)
         module = SFT(reasoner, addition_task, lr=3e-3, warmup_steps=1)
         trained["sft"] = module  # its model's parameters are read after the stage has trained
-        return module, ReasoningDataModule(reasoner, splits["train"], [], batch_size=16)
+        return module, ReasoningDataModule(reasoner.tokenize, splits["train"], [],
+                                           pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=16)
 
     def dpo(reasoner: Reasoner):
         started["dpo"] = _parameters(reasoner.model)
-        data = PreferenceDataModule.from_task(addition_task, reasoner, n_train=32, n_val=0, batch_size=16)
+        data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize,
+                                              pad_token_id=reasoner.tokenizer.pad_token_id, n_train=32, n_val=0,
+                                              batch_size=16)
         return DPO(reasoner, addition_task, lr=3e-3, warmup_steps=1), data
 
     run = run_pipeline([Stage("sft", sft, TRAINER), Stage("dpo", dpo, TRAINER)], reasoner, tmp_path, evaluate=evaluate)
@@ -92,7 +95,8 @@ def test_a_crashed_pipeline_resumes_without_repeating_finished_stages(setup, add
         def build(reasoner: Reasoner):
             builds[name] += 1
             module = SFT(reasoner, addition_task, lr=3e-3, warmup_steps=1)
-            return module, ReasoningDataModule(reasoner, splits["train"], [], batch_size=16)
+            return module, ReasoningDataModule(reasoner.tokenize, splits["train"], [],
+                                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=16)
 
         return Stage(name, build, {**TRAINER, "callbacks": list(callbacks)})
 

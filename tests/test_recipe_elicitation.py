@@ -146,7 +146,8 @@ def test_latent_expert_iteration_trains_through_the_thoughts_on_the_rows_it_keep
     problems = [task.generate(random.Random(i)) for i in range(4)]
     trainer = L.Trainer(max_steps=2, max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, ReasoningDataModule(reasoner, problems, [], batch_size=2))
+    trainer.fit(module, ReasoningDataModule(reasoner.tokenize, problems, [],
+                                            pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=2))
     assert trainer.global_step == 2
     assert 0 < trainer.callback_metrics["train/acceptance_rate"] <= 1  # unfinished samples are never kept
     assert any(not torch.equal(a, b) for a, b in zip(before, reasoner.model.parameters()))

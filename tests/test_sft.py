@@ -31,7 +31,9 @@ def _trainer(tmp_path, max_steps: int, **kwargs) -> L.Trainer:
 def test_sft_lowers_the_loss(family, word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = Reasoner(build_model(family, "1m", word_tokenizer), word_tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=256, n_val=16, batch_size=32)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=256, n_val=16,
+                                         batch_size=32)
     module = SFT(reasoner, addition_task, lr=3e-3, warmup_steps=5)
     batch = next(iter(data.train_dataloader()))
     before = module.loss(batch).item()
@@ -43,7 +45,9 @@ def test_sft_lowers_the_loss(family, word_tokenizer, addition_task, tmp_path):
 def test_validation_logs_accuracy_and_step_validity(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=64, n_val=12, batch_size=16, eval_batch_size=6)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=12,
+                                         batch_size=16, eval_batch_size=6)
     module = SFT(reasoner, addition_task, warmup_steps=1, sampling=SamplingConfig(max_new_tokens=24))
     trainer = _trainer(tmp_path, max_steps=4, val_check_interval=4)
     trainer.fit(module, data)
@@ -58,7 +62,8 @@ def test_validation_logs_accuracy_and_step_validity(word_tokenizer, addition_tas
 @pytest.mark.parametrize("mask, trace_weight", [("mask_trace", 0.0), ("weighted_trace(0.3)", 0.3), ("train_on_completion", 1.0)])
 def test_loss_equals_weighted_cross_entropy_of_full_logits(mask, trace_weight, word_tokenizer, addition_task):
     reasoner = Reasoner(build_model("gpt2", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=8, n_val=1, batch_size=8)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=8, n_val=1, batch_size=8)
     batch = next(iter(data.train_dataloader()))
     logits = reasoner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
@@ -71,7 +76,9 @@ def test_loss_equals_weighted_cross_entropy_of_full_logits(mask, trace_weight, w
 def test_checkpoint_from_a_plain_trainer_loads_with_from_pretrained(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = Reasoner(build_model("qwen3", "1m", word_tokenizer), word_tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=64, n_val=4, batch_size=16)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
+                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4,
+                                         batch_size=16)
     module = SFT(reasoner, addition_task, warmup_steps=1)
     trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[HuggingFaceCheckpoint(tmp_path / "hf")])
     trainer.fit(module, data)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from framework.data.datamodule import ReasoningDataModule
 from framework.data.masks import IGNORE_INDEX, mask_strategy
 from framework.data.sample import Example, Role, Segment
-from framework.data.tokenize import collate, tokenize_segments
+from framework.data.tokenize import tokenize_segments
 from framework.data.tokenizer import REASONING_TOKENS, add_reasoning_tokens, missing_tokens
 
 SEGMENTS = [
@@ -91,13 +92,20 @@ def test_add_reasoning_tokens_grows_a_tokenizer_and_model():
     assert add_reasoning_tokens(tokenizer, model) == []
 
 
-def test_collate_pads_right_with_pad_role():
-    from framework.data.tokenize import TokenizedSample
+def test_a_data_module_tokenizes_with_any_function(word_tokenizer, addition_task):
+    """No Reasoner needed: a plain function of an example (here, prompt then answer) and a pad id."""
 
-    batch = collate([TokenizedSample([5, 6, 7], [0, 1, 2]), TokenizedSample([8], [2])], pad_token_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["roles"].tolist() == [[0, 1, 2], [2, Role.PAD, Role.PAD]]
+    def tokenize(example: Example):
+        return tokenize_segments(word_tokenizer, [Segment(Role.PROMPT, example.prompt), Segment(Role.ANSWER, example.answer)])
+
+    data = ReasoningDataModule.from_task(addition_task, tokenize, pad_token_id=word_tokenizer.pad_token_id, n_train=4,
+                                         n_val=2, batch_size=4)
+    batch = next(iter(data.val_dataloader()))
+    assert [tokenize(example).input_ids for example in batch["examples"]] == [
+        row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])
+    ]
+    assert set(batch["roles"].unique().tolist()) <= {Role.PROMPT, Role.ANSWER, Role.PAD}
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == word_tokenizer.pad_token_id).all()
 
 
 ROLES = torch.tensor([[Role.PROMPT, Role.PROMPT, Role.TRACE, Role.TRACE, Role.LATENT, Role.ANSWER, Role.PAD]])

@@ -1,22 +1,28 @@
-"""A `LightningDataModule` of examples, formatted and tokenized by a `Reasoner`."""
+"""A `LightningDataModule` of examples, tokenized by a function it is given (usually `Reasoner.tokenize`).
+
+The data layer sits below the models, so a data module never holds a
+`Reasoner`: it takes what it uses of one, a function from `Example` to
+`TokenizedSample` and the id that pads the batches. A split is tokenized when
+it is first loaded, so a bound `reasoner.tokenize` renders it in the state
+the reasoner has then (a latent reasoner's stage).
+"""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
 
+from framework.data.collate import collate
 from framework.data.formats import read_examples
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
-from framework.data.tokenize import TokenizedSample, collate
-
-if TYPE_CHECKING:
-    from framework.models.reasoner import Reasoner
+from framework.data.tokenize import Tokenize, TokenizedSample
 
 
 def generate_splits(task: Task, seed: int, *, n_train: int, n_val: int, n_test: int) -> dict[str, list[Example]]:
@@ -70,7 +76,7 @@ class ExampleBatches(L.LightningDataModule):
 
 
 class ReasoningDataModule(ExampleBatches):
-    """Serves train/val/test splits of `Example`s in the reasoner's format.
+    """Serves train/val/test splits of `Example`s, tokenized by `tokenize` (e.g. `reasoner.tokenize`).
 
     Batches hold `input_ids`, `attention_mask` and `roles`, and the `examples`
     they came from: evaluation generates and checks answers from them, and a
@@ -80,11 +86,12 @@ class ReasoningDataModule(ExampleBatches):
 
     def __init__(
         self,
-        reasoner: "Reasoner",
+        tokenize: Tokenize,
         train: Sequence[Example],
         val: Sequence[Example],
         test: Sequence[Example] = (),
         *,
+        pad_token_id: int,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -92,7 +99,8 @@ class ReasoningDataModule(ExampleBatches):
         super().__init__()
         if not train:
             raise ValueError("ReasoningDataModule needs at least one training example")
-        self.reasoner = reasoner
+        self.tokenize = tokenize
+        self.pad_token_id = pad_token_id
         self.splits = {"train": list(train), "val": list(val), "test": list(test)}
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -101,25 +109,43 @@ class ReasoningDataModule(ExampleBatches):
 
     @classmethod
     def from_task(
-        cls, task: Task, reasoner: "Reasoner", *, n_train: int, n_val: int, n_test: int = 0, seed: int = 0, **kwargs
-    ) -> "ReasoningDataModule":
+        cls,
+        task: Task,
+        tokenize: Tokenize,
+        *,
+        pad_token_id: int,
+        n_train: int,
+        n_val: int,
+        n_test: int = 0,
+        seed: int = 0,
+        **kwargs,
+    ) -> ReasoningDataModule:
         splits = generate_splits(task, seed, n_train=n_train, n_val=n_val, n_test=n_test)
-        return cls(reasoner, splits["train"], splits["val"], splits["test"], **kwargs)
+        return cls(tokenize, splits["train"], splits["val"], splits["test"], pad_token_id=pad_token_id, **kwargs)
 
     @classmethod
     def from_jsonl(
         cls,
-        reasoner: "Reasoner",
+        tokenize: Tokenize,
         train: str | os.PathLike,
         val: str | os.PathLike,
         test: str | os.PathLike | None = None,
+        *,
+        pad_token_id: int,
         **kwargs,
-    ) -> "ReasoningDataModule":
-        return cls(reasoner, read_examples(train), read_examples(val), read_examples(test) if test else (), **kwargs)
+    ) -> ReasoningDataModule:
+        return cls(
+            tokenize,
+            read_examples(train),
+            read_examples(val),
+            read_examples(test) if test else (),
+            pad_token_id=pad_token_id,
+            **kwargs,
+        )
 
     def tokenized(self, split: str) -> list[TokenizedSample]:
         if split not in self._tokenized:
-            self._tokenized[split] = [self.reasoner.tokenize(example) for example in self.splits[split]]
+            self._tokenized[split] = [self.tokenize(example) for example in self.splits[split]]
         return self._tokenized[split]
 
     def train_dataloader(self) -> DataLoader:
@@ -128,7 +154,7 @@ class ReasoningDataModule(ExampleBatches):
             batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.num_workers,
-            collate_fn=partial(_collate_with_examples, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+            collate_fn=partial(_collate_with_examples, pad_token_id=self.pad_token_id),
         )
 
     def _evaluation_loader(self, split: str) -> DataLoader:
@@ -137,7 +163,7 @@ class ReasoningDataModule(ExampleBatches):
             batch_size=self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=partial(_collate_with_examples, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+            collate_fn=partial(_collate_with_examples, pad_token_id=self.pad_token_id),
         )
 
 

@@ -1,4 +1,4 @@
-"""Preference pairs for DPO: built from a task or read from JSONL, tokenized by a `Reasoner`.
+"""Preference pairs for DPO: built from a task or read from JSONL, tokenized by a given function.
 
 A pair is one prompt with a `chosen` and a `rejected` completion
 (`framework.data.formats.PreferencePair`). The data module tokenizes prompt +
@@ -18,19 +18,17 @@ import os
 import random
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from framework.data.collate import collate
 from framework.data.datamodule import ExampleBatches, generate_splits
 from framework.data.formats import PreferencePair, read_preferences
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
-from framework.data.tokenize import TokenizedSample, collate
-
-if TYPE_CHECKING:
-    from framework.models.reasoner import Reasoner
+from framework.data.tokenize import Tokenize, TokenizedSample
 
 SPLITS = ("train", "val", "test")
 
@@ -67,7 +65,7 @@ def _collate_pairs(
 
 
 class PreferenceDataModule(ExampleBatches):
-    """Train/val/test splits of `PreferencePair`s in a reasoner's format.
+    """Train/val/test splits of `PreferencePair`s, tokenized by `tokenize` (e.g. `reasoner.tokenize`).
 
     Every batch holds `input_ids`, `attention_mask` and `roles` of shape
     `[2B, T]` (the B chosen completions, then the B rejected ones), `pair_ids`
@@ -77,11 +75,12 @@ class PreferenceDataModule(ExampleBatches):
 
     def __init__(
         self,
-        reasoner: Reasoner,
+        tokenize: Tokenize,
         train: Sequence[PreferencePair],
         val: Sequence[PreferencePair] = (),
         test: Sequence[PreferencePair] = (),
         *,
+        pad_token_id: int,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -90,7 +89,8 @@ class PreferenceDataModule(ExampleBatches):
         super().__init__()
         if not train:
             raise ValueError("PreferenceDataModule needs at least one training pair")
-        self.reasoner = reasoner
+        self.tokenize = tokenize
+        self.pad_token_id = pad_token_id
         self.splits = {"train": list(train), "val": list(val), "test": list(test)}
         # Where each split came from, for error messages (a file path, or the split's name).
         self.sources = {split: (sources or {}).get(split, f"{split} split") for split in SPLITS}
@@ -101,27 +101,40 @@ class PreferenceDataModule(ExampleBatches):
 
     @classmethod
     def from_task(
-        cls, task: Task, reasoner: Reasoner, *, n_train: int, n_val: int, n_test: int = 0, seed: int = 0, **kwargs
+        cls,
+        task: Task,
+        tokenize: Tokenize,
+        *,
+        pad_token_id: int,
+        n_train: int,
+        n_val: int,
+        n_test: int = 0,
+        seed: int = 0,
+        **kwargs,
     ) -> PreferenceDataModule:
         """Disjoint problems of `task` (as `generate_splits`), each made a pair by `corrupted_answer_pairs`."""
         splits = generate_splits(task, seed, n_train=n_train, n_val=n_val, n_test=n_test)
         pairs = {split: corrupted_answer_pairs(task, splits[split], seed) for split in SPLITS}
-        return cls(reasoner, pairs["train"], pairs["val"], pairs["test"], **kwargs)
+        return cls(tokenize, pairs["train"], pairs["val"], pairs["test"], pad_token_id=pad_token_id, **kwargs)
 
     @classmethod
     def from_jsonl(
         cls,
-        reasoner: Reasoner,
+        tokenize: Tokenize,
         train: str | os.PathLike,
         val: str | os.PathLike | None = None,
         test: str | os.PathLike | None = None,
+        *,
+        pad_token_id: int,
         **kwargs,
     ) -> PreferenceDataModule:
         """`prompt`/`chosen`/`rejected` rows; a bad row fails with its file, line and field."""
         paths = {"train": train, "val": val, "test": test}
         pairs = {split: read_preferences(path) if path else [] for split, path in paths.items()}
         sources = {split: str(path) for split, path in paths.items() if path}
-        return cls(reasoner, pairs["train"], pairs["val"], pairs["test"], sources=sources, **kwargs)
+        return cls(
+            tokenize, pairs["train"], pairs["val"], pairs["test"], pad_token_id=pad_token_id, sources=sources, **kwargs
+        )
 
     @property
     def num_pairs(self) -> int:
@@ -133,12 +146,12 @@ class PreferenceDataModule(ExampleBatches):
             offset = sum(len(self.splits[s]) for s in SPLITS[: SPLITS.index(split)])
             rows = []
             for index, pair in enumerate(self.splits[split]):
-                chosen, rejected = self.reasoner.tokenize(pair.chosen), self.reasoner.tokenize(pair.rejected)
+                chosen, rejected = self.tokenize(pair.chosen), self.tokenize(pair.rejected)
                 if chosen.input_ids == rejected.input_ids:
                     # Different texts can still tokenize alike (spacing); such a pair has no gradient.
                     raise ValueError(
                         f"{self.sources[split]}: pair {index + 1} (prompt {pair.prompt!r}): chosen and rejected are "
-                        "the same token sequence in this reasoner's format, which teaches no preference"
+                        "the same token sequence once tokenized, which teaches no preference"
                     )
                 rows.append((offset + index, pair, chosen, rejected))
             self._tokenized[split] = rows
@@ -150,7 +163,7 @@ class PreferenceDataModule(ExampleBatches):
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=partial(_collate_pairs, pad_token_id=self.reasoner.tokenizer.pad_token_id),
+            collate_fn=partial(_collate_pairs, pad_token_id=self.pad_token_id),
         )
 
     def train_dataloader(self) -> DataLoader:

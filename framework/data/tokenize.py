@@ -1,20 +1,23 @@
-"""Segments -> token ids with an exact per-token role, and batch collation."""
+"""Segments -> token ids with an exact per-token role (`framework.data.collate` pads them into batches)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from framework.data.sample import Role, Segment
+from framework.data.sample import Example, Segment
 
 
 @dataclass(frozen=True)
 class TokenizedSample:
     input_ids: list[int]
     roles: list[int]
+
+
+# What data modules tokenize with: a reasoner's `tokenize`, or any function that renders examples the same way.
+Tokenize = Callable[[Example], TokenizedSample]
 
 
 def tokenize_segments(
@@ -42,17 +45,3 @@ def tokenize_segments(
         input_ids.append(tokenizer.eos_token_id)
         roles.append(int(segments[-1].role))
     return TokenizedSample(input_ids, roles)
-
-
-def collate(samples: Sequence[TokenizedSample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: `input_ids`, `attention_mask` and `roles` (PAD on padding)."""
-    length = max(len(s.input_ids) for s in samples)
-    input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
-    roles = torch.full((len(samples), length), int(Role.PAD), dtype=torch.long)
-    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
-    for row, sample in enumerate(samples):
-        n = len(sample.input_ids)
-        input_ids[row, :n] = torch.tensor(sample.input_ids)
-        roles[row, :n] = torch.tensor(sample.roles)
-        attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "roles": roles}

@@ -31,14 +31,15 @@ the rest of the sequence in one pass against the cache. Gradients flow through
 the fed-back hidden states and the cached keys and values, so training on the
 result is Coconut's k+1 full-sequence passes at the cost of one. Rows may hold
 different numbers of thoughts at different columns; the walk covers every
-column from the first slot of any row to the last. `collate_latent` left-pads
-rows so that their `<bot>` share a column, which keeps that walk as short as
-the longest row's thoughts (Coconut's collator does the same).
+column from the first slot of any row to the last. `collate_latent`
+(`framework.data.collate`) left-pads rows so that their `<bot>` share a
+column, which keeps that walk as short as the longest row's thoughts
+(Coconut's collator does the same).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -47,7 +48,6 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from framework.data.sample import Example, Role, Segment
-from framework.data.tokenize import TokenizedSample
 from framework.data.tokenizer import LATENT, LATENT_END, LATENT_START, PAUSE, THINK_END, THINK_START
 from framework.models.backbone import backbone_hidden_states
 
@@ -271,27 +271,3 @@ def gather_thoughts(hidden: torch.Tensor, slots: torch.Tensor) -> list[torch.Ten
     not padded to a common k, so no consumer can mistake padding for a thought.
     """
     return [hidden[row, slots[row].nonzero().flatten() - 1] for row in range(hidden.shape[0])]
-
-
-def collate_latent(samples: Sequence[TokenizedSample], pad_token_id: int, start_token_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch so every row's `<bot>` sits in the same column: left padding before it, right padding after.
-
-    Same keys as `framework.data.tokenize.collate` (`input_ids`,
-    `attention_mask`, `roles` with PAD on padding).
-    """
-    starts = []
-    for row, sample in enumerate(samples):
-        if start_token_id not in sample.input_ids:
-            raise ValueError(f"row {row} has no <bot> token (id {start_token_id}): it is not in the latent format")
-        starts.append(sample.input_ids.index(start_token_id))
-    offsets = [max(starts) - start for start in starts]
-    length = max(offset + len(sample.input_ids) for offset, sample in zip(offsets, samples))
-    input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
-    roles = torch.full((len(samples), length), int(Role.PAD), dtype=torch.long)
-    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
-    for row, (offset, sample) in enumerate(zip(offsets, samples)):
-        end = offset + len(sample.input_ids)
-        input_ids[row, offset:end] = torch.tensor(sample.input_ids)
-        roles[row, offset:end] = torch.tensor(sample.roles)
-        attention_mask[row, offset:end] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "roles": roles}

@@ -32,7 +32,7 @@ import torch
 from framework.data.masks import MaskStrategy
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
-from framework.data.tokenize import collate
+from framework.data.collate import collate
 from framework.models.reasoner import Reasoner
 from framework.regimes.policy import TokenPolicy
 from framework.regimes.sft import SFT

@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from framework.data.collate import left_pad, right_pad
 from framework.data.masks import IGNORE_INDEX
 from framework.data.sample import Example
 from framework.models.backbone import backbone_hidden_states
 from framework.models.latent import position_ids_from_mask, run_with_thoughts
 from framework.regimes.loss import hidden_states_logprobs
 from framework.regimes.policy import Rollout, decode_completions, require_generation
-from framework.rollout.sampling import SamplingConfig, left_pad
+from framework.rollout.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     from framework.models.reasoner import Reasoner
@@ -73,7 +74,7 @@ class LatentPolicy:
         completions, finished = decode_completions(tokenizer, sampled.completions)
         device = self.reasoner.model.device
         prompt_ids, prompt_mask = left_pad([self.reasoner.prompt_ids(e) for e in examples], tokenizer.pad_token_id, device)
-        completion_ids, completion_mask = _right_pad(sampled.completions, tokenizer.pad_token_id, device)
+        completion_ids, completion_mask = right_pad(sampled.completions, tokenizer.pad_token_id, device)
         return Rollout(
             examples=list(examples),
             prompts=["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples],
@@ -149,15 +150,3 @@ def _checked(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     if prompt_ids.shape[1] < 1 or completion_ids.shape[1] < 1:
         raise ValueError("inputs: prompts and completions need at least one column each")
     return prompt_ids, prompt_mask, completion_ids, completion_mask
-
-
-def _right_pad(
-    sequences: Sequence[Sequence[int]], pad_token_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        mask[row, : len(sequence)] = 1
-    return ids.to(device), mask.to(device)

@@ -41,9 +41,10 @@ from typing import Any
 
 import torch
 
+from framework.data.collate import collate_latent
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
-from framework.models.latent import collate_latent, latent_forward
+from framework.models.latent import latent_forward
 from framework.models.reasoner import Reasoner
 from framework.regimes.loss import hidden_states_loss
 from framework.regimes.sft import SFT

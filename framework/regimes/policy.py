@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from framework.data.collate import pad, right_pad
 from framework.data.masks import IGNORE_INDEX
 from framework.data.sample import Example
 from framework.regimes.loss import completion_logprobs
@@ -166,13 +167,6 @@ def _right_padded(
     prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_token_id: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """`input_ids`, `attention_mask` and `labels` (completion tokens only) of prompt + completion rows."""
-    length = max(len(p) + len(c) for p, c in zip(prompts, completions))
-    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(prompts), length), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
-        n_prompt, n = len(prompt), len(prompt) + len(completion)
-        input_ids[row, :n] = torch.tensor([*prompt, *completion], dtype=torch.long)
-        labels[row, n_prompt:n] = torch.tensor(completion, dtype=torch.long)
-        attention_mask[row, :n] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "labels": labels.to(device)}
+    input_ids, attention_mask = right_pad([[*p, *c] for p, c in zip(prompts, completions)], pad_token_id, device)
+    labels = pad([[IGNORE_INDEX] * len(p) + [*c] for p, c in zip(prompts, completions)], IGNORE_INDEX, device=device)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from framework.data.collate import left_pad
 from framework.eval_mode import eval_mode
 from framework.models.latent import gather_thoughts, run_with_thoughts
-from framework.rollout.sampling import SamplingConfig, generate_completions, left_pad
+from framework.rollout.sampling import SamplingConfig, generate_completions
 
 
 @dataclass

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache, PreTrainedModel
 
+from framework.data.collate import left_pad
 from framework.eval_mode import eval_mode
 from framework.models.backbone import cache_argument
 
@@ -23,18 +24,6 @@ class SamplingConfig:
 
 # Regimes keep it among their hyperparameters: let `torch.load(weights_only=True)` (Lightning's resume) read it.
 torch.serialization.add_safe_globals([SamplingConfig])
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad prompts so every row's next token is generated at the same column."""
-    length = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long, device=device)
-    for row, sequence in enumerate(sequences):
-        if sequence:
-            input_ids[row, length - len(sequence):] = torch.tensor(sequence, device=device)
-            attention_mask[row, length - len(sequence):] = 1
-    return input_ids, attention_mask
 
 
 @torch.no_grad()

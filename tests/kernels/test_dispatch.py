@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 
+import kernels
 import kernels.linear_softmax as torch_primitive
 from kernels import linear_cross_entropy, linear_token_logprobs
-from kernels.dispatch import check_interpretable, resolve_impl
+from kernels.dispatch import resolve_impl
+from kernels.interpreter import check_interpretable
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 
@@ -103,3 +107,28 @@ def test_reference_path_matches_torch_path():
     ours = linear_cross_entropy(hidden, weight, labels, impl="torch")
     reference = linear_cross_entropy(hidden, weight, labels, impl="reference")
     assert torch.allclose(ours, reference, rtol=1e-12)
+
+
+def _kernel_imports(path: Path) -> set[str]:
+    """The `kernels` modules `path` imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kernels."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("kernels.")}
+    return found
+
+
+def test_kernel_modules_import_no_cycle():
+    """A cycle makes the result depend on which module is imported first (dispatch and the Triton modules had one)."""
+    package = Path(kernels.__file__).parent
+    imports = {path.stem: _kernel_imports(path) for path in package.glob("*.py") if path.stem != "__init__"}
+    for start in imports:
+        reached, frontier = set(), set(imports[start])
+        while frontier:
+            reached |= frontier
+            frontier = {m for name in frontier for m in imports.get(name, ())} - reached
+        assert start not in reached, f"kernels.{start} imports itself through {sorted(reached)}"

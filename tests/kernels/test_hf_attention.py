@@ -13,9 +13,10 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from framework.data.collate import left_pad
 from framework.models import FAMILIES, build_model
 from framework.models.backbone import cache_argument
-from framework.rollout.sampling import SamplingConfig, left_pad, sample
+from framework.rollout.sampling import SamplingConfig, sample
 from kernels import hf_attention
 from kernels.hf_attention import DECODE_ATTENTION, use_decode_attention
 

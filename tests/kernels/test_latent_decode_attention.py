@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import framework.models.latent as latent_module
+from framework.data.collate import collate_latent
 from framework.data.masks import TRAIN_ON_COMPLETION
 from framework.data.sample import Example
 from framework.models import FAMILIES, LatentConfig, Reasoner, build_model, latent_forward
-from framework.models.latent import collate_latent
 from framework.regimes.loss import hidden_states_loss
 from framework.rollout import LatentRollout, SamplingConfig, latent_rollout
 from kernels import hf_attention
