@@ -111,7 +111,7 @@ from framework.data.tokenizer import (
 )
 from framework.io import atomic_write_text
 from framework.models import Reasoner, count_parameters
-from framework.models.reasoner import Generation
+from framework.models import Generation
 from framework.probes import (
     ArticulationRate,
     BackdoorSuccessRate,
@@ -125,7 +125,7 @@ from framework.probes import (
 from framework.regimes import GRPO, SFT
 from framework.report import plot_curves, summary_table, write_csv
 from framework.rewards import AnswerCorrectness
-from framework.rollout import SamplingConfig
+from framework.rollout import SamplingConfig, generate
 from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "backdoor"
@@ -557,7 +557,7 @@ class BackdoorProbe(L.Callback):
 
 
 def _generate(reasoner: Reasoner, examples: Sequence[Example], sampling: SamplingConfig, batch_size: int) -> list[Generation]:
-    return [g for i in range(0, len(examples), batch_size) for g in reasoner.generate(examples[i : i + batch_size], sampling)]
+    return [g for i in range(0, len(examples), batch_size) for g in generate(reasoner, examples[i : i + batch_size], sampling)]
 
 
 def _accuracy(reasoner: Reasoner, task: CitedFields, problems: Sequence[Example], sampling: SamplingConfig,
