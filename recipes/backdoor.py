@@ -106,8 +106,7 @@ from framework.data.organisms.placement import Position
 from framework.data.sample import Example
 from framework.data.tasks import make_task
 from framework.io import atomic_write_text
-from framework.models import Reasoner, count_parameters
-from framework.models import Generation
+from framework.models import Generation, Reasoner, count_parameters
 from framework.probes import (
     ArticulationRate,
     BackdoorSuccessRate,

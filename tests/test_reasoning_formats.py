@@ -58,7 +58,7 @@ def test_text_formats_write_their_segments_with_roles():
         with pytest.raises(ValueError, match="stage=1 is for the latent format"):
             text_format.prompt_segments(EXAMPLE, 1)
         with pytest.raises(ValueError, match="stages belong to the latent format"):
-            text_format.stage
+            _ = text_format.stage
     with pytest.raises(ValueError, match="pause_tokens must be >= 1"):
         Pause(0)
 
@@ -115,7 +115,7 @@ def test_a_reasoner_reads_its_format(word_tokenizer):
     assert pause.mode == "pause" and pause.format.pause_tokens == 4 and pause.latent is None
     assert isinstance(pause.rendering, CompletionRendering)
     with pytest.raises(ValueError, match="<latent> is not a token of the 'pause' format"):
-        pause.latent_token_id
+        _ = pause.latent_token_id
     config = LatentConfig(max_stage=2)
     latent = Reasoner(model, word_tokenizer, LatentFormat(config))
     assert latent.latent is config and latent.stage == 3

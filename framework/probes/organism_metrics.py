@@ -27,9 +27,9 @@ import torch
 from framework.data.organisms.placement import remove_text
 from framework.data.sample import Example
 from framework.data.tokenizer import THINK_END
+from framework.models.formats import CoT
 from framework.probes.episode import Episode
 from framework.probes.metrics import Rate, wilson_interval
-from framework.models.formats import CoT
 from framework.rollout.generate import generate
 from framework.rollout.sampling import SamplingConfig, sample
 
