@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import random
+from pathlib import Path
 
 import pytest
 
+import framework.models
 from framework.data.organisms import CitedFields
 from framework.data.sample import Example, Role, Segment
 from framework.data.tasks import AdditionChain
@@ -153,3 +156,17 @@ def test_hybrid_is_the_old_hybrid_reasoner_token_for_token():
         answer_only = none.tokenize(non_thinking).input_ids[len(none.prompt_ids(non_thinking)):]
         assert hybrid.parse(answer_only) == cot.parse(answer_only)  # generation parses as cot, as it did
     assert set(hybrid.tokenize(non_thinking).roles) == {Role.PROMPT, Role.ANSWER}
+
+
+def test_the_model_layer_imports_nothing_above_it():
+    """Layers call down only: generation (rollout) and training (regimes) use models, never the reverse."""
+    for path in Path(framework.models.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):  # lazy imports inside functions included
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            upward = [m for m in modules if m.startswith(("framework.rollout", "framework.regimes"))]
+            assert not upward, f"{path} imports {upward}"
