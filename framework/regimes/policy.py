@@ -11,8 +11,8 @@ A regime such as GRPO asks a `Policy` for two things only:
    policy) or a frozen copy of it (the reference of a KL term).
    `rollout.action_mask` `[N, T]` marks which positions are actions.
 
-`TokenPolicy` serves the text formats (cot, none, pause, hybrid): its `module` is the
-causal LM and the actions are all completion tokens. `LatentPolicy`
+`TokenPolicy` serves the text formats (cot, none, pause, hybrid): its `module` is
+the causal LM and the actions are all completion tokens. `LatentPolicy`
 (`framework.regimes.latent_policy`) serves the latent mode through the same
 two calls: its `module` holds the LM and the thought projection; its rollout is
 `framework.rollout.rollout_latent` (thoughts, then answer tokens); its `logprobs`
@@ -84,8 +84,7 @@ class Policy(Protocol):
 
 
 class TokenPolicy:
-    """A `Reasoner` whose format is all text (cot, none, pause, hybrid, ...) as a policy whose actions are its
-    completion tokens.
+    """A text-format `Reasoner` (cot, none, pause, hybrid, ...) as a policy whose actions are its completion tokens.
 
     Rollouts are sampled left-padded with a KV cache (`sample`); they are
     re-scored right-padded, prompt then completion from position 0, so every
