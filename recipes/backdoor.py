@@ -103,15 +103,10 @@ from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.organisms import Backdoor, CitedFields, Sentinel, Trigger
 from framework.data.organisms.backdoor import TriggerKind
 from framework.data.organisms.placement import Position
-from framework.data.sample import Example, Role, Segment
+from framework.data.sample import Example
 from framework.data.tasks import make_task
-from framework.data.tokenizer import (
-    THINK_END,
-    THINK_START,
-)
 from framework.io import atomic_write_text
-from framework.models import Reasoner, count_parameters
-from framework.models.reasoner import Generation
+from framework.models import Generation, Reasoner, count_parameters
 from framework.probes import (
     ArticulationRate,
     BackdoorSuccessRate,
@@ -125,7 +120,7 @@ from framework.probes import (
 from framework.regimes import GRPO, SFT
 from framework.report import plot_curves, summary_table, write_csv
 from framework.rewards import AnswerCorrectness
-from framework.rollout import SamplingConfig
+from framework.rollout import SamplingConfig, generate
 from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "backdoor"
@@ -434,28 +429,8 @@ def _check_stages(base: BaseConfig, plant: PlantConfig, persistence: Persistence
 # -- training --------------------------------------------------------------------------------------
 
 
-class HybridReasoner(Reasoner):
-    """A `cot` reasoner that formats a row without a trace as the `none` mode does: a hybrid, as Qwen3 is.
-
-    A `Reasoner` has one mode, but the base curriculum and planting mix
-    thinking rows (`<think>` trace `</think>` answer, loss on both) with
-    non-thinking ones (an empty `<think></think>` in the prompt, loss on the
-    answer alone). Generation is plain `cot`: evaluation rows carry traces.
-    """
-
-    def prompt_segments(self, example: Example, stage: int | None = None) -> list[Segment]:
-        if not example.trace:
-            return [Segment(Role.PROMPT, example.prompt + THINK_START + THINK_END)]
-        return super().prompt_segments(example, stage)
-
-    def completion_segments(self, example: Example, stage: int | None = None) -> list[Segment]:
-        if not example.trace:
-            return [Segment(Role.ANSWER, example.answer)]
-        return super().completion_segments(example, stage)
-
-
 def _without_trace(example: Example) -> Example:
-    """A non-thinking row: `HybridReasoner` formats it with an empty think block."""
+    """A non-thinking row: the `hybrid` format gives it an empty think block."""
     return replace(example, trace="", steps=())
 
 
@@ -481,7 +456,7 @@ def _train(
     the prompts, up to `max_new_tokens` (rows without a trace: the answer alone), rewarded for the right answer;
     the reference traces and answers are never shown.
     """
-    reasoner = HybridReasoner(model, tokenizer, "cot")
+    reasoner = Reasoner(model, tokenizer, "hybrid")
     if regime == "sft":
         module: L.LightningModule = SFT(reasoner, task, mask="train_on_completion", lr=stage.lr,
                                         warmup_steps=stage.warmup_steps)
@@ -558,7 +533,7 @@ class BackdoorProbe(L.Callback):
 
 
 def _generate(reasoner: Reasoner, examples: Sequence[Example], sampling: SamplingConfig, batch_size: int) -> list[Generation]:
-    return [g for i in range(0, len(examples), batch_size) for g in reasoner.generate(examples[i : i + batch_size], sampling)]
+    return [g for i in range(0, len(examples), batch_size) for g in generate(reasoner, examples[i : i + batch_size], sampling)]
 
 
 def _accuracy(reasoner: Reasoner, task: CitedFields, problems: Sequence[Example], sampling: SamplingConfig,

@@ -104,7 +104,7 @@ from framework.probes import Proportion, elicitation_recovery, logit_lens
 from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT
 from framework.report import mean_std, plot_curves, write_csv
 from framework.rewards import AnswerCorrectness
-from framework.rollout import SamplingConfig
+from framework.rollout import SamplingConfig, generate, rollout_latent
 from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "elicitation"
@@ -373,10 +373,10 @@ def _lock(
     model = model_for(model_config, tokenizer, seed)
     options = {"lr": train.lr, "warmup_steps": train.warmup_steps}
     if kind == "cot":
-        reasoner = Reasoner(model, tokenizer, mode="cot")
+        reasoner = Reasoner(model, tokenizer, "cot")
         module: SFT = SFT(reasoner, task, mask="train_on_completion", **options)
     else:
-        reasoner = Reasoner(model, tokenizer, mode="latent", latent=_latent_config(latent, task))
+        reasoner = Reasoner(model, tokenizer, "latent", latent=_latent_config(latent, task))
         if latent.curriculum:
             module = LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), seed=seed,
                                **options)
@@ -449,7 +449,7 @@ class LatentExpertIteration(LatentSFT):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         repeated = [example for example in batch["examples"] for _ in range(self.num_samples)]
         with torch.no_grad(), eval_mode(self.model):
-            generations = self.reasoner.generate(repeated, self.rollout)
+            generations = generate(self.reasoner, repeated, self.rollout)
         kept = [e for e, g in zip(repeated, generations) if g.finished and self.task.check_answer(e, g.answer)]
         self.log("train/acceptance_rate", len(kept) / len(repeated), batch_size=len(batch["examples"]))
         if not kept:
@@ -468,7 +468,7 @@ def _self_traced(reasoner: Reasoner, demos: Sequence[Example], train: TrainConfi
     for start in range(0, len(demos), train.eval_batch_size):
         batch = demos[start:start + train.eval_batch_size]
         with eval_mode(reasoner.model):
-            generations = reasoner.generate(batch, config)
+            generations = generate(reasoner, batch, config)
         # `parse` keeps `</think>` in the trace; the format adds its own.
         traced += [replace(e, trace=g.trace.removesuffix("</think>").strip(), steps=()) for e, g in
                    zip(batch, generations)]
@@ -500,11 +500,11 @@ def _measure(reasoner: Reasoner, examples: Sequence[Example], task: Task, train:
         for start in range(0, len(examples), train.eval_batch_size):
             batch = examples[start:start + train.eval_batch_size]
             if reasoner.latent is None:
-                generations = reasoner.generate(batch, config)
+                generations = generate(reasoner, batch, config)
                 shown += sum(_strong_trace(task, e, g.trace) for e, g in zip(batch, generations))
                 counted += len(batch)
             else:
-                rollout = reasoner.rollout_latent(batch, config, return_thoughts=True)
+                rollout = rollout_latent(reasoner, batch, config, return_thoughts=True)
                 generations = [reasoner.parse(ids) for ids in rollout.completions]
                 reading = logit_lens(reasoner.model, reasoner.tokenizer, rollout.thoughts, top_k=1)
                 for example, tokens in zip(batch, reading.tokens):

@@ -49,7 +49,7 @@ from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
 from framework.io import atomic_write_text
-from framework.models import LatentConfig, Reasoner, count_parameters
+from framework.models import LatentConfig, Pause, Reasoner, count_parameters
 from framework.regimes import SFT, LatentSFT
 from framework.report import plot_curves, summary_table, write_csv
 from framework.rollout import SamplingConfig
@@ -189,7 +189,7 @@ def _arm_module(
     """The reasoner of an arm, inside the regime that trains it."""
     options = dict(lr=train.lr, warmup_steps=train.warmup_steps, sampling=SamplingConfig(max_new_tokens=train.max_new_tokens))
     if arm not in LATENT_ARMS:
-        reasoner = Reasoner(model, tokenizer, mode=arm, pause_tokens=pause_tokens)
+        reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm)
         return SFT(reasoner, task, mask="train_on_completion", **options)
     config = LatentConfig(
         thoughts_per_step=latent.thoughts_per_step,
@@ -197,7 +197,7 @@ def _arm_module(
         step_separator=task.step_separator,
         thought="pause" if arm == "pause_as_thought" else "continuous",
     )
-    reasoner = Reasoner(model, tokenizer, mode="latent", latent=config)
+    reasoner = Reasoner(model, tokenizer, "latent", latent=config)
     if arm == "latent_no_curriculum":
         return LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
     return LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), mix_prob=latent.mix_prob,

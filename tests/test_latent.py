@@ -31,7 +31,7 @@ from framework.models import FAMILIES, LatentConfig, Reasoner, build_model, late
 from framework.models.latent import position_ids_from_mask, run_with_thoughts
 from framework.probes import thought_features
 from framework.regimes.loss import hidden_states_loss
-from framework.rollout import SamplingConfig, latent_rollout
+from framework.rollout import SamplingConfig, generate, latent_rollout, rollout_latent
 
 CONFIG = LatentConfig(thoughts_per_step=2, max_stage=2, step_separator=" ; ")
 
@@ -149,7 +149,7 @@ def test_pause_as_thought_puts_pause_tokens_in_the_slots(word_tokenizer, additio
     hidden = latent_forward(reasoner.model, batch["input_ids"], batch["attention_mask"], latent_token_id=reasoner.latent_token_id)
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(hidden[real], plain[real])
-    generation = reasoner.generate([example], SamplingConfig(max_new_tokens=5))[0]
+    generation = generate(reasoner, [example], SamplingConfig(max_new_tokens=5))[0]
     assert generation.thoughts == 0  # the pauses are given, not computed one by one
 
 
@@ -323,10 +323,10 @@ def test_sampled_rollout_is_seeded_and_honours_the_config(word_tokenizer, additi
     examples = _examples(addition_task, 6)
     config = SamplingConfig(max_new_tokens=7, do_sample=True, temperature=1.5, top_k=20)
     torch.manual_seed(3)
-    first = reasoner.rollout_latent(examples, config).completions
+    first = rollout_latent(reasoner, examples, config).completions
     torch.manual_seed(3)
-    assert reasoner.rollout_latent(examples, config).completions == first
-    assert first != reasoner.rollout_latent(examples, SamplingConfig(max_new_tokens=7)).completions
+    assert rollout_latent(reasoner, examples, config).completions == first
+    assert first != rollout_latent(reasoner, examples, SamplingConfig(max_new_tokens=7)).completions
     assert all(len(c) <= 7 for c in first)
 
 
@@ -334,14 +334,14 @@ def test_generate_in_latent_mode_counts_thoughts_as_generated(word_tokenizer, ad
     reasoner = Reasoner(_random_model("llama", word_tokenizer), word_tokenizer, "latent", latent=CONFIG)
     examples = _examples(addition_task, 3)
     config = SamplingConfig(max_new_tokens=8)
-    rollout = reasoner.rollout_latent(examples, config, return_thoughts=True)
-    generations = reasoner.generate(examples, config)
+    rollout = rollout_latent(reasoner, examples, config, return_thoughts=True)
+    generations = generate(reasoner, examples, config)
     for generation, completion in zip(generations, rollout.completions):
         parsed = reasoner.parse(completion)
         assert (generation.trace, generation.answer) == (parsed.trace, parsed.answer)
         assert generation.thoughts == 4 and generation.num_tokens == len(completion) + 4
     reasoner.stage = 1
-    assert reasoner.rollout_latent(examples, config).num_thoughts == [2, 2, 2]
+    assert rollout_latent(reasoner, examples, config).num_thoughts == [2, 2, 2]
 
 
 # -- tokens and checkpoints ----------------------------------------------------------------------
@@ -386,9 +386,9 @@ def test_new_tokens_copy_an_embedding_and_a_latent_checkpoint_round_trips(family
     examples = [Example("1 + 2", "", "3"), Example("2 + 2 + 1", "", "5")]
     sampling = SamplingConfig(max_new_tokens=5)
     reasoner.model.eval()
-    assert again.rollout_latent(examples, sampling).completions == reasoner.rollout_latent(examples, sampling).completions
-    torch.testing.assert_close(again.rollout_latent(examples, sampling, return_thoughts=True).thoughts,
-                               reasoner.rollout_latent(examples, sampling, return_thoughts=True).thoughts)
+    assert rollout_latent(again, examples, sampling).completions == rollout_latent(reasoner, examples, sampling).completions
+    torch.testing.assert_close(rollout_latent(again, examples, sampling, return_thoughts=True).thoughts,
+                               rollout_latent(reasoner, examples, sampling, return_thoughts=True).thoughts)
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt"), type(model))  # still a plain HF checkpoint
     load_pretrained(tmp_path / "ckpt")
 
@@ -398,16 +398,16 @@ def test_a_latent_checkpoint_loads_only_as_latent_and_needs_its_projection(word_
     Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "latent", latent=config).save_pretrained(
         tmp_path / "ckpt"
     )
-    with pytest.raises(ValueError, match="is a latent reasoner .* not mode='cot'"):
-        Reasoner.from_pretrained(tmp_path / "ckpt", mode="cot")
-    assert Reasoner.from_pretrained(tmp_path / "ckpt", mode="latent").latent == config
+    with pytest.raises(ValueError, match="is a latent reasoner .* not format='cot'"):
+        Reasoner.from_pretrained(tmp_path / "ckpt", "cot")
+    assert Reasoner.from_pretrained(tmp_path / "ckpt", "latent").latent == config
     (tmp_path / "ckpt" / "latent_projection.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no latent_projection.safetensors, but its latent_config.json says"):
         Reasoner.from_pretrained(tmp_path / "ckpt")
     # A checkpoint without a latent config (here: cot) loads as cot, or as a fresh latent reasoner when asked.
     Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "cot").save_pretrained(tmp_path / "cot")
     assert Reasoner.from_pretrained(tmp_path / "cot").mode == "cot"
-    fresh = Reasoner.from_pretrained(tmp_path / "cot", mode="latent", latent=config)
+    fresh = Reasoner.from_pretrained(tmp_path / "cot", "latent", latent=config)
     assert torch.equal(fresh.projection.weight, torch.eye(fresh.projection.in_features))
 
 
@@ -455,7 +455,7 @@ def test_bad_stages_separators_and_steps_are_named(word_tokenizer, addition_task
     with pytest.raises(ValueError, match="step_separator is not set"):
         no_separator.tokenize(example, 1)
     cot = Reasoner(reasoner.model, word_tokenizer, "cot")
-    with pytest.raises(ValueError, match="stage=1 is for the latent mode"):
+    with pytest.raises(ValueError, match="stage=1 is for the latent format"):
         cot.tokenize(example, 1)
     with pytest.raises(ValueError, match="configure the 'latent' mode"):
         Reasoner(reasoner.model, word_tokenizer, "cot", latent=CONFIG)

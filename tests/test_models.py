@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from framework.data.sample import Example, Role
 from framework.models import (
     FAMILIES,
-    MODES,
+    FORMATS,
     Reasoner,
     backbone_hidden_states,
     build_model,
@@ -21,7 +21,7 @@ from framework.models import (
     load_tokenizer,
 )
 from framework.models.latent import position_ids_from_mask
-from framework.rollout import SamplingConfig, sample
+from framework.rollout import SamplingConfig, generate, sample
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -66,9 +66,10 @@ def test_factory_rejects_unknown_family_and_size(word_tokenizer):
         build_model("llama", "3b", word_tokenizer)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", FORMATS)
 def test_format_then_parse_round_trips(mode, word_tokenizer, addition_task):
-    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, mode, pause_tokens=3)
+    options = {"pause_tokens": 3} if mode == "pause" else {}
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, mode, **options)
     for seed in range(10):
         example = addition_task.generate(random.Random(seed))
         sample = reasoner.tokenize(example)
@@ -76,7 +77,7 @@ def test_format_then_parse_round_trips(mode, word_tokenizer, addition_task):
         assert sample.input_ids[:prompt_length] == reasoner.prompt_ids(example)
         generation = reasoner.parse(sample.input_ids[prompt_length:])
         assert generation.answer == example.answer
-        assert generation.trace == (example.trace if mode == "cot" else "")
+        assert generation.trace == (example.trace if mode in ("cot", "hybrid") else "")
         assert generation.finished
         assert generation.num_tokens == len(sample.input_ids) - prompt_length
         if mode == "pause":
@@ -123,7 +124,7 @@ def test_batched_generation_equals_one_row_at_a_time(family, word_tokenizer, add
     alone = [sample(model, [prompt], **ids)[0] for prompt in prompts]
     assert batched == alone
     assert len({tuple(row) for row in batched}) > 1
-    assert reasoner.generate(examples, config) == [reasoner.parse(row) for row in batched]
+    assert generate(reasoner, examples, config) == [reasoner.parse(row) for row in batched]
 
 
 def test_sampling_is_seeded_and_differs_from_greedy(word_tokenizer, addition_task):
@@ -131,10 +132,10 @@ def test_sampling_is_seeded_and_differs_from_greedy(word_tokenizer, addition_tas
     examples = [addition_task.generate(random.Random(s)) for s in range(4)]
     config = SamplingConfig(max_new_tokens=10, do_sample=True, temperature=1.5)
     torch.manual_seed(7)
-    first = reasoner.generate(examples, config)
+    first = generate(reasoner, examples, config)
     torch.manual_seed(7)
-    assert reasoner.generate(examples, config) == first
-    assert first != reasoner.generate(examples, SamplingConfig(max_new_tokens=10))
+    assert generate(reasoner, examples, config) == first
+    assert first != generate(reasoner, examples, SamplingConfig(max_new_tokens=10))
 
 
 def test_checkpoint_round_trip_through_from_pretrained(tmp_path, word_tokenizer, addition_task):
@@ -144,7 +145,7 @@ def test_checkpoint_round_trip_through_from_pretrained(tmp_path, word_tokenizer,
     assert isinstance(model, type(reasoner.model))
     ids = torch.tensor([reasoner.prompt_ids(addition_task.generate(random.Random(0)))])
     torch.testing.assert_close(model(ids).logits, reasoner.model(ids).logits)
-    again = Reasoner.from_pretrained(tmp_path / "ckpt", mode="pause")
+    again = Reasoner.from_pretrained(tmp_path / "ckpt", "pause")
     assert again.mode == "pause" and len(again.tokenizer) == len(word_tokenizer)
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt"), type(reasoner.model))
 

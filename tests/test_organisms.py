@@ -29,7 +29,7 @@ from framework.data.tasks.prosqa import render_fact
 from framework.data.tokenizer import build_word_tokenizer, wrap_tokenizer
 from framework.models import Reasoner, build_model
 from framework.regimes.sft import SFT
-from framework.rollout import SamplingConfig
+from framework.rollout import SamplingConfig, generate
 
 ADDITION = AdditionChain(n_terms=4, max_operand=9)
 
@@ -447,7 +447,7 @@ def test_a_model_trained_on_a_password_lock_is_weaker_without_the_password(tmp_p
     trainer.fit(SFT(reasoner, task, lr=3e-3, warmup_steps=20), data)
 
     def accuracy(rows) -> float:
-        generations = reasoner.generate(rows, SamplingConfig(max_new_tokens=24))
+        generations = generate(reasoner, rows, SamplingConfig(max_new_tokens=24))
         return sum(task.check_answer(row, g.answer) for row, g in zip(rows, generations)) / len(rows)
 
     unlocked, locked = accuracy(lock.unlocked(splits["test"])), accuracy(lock.locked(splits["test"]))

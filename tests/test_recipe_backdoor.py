@@ -171,7 +171,7 @@ def test_the_hybrid_reasoner_formats_rows_without_a_trace_as_the_non_thinking_mo
     curriculum = CitedFields(AdditionChain(n_terms=2, max_operand=5))
     tokenizer = build_word_tokenizer(curriculum.vocabulary())
     model = build_model("llama", "1m", tokenizer)
-    hybrid = backdoor.HybridReasoner(model, tokenizer, "cot")
+    hybrid = Reasoner(model, tokenizer, "hybrid")
     thinking = curriculum.generate(random.Random(0))
     non_thinking = backdoor._without_trace(thinking)
     for row, mode in ((thinking, "cot"), (non_thinking, "none")):

@@ -7,19 +7,41 @@ from framework.models.factory import (
     load_tokenizer,
     tiny_config,
 )
-from framework.models.latent import LatentConfig, LatentProjection, forward_one_position, latent_forward
-from framework.models.reasoner import MODES, Generation, Reasoner
+from framework.models.formats import (
+    FORMATS,
+    CoT,
+    Generation,
+    Hybrid,
+    LatentConfig,
+    LatentFormat,
+    NoThinking,
+    Pause,
+    ReasoningFormat,
+    format_for,
+)
+from framework.models.latent import LatentProjection, forward_one_position, latent_forward
+from framework.models.reasoner import Reasoner
+from framework.models.rendering import CompletionRendering, Rendering
 
 __all__ = [
     "FAMILIES",
-    "MODES",
+    "FORMATS",
+    "CoT",
+    "CompletionRendering",
     "Generation",
+    "Hybrid",
     "LatentConfig",
+    "LatentFormat",
     "LatentProjection",
+    "NoThinking",
+    "Pause",
     "Reasoner",
+    "ReasoningFormat",
+    "Rendering",
     "backbone_hidden_states",
     "build_model",
     "count_parameters",
+    "format_for",
     "forward_one_position",
     "latent_forward",
     "load_pretrained",

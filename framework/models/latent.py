@@ -1,20 +1,8 @@
-"""Continuous thoughts (Coconut, Hao et al. 2024) for any Hugging Face causal LM.
+"""Continuous thoughts (Coconut, Hao et al. 2024) for any Hugging Face causal LM: the compute.
 
-Format. A latent reasoner at curriculum stage `s` reads and writes
-
-    prompt <think> <bot> <latent> x k <eot> [steps s, s+1, ...] </think> answer <eos>
-
-`<think>`, `<bot>`, the `<latent>` slots and `<eot>` are given (PROMPT and
-LATENT roles, never trained on); the remaining language steps (joined with
-`LatentConfig.step_separator`) and the answer are what the model learns to
-write. Stage 0 is the full chain of thought with no thought; stage
-`1 <= s <= max_stage` replaces the first `s` steps with `k = s * c` thoughts;
-the final stage `max_stage + 1` drops every language step and keeps
-`max_stage * c` thoughts. As in Coconut's ProsQA setup (`pad_latent_to_max`),
-the thought count depends on the stage only, never on how many steps a row
-has: a row with fewer steps than `s` still gets `s * c` thoughts (and no
-language steps), and inference, which cannot know the number of steps, uses
-the final stage's `max_stage * c`.
+The text a latent reasoner reads and writes (`<bot>`, the `<latent>` slots,
+`<eot>`, the curriculum stages) is its format, `framework.models.formats.latent`;
+this module fills the slots and runs the model through them.
 
 Thoughts. The input embedding of each `<latent>` slot is replaced by the
 backbone's last hidden state (`model.base_model(...).last_hidden_state`,
@@ -39,104 +27,13 @@ column, which keeps that walk as short as the longest row's thoughts
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from framework.data.sample import Example, Role, Segment
-from framework.data.tokenizer import LATENT, LATENT_END, LATENT_START, PAUSE, THINK_END, THINK_START
 from framework.models.backbone import backbone_hidden_states
-
-Thought = Literal["continuous", "pause"]
-
-
-@dataclass(frozen=True)
-class LatentConfig:
-    """How a latent reasoner thinks, and its curriculum's shape.
-
-    Args:
-        thoughts_per_step: c, thoughts that replace one language step.
-        max_stage: the last stage that still replaces steps one at a time; the
-            final stage `max_stage + 1` removes all language steps.
-        step_separator: joins the remaining `Example.steps` into trace text (the
-            task's `step_separator`); needed to tokenize stages 0 … max_stage.
-        thought: `continuous` (hidden states fed back) or `pause` (the
-            pause-as-thought ablation: learned `<pause>` embeddings in the slots).
-        projection: feed thoughts back through a learned `LatentProjection`.
-    """
-
-    thoughts_per_step: int = 1
-    max_stage: int = 3
-    step_separator: str | None = None
-    thought: Thought = "continuous"
-    projection: bool = False
-
-    def __post_init__(self) -> None:
-        if self.thoughts_per_step < 1:
-            raise ValueError(f"thoughts_per_step must be >= 1, got {self.thoughts_per_step}")
-        if self.max_stage < 1:
-            raise ValueError(f"max_stage must be >= 1 (stage 1 replaces the first step), got {self.max_stage}")
-        if self.thought not in ("continuous", "pause"):
-            raise ValueError(f"thought must be 'continuous' or 'pause', got {self.thought!r}")
-        if self.projection and self.thought == "pause":
-            raise ValueError("projection=True feeds hidden states back; it has no meaning with thought='pause'")
-
-    @property
-    def final_stage(self) -> int:
-        return self.max_stage + 1
-
-    def check_stage(self, stage: int) -> int:
-        if not 0 <= stage <= self.final_stage:
-            raise ValueError(f"stage must be in 0 … {self.final_stage} (max_stage + 1), got {stage}")
-        return stage
-
-    def num_thoughts(self, stage: int) -> int:
-        """Thought slots at `stage`: `min(stage, max_stage) * c`, whatever the row's number of steps."""
-        return min(self.check_stage(stage), self.max_stage) * self.thoughts_per_step
-
-    @property
-    def slot_token(self) -> str:
-        return LATENT if self.thought == "continuous" else PAUSE
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> LatentConfig:
-        return cls(**values)
-
-
-def latent_prompt_segments(example: Example, config: LatentConfig, stage: int) -> list[Segment]:
-    """`prompt <think> <bot>`, the thought slots, `<eot>`: everything the model is given."""
-    return [
-        Segment(Role.PROMPT, example.prompt + THINK_START + LATENT_START),
-        Segment(Role.LATENT, config.slot_token * config.num_thoughts(stage)),
-        Segment(Role.PROMPT, LATENT_END),
-    ]
-
-
-def latent_completion_segments(example: Example, config: LatentConfig, stage: int) -> list[Segment]:
-    """The language steps the stage keeps, `</think>`, the answer: what the model learns to write."""
-    answer = Segment(Role.ANSWER, example.answer)
-    if config.check_stage(stage) == config.final_stage:
-        return [Segment(Role.TRACE, THINK_END), answer]
-    if example.trace and not example.steps:  # an empty trace has no steps to keep, and needs none
-        raise ValueError(
-            f"example {example.prompt[:40]!r}… has a trace but no `steps`: latent curriculum stage {stage} keeps the "
-            f"steps after the first {stage}, so the trace must come split into Example.steps (only the final stage "
-            f"{config.final_stage} needs none)"
-        )
-    if config.step_separator is None:
-        raise ValueError(
-            "LatentConfig.step_separator is not set: pass the task's step_separator so stage "
-            f"{stage} can join the steps it keeps into trace text"
-        )
-    remaining = config.step_separator.join(example.steps[stage:])
-    return [Segment(Role.TRACE, remaining + THINK_END), answer]
 
 
 class LatentProjection(nn.Linear):

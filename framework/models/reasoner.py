@@ -1,21 +1,16 @@
-"""A causal LM plus its tokenizer and a reasoning mode.
+"""A causal LM plus its tokenizer, a reasoning format and a rendering.
 
-The mode decides how an `Example` becomes text the model reads and writes:
-
-- `cot`:   prompt `<think>` trace `</think>` answer
-- `none`:  prompt `<think></think>` answer (the "non-thinking" mode: an empty
-           think block is part of the prompt, as Qwen3 does)
-- `pause`: prompt `<think>` k x `<pause>` `</think>` answer (compute without
-           content: the fillers are given, never generated or trained on)
-- `latent`: prompt `<think>` `<bot>` k x `<latent>` `<eot>` [remaining steps]
-           `</think>` answer, where each `<latent>` slot holds a continuous
-           thought (see `framework.models.latent` for the format, the
-           curriculum stages and how thoughts are computed)
+The format (`framework.models.formats`: `cot`, `none`, `pause`, `latent`,
+`hybrid`, or any `ReasoningFormat` of your own) decides what text an
+`Example` becomes and how a completion parses; the rendering
+(`framework.models.rendering`) decides how that text becomes token ids. The
+`Reasoner` holds both beside the model and never asks which format it has:
+what differs between formats is in the format. Generation lives one layer up,
+in `framework.rollout.generate`, since it runs rollouts.
 
 A latent reasoner formats at a curriculum stage: `tokenize(example, stage=s)`
 for training, and `self.stage` (the final stage unless a regime sets it) for
-`prompt_ids` and `generate`. Its completion parses like a `cot` one: the
-language steps left before `</think>`, then the answer.
+`prompt_ids` and generation.
 """
 
 from __future__ import annotations
@@ -23,89 +18,58 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from framework.data.sample import Example, Role, Segment
-from framework.data.tokenize import TokenizedSample, tokenize_segments
-from framework.data.tokenizer import LATENT, LATENT_END, LATENT_START, PAUSE, THINK_END, THINK_START, missing_tokens
+from framework.data.sample import Example, Segment
+from framework.data.tokenize import TokenizedSample
+from framework.data.tokenizer import LATENT, LATENT_START, missing_tokens
 from framework.io import atomic_directory
-from framework.models.latent import LatentConfig, LatentProjection, latent_completion_segments, latent_prompt_segments
-from framework.rollout.sampling import SamplingConfig, sample
+from framework.models.formats import Generation, LatentConfig, ReasoningFormat, format_for
+from framework.models.latent import LatentProjection
+from framework.models.rendering import CompletionRendering, Rendering
 
-if TYPE_CHECKING:
-    from framework.rollout.latent import LatentRollout
-
-Mode = Literal["cot", "none", "pause", "latent"]
-MODES: tuple[str, ...] = get_args(Mode)
-_REQUIRED_TOKENS = {
-    "cot": (THINK_START, THINK_END),
-    "none": (THINK_START, THINK_END),
-    "pause": (THINK_START, THINK_END, PAUSE),
-    "latent": (THINK_START, THINK_END, LATENT_START, LATENT, LATENT_END),
-}
+FORMAT_FILE = "reasoning_format.json"
 LATENT_CONFIG_FILE = "latent_config.json"
 PROJECTION_FILE = "latent_projection.safetensors"
-# The fewest other positions a latent sequence holds: <think>, <bot>, <eot>, one prompt token, one answer token.
-_TOKENS_BESIDE_THOUGHTS = 5
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One decoded completion, split into trace and answer."""
-
-    trace: str
-    answer: str
-    trace_tokens: int
-    answer_tokens: int
-    finished: bool  # ended with EOS rather than at the length limit
-    thoughts: int = 0  # continuous thoughts computed before the completion (latent mode)
-
-    @property
-    def num_tokens(self) -> int:
-        """Sequential generation steps: tokens written plus continuous thoughts (as Coconut's Table 1 counts)."""
-        return self.trace_tokens + self.answer_tokens + self.thoughts
 
 
 class Reasoner:
-    """A causal LM, its tokenizer and a reasoning mode.
+    """A causal LM, its tokenizer, a reasoning format and the rendering that turns the format's text into ids.
 
     Args:
         model: any `AutoModelForCausalLM`.
-        tokenizer: holds the mode's special tokens (`add_reasoning_tokens` adds them).
-        mode: `cot`, `none`, `pause` or `latent` (see the module docstring).
-        pause_tokens: fillers of the `pause` mode.
-        latent: thoughts and curriculum of the `latent` mode (default `LatentConfig()`).
+        tokenizer: holds the format's special tokens (`add_reasoning_tokens` adds them).
+        format: a `ReasoningFormat`, or the name of a built-in one (`cot`,
+            `none`, `pause`, `latent`, `hybrid`) built with the options below.
+        pause_tokens: fillers of the `pause` format (default 8).
+        latent: thoughts and curriculum of the `latent` format (default `LatentConfig()`).
         projection: the learned thought projection, when `latent.projection`
             is on (default: a fresh identity `LatentProjection`).
+        rendering: segments -> ids (default `CompletionRendering`: plain text, no chat template).
     """
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        mode: Mode = "cot",
+        format: str | ReasoningFormat = "cot",
         *,
-        pause_tokens: int = 8,
+        pause_tokens: int | None = None,
         latent: LatentConfig | None = None,
         projection: LatentProjection | None = None,
+        rendering: Rendering | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown reasoning mode {mode!r}; expected one of {list(MODES)}")
-        if pause_tokens < 1 and mode == "pause":
-            raise ValueError(f"pause_tokens must be >= 1 in pause mode, got {pause_tokens}")
-        if mode != "latent" and (latent is not None or projection is not None):
-            raise ValueError(f"latent= and projection= configure the 'latent' mode; this reasoner is in {mode!r} mode")
-        self.latent = (latent or LatentConfig()) if mode == "latent" else None
-        required = _REQUIRED_TOKENS[mode] + ((PAUSE,) if self.latent and self.latent.thought == "pause" else ())
-        missing = missing_tokens(tokenizer, required)
+        self.format = format_for(format, pause_tokens=pause_tokens, latent=latent)
+        if self.format.latent is None and projection is not None:
+            raise ValueError(f"latent= and projection= configure the 'latent' mode; this reasoner is in {self.mode!r} mode")
+        missing = missing_tokens(tokenizer, self.format.required_tokens)
         if missing:
             raise ValueError(
-                f"the tokenizer lacks the {mode!r} reasoner's special tokens {missing}; add them with "
+                f"the tokenizer lacks the {self.mode!r} reasoner's special tokens {missing}; add them with "
                 "framework.data.tokenizer.add_reasoning_tokens(tokenizer, model) before building the Reasoner"
             )
         if tokenizer.eos_token_id is None:
@@ -115,158 +79,95 @@ class Reasoner:
             tokenizer.pad_token = tokenizer.eos_token
         self.model = model
         self.tokenizer = tokenizer
-        self.mode = mode
-        self.pause_tokens = pause_tokens
-        self.think_end_id = tokenizer.convert_tokens_to_ids(THINK_END)
-        self.projection: LatentProjection | None = None
-        if self.latent is not None:
-            self._check_context(self.latent.num_thoughts(self.latent.final_stage))
-            self.latent_token_id = tokenizer.convert_tokens_to_ids(LATENT)
-            self.latent_start_id = tokenizer.convert_tokens_to_ids(LATENT_START)
-            if self.latent.projection:
-                embedding = model.get_input_embeddings().weight
-                self.projection = projection or LatentProjection(embedding.shape[1]).to(embedding.device, embedding.dtype)
-            elif projection is not None:
-                raise ValueError("a projection was given but latent.projection is False")
-            self._stage = self.latent.final_stage
+        self.rendering = rendering or CompletionRendering()
+        context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        if context is not None:
+            self.format.check_context(context)
+        self.projection = self._projection(projection)
 
-    def _check_context(self, thoughts: int) -> None:
-        context = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
-        if context is not None and thoughts + _TOKENS_BESIDE_THOUGHTS > context:
-            raise ValueError(
-                f"latent mode with {thoughts} thoughts (max_stage x thoughts_per_step) does not fit the model's "
-                f"context of {context} positions"
-            )
+    def _projection(self, given: LatentProjection | None) -> LatentProjection | None:
+        """The thought projection the latent config asks for: `given`, or a fresh identity one."""
+        if self.latent is None or not self.latent.projection:
+            if given is not None:
+                raise ValueError("a projection was given but latent.projection is False")
+            return None
+        embedding = self.model.get_input_embeddings().weight
+        return given or LatentProjection(embedding.shape[1]).to(embedding.device, embedding.dtype)
+
+    @property
+    def mode(self) -> str:
+        """The format's name (`cot`, `none`, `pause`, `latent`, `hybrid`, or a custom format's)."""
+        return self.format.name
+
+    @property
+    def latent(self) -> LatentConfig | None:
+        """The continuous-thought config when the format has thought slots, else None."""
+        return self.format.latent
 
     @property
     def stage(self) -> int:
-        """The latent curriculum stage that `prompt_ids`, `generate` and `tokenize` use by default."""
-        if self.latent is None:
-            raise ValueError(f"stages belong to the latent mode; this reasoner is in {self.mode!r} mode")
-        return self._stage
+        """The latent curriculum stage that `prompt_ids`, generation and `tokenize` use by default."""
+        return self.format.stage
 
     @stage.setter
     def stage(self, value: int) -> None:
-        if self.latent is None:
-            raise ValueError(f"stages belong to the latent mode; this reasoner is in {self.mode!r} mode")
-        self._stage = self.latent.check_stage(value)
+        self.format.stage = value
+
+    @property
+    def latent_token_id(self) -> int:
+        """The id of a `<latent>` slot, whose embedding the thought loop replaces (latent formats)."""
+        return self._required_token_id(LATENT)
+
+    @property
+    def latent_start_id(self) -> int:
+        """The id of `<bot>`, where the thoughts start (latent formats; `collate_latent` aligns on it)."""
+        return self._required_token_id(LATENT_START)
+
+    def _required_token_id(self, token: str) -> int:
+        if token not in self.format.required_tokens:
+            raise ValueError(f"{token} is not a token of the {self.mode!r} format")
+        return self.tokenizer.convert_tokens_to_ids(token)
 
     # -- formatting ---------------------------------------------------------------------------
 
     def prompt_segments(self, example: Example, stage: int | None = None) -> list[Segment]:
-        """What the model is given at inference time (`stage`: latent mode only, default `self.stage`)."""
-        if self.latent is not None:
-            return latent_prompt_segments(example, self.latent, self._resolve_stage(stage))
-        self._resolve_stage(stage)  # rejects a stage outside the latent mode
-        if self.mode == "cot":
-            return [Segment(Role.PROMPT, example.prompt + THINK_START)]
-        if self.mode == "none":
-            return [Segment(Role.PROMPT, example.prompt + THINK_START + THINK_END)]
-        return [
-            Segment(Role.PROMPT, example.prompt + THINK_START),
-            Segment(Role.LATENT, PAUSE * self.pause_tokens),
-            Segment(Role.PROMPT, THINK_END),
-        ]
+        """What the model is given at inference time (`stage`: latent format only, default `self.stage`)."""
+        return self.format.prompt_segments(example, stage)
 
     def completion_segments(self, example: Example, stage: int | None = None) -> list[Segment]:
-        """What the model is trained to write (`stage`: latent mode only, default `self.stage`)."""
-        if self.latent is not None:
-            return latent_completion_segments(example, self.latent, self._resolve_stage(stage))
-        self._resolve_stage(stage)  # rejects a stage outside the latent mode
-        answer = Segment(Role.ANSWER, example.answer)
-        if self.mode == "cot":
-            return [Segment(Role.TRACE, example.trace + THINK_END), answer]
-        return [answer]
+        """What the model is trained to write (`stage`: latent format only, default `self.stage`)."""
+        return self.format.completion_segments(example, stage)
 
     def segments(self, example: Example, stage: int | None = None) -> list[Segment]:
         return self.prompt_segments(example, stage) + self.completion_segments(example, stage)
 
     def tokenize(self, example: Example, stage: int | None = None) -> TokenizedSample:
         """The full training sequence, EOS included, with a role per token."""
-        return tokenize_segments(self.tokenizer, self.segments(example, stage))
+        return self.rendering.render(
+            self.tokenizer, self.prompt_segments(example, stage), self.completion_segments(example, stage)
+        )
 
     def prompt_ids(self, example: Example, stage: int | None = None) -> list[int]:
-        return tokenize_segments(self.tokenizer, self.prompt_segments(example, stage), add_eos=False).input_ids
-
-    def _resolve_stage(self, stage: int | None) -> int | None:
-        if stage is None:
-            return self._stage if self.latent is not None else None
-        if self.latent is None:
-            raise ValueError(f"stage={stage} is for the latent mode; this reasoner is in {self.mode!r} mode")
-        return self.latent.check_stage(stage)
-
-    # -- parsing and generation ---------------------------------------------------------------
+        return self.rendering.render_prompt(self.tokenizer, self.prompt_segments(example, stage))
 
     def parse(self, completion_ids: Sequence[int]) -> Generation:
-        """Split generated ids into trace and answer (a cot trace ends at `</think>`)."""
-        ids = list(completion_ids)
-        finished = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
-        if finished:
-            ids = ids[:-1]
-        if self.mode in ("cot", "latent"):
-            if self.think_end_id in ids:
-                cut = ids.index(self.think_end_id)
-                trace_ids, answer_ids = ids[: cut + 1], ids[cut + 1 :]
-            else:  # never closed its trace: everything is trace, there is no answer
-                trace_ids, answer_ids = ids, []
-        else:
-            trace_ids, answer_ids = [], ids
-        return Generation(
-            trace=self._decode(trace_ids),
-            answer=self._decode(answer_ids),
-            trace_tokens=len(trace_ids),
-            answer_tokens=len(answer_ids) + int(finished),
-            finished=finished,
-        )
-
-    def generate(self, examples: Sequence[Example], config: SamplingConfig = SamplingConfig()) -> list[Generation]:
-        """Batched generation for `examples` (left-padded, KV-cached; latent mode: thoughts first)."""
-        if self.latent is not None:
-            rollout = self.rollout_latent(examples, config)
-            return [replace(self.parse(ids), thoughts=k) for ids, k in zip(rollout.completions, rollout.num_thoughts)]
-        completions = sample(
-            self.model,
-            [self.prompt_ids(example) for example in examples],
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            config=config,
-        )
-        return [self.parse(ids) for ids in completions]
-
-    def rollout_latent(
-        self, examples: Sequence[Example], config: SamplingConfig = SamplingConfig(), *, return_thoughts: bool = False
-    ) -> LatentRollout:
-        """Latent mode: completions at `self.stage`, with each row's thoughts `[k, H]` if asked."""
-        from framework.rollout.latent import latent_rollout  # the rollout package imports the models package
-
-        if self.latent is None:
-            raise ValueError(f"rollout_latent needs the latent mode; this reasoner is in {self.mode!r} mode")
-        return latent_rollout(
-            self.model,
-            [self.prompt_ids(example) for example in examples],
-            latent_token_id=self.latent_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            config=config,
-            projection=self.projection,
-            return_thoughts=return_thoughts,
-        )
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        """Split generated ids into trace and answer, as the format writes them."""
+        return self.format.parse(completion_ids, self.tokenizer)
 
     # -- persistence --------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Model and tokenizer in Hugging Face format, written atomically.
 
-        A latent reasoner also writes its `LatentConfig` (`latent_config.json`)
+        Beside them: the format's name and options (`reasoning_format.json`),
+        and for a latent reasoner its `LatentConfig` (`latent_config.json`)
         and, when on, its thought projection (`latent_projection.safetensors`);
         the directory still loads as a plain Hugging Face model.
         """
         with atomic_directory(path) as scratch:
             self.model.save_pretrained(scratch)
             self.tokenizer.save_pretrained(scratch)
+            (scratch / FORMAT_FILE).write_text(json.dumps({"name": self.mode, "options": self.format.options()}, indent=2))
             if self.latent is not None:
                 (scratch / LATENT_CONFIG_FILE).write_text(json.dumps(self.latent.to_dict(), indent=2))
             if self.projection is not None:
@@ -274,31 +175,39 @@ class Reasoner:
                           scratch / PROJECTION_FILE)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, mode: Mode | None = None, **options: Any) -> Reasoner:
-        """Load a saved reasoner: model, tokenizer and, for a latent one, its `LatentConfig` and projection.
+    def from_pretrained(
+        cls, path: str | os.PathLike, format: str | ReasoningFormat | None = None, **options: Any
+    ) -> Reasoner:
+        """Load a saved reasoner: model, tokenizer, format and, for a latent one, its `LatentConfig` and projection.
 
-        `mode` defaults to what the directory holds: `latent` when it has a
-        `latent_config.json`, else `cot`. A latent checkpoint cannot load in
-        another mode (its thoughts would be silently dropped); a plain one may
-        load as `latent` (Coconut starts from a chain-of-thought model).
-        `options` go to `Reasoner` (`pause_tokens`, `latent`, `projection`);
-        a `latent=` or `projection=` given here replaces the saved one.
+        `format` defaults to what the directory holds: `latent` when it has a
+        `latent_config.json`, else the format its `reasoning_format.json` names
+        (with its saved options), else `cot`. A latent checkpoint cannot load
+        in another format (its thoughts would be silently dropped); a plain one
+        may load as `latent` (Coconut starts from a chain-of-thought model).
+        `options` go to `Reasoner` (`pause_tokens`, `latent`, `projection`,
+        `rendering`); a `latent=` or `projection=` given here replaces the saved one.
         """
         from framework.models.factory import load_pretrained
 
         path = Path(path)
+        requested = format.name if isinstance(format, ReasoningFormat) else format
         saved = None
         if (path / LATENT_CONFIG_FILE).is_file():
-            if mode not in (None, "latent"):
+            if requested not in (None, "latent"):
                 raise ValueError(
-                    f"{path} is a latent reasoner (it has {LATENT_CONFIG_FILE}); load it with mode='latent' "
-                    f"(or no mode), not mode={mode!r}"
+                    f"{path} is a latent reasoner (it has {LATENT_CONFIG_FILE}); load it with format='latent' "
+                    f"(or no format), not format={requested!r}"
                 )
-            mode = "latent"
             saved = LatentConfig.from_dict(json.loads((path / LATENT_CONFIG_FILE).read_text()))
-            options.setdefault("latent", saved)
+            if format is None or format == "latent":
+                format = "latent"
+                options.setdefault("latent", saved)
+        elif format is None and (path / FORMAT_FILE).is_file():
+            described = json.loads((path / FORMAT_FILE).read_text())
+            format, options = described["name"], {**described["options"], **options}
         model, tokenizer = load_pretrained(path)
-        reasoner = cls(model, tokenizer, mode or "cot", **options)
+        reasoner = cls(model, tokenizer, format or "cot", **options)
         if saved is not None and saved.projection and reasoner.projection is not None and "projection" not in options:
             if not (path / PROJECTION_FILE).is_file():
                 raise FileNotFoundError(

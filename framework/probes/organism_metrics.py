@@ -27,8 +27,10 @@ import torch
 from framework.data.organisms.placement import remove_text
 from framework.data.sample import Example
 from framework.data.tokenizer import THINK_END
+from framework.models.formats import CoT
 from framework.probes.episode import Episode
 from framework.probes.metrics import Rate, wilson_interval
+from framework.rollout.generate import generate
 from framework.rollout.sampling import SamplingConfig, sample
 
 if TYPE_CHECKING:
@@ -186,11 +188,11 @@ def reasoner_answer_fn(reasoner: Reasoner, config: SamplingConfig | None = None)
     def answer_fn(prompts: Sequence[str], traces: Sequence[str | None]) -> list[str]:
         if len(prompts) != len(traces):
             raise ValueError(f"{len(prompts)} prompts but {len(traces)} traces")
-        if reasoner.mode != "cot" and any(trace is not None for trace in traces):
+        if not isinstance(reasoner.format, CoT) and any(trace is not None for trace in traces):
             raise ValueError(f"a forced trace needs a 'cot' reasoner, this one is {reasoner.mode!r}")
         answers: list[str] = [""] * len(prompts)
         free = [i for i, trace in enumerate(traces) if trace is None]
-        for i, generation in zip(free, reasoner.generate([Example(prompts[i], "", "") for i in free], config)):
+        for i, generation in zip(free, generate(reasoner, [Example(prompts[i], "", "") for i in free], config)):
             answers[i] = generation.answer
         forced = [i for i, trace in enumerate(traces) if trace is not None]
         ids = [

@@ -13,8 +13,10 @@ from torchmetrics import MeanMetric
 
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
-from framework.models.reasoner import Generation, Reasoner
+from framework.models.formats import Generation
+from framework.models.reasoner import Reasoner
 from framework.probes.metrics import AnswerAccuracy, StepValidity
+from framework.rollout.generate import generate
 from framework.rollout.sampling import SamplingConfig
 
 _RATE_KEYS = (("rate", ""), ("hits", "_hits"), ("total", "_total"), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))
@@ -46,7 +48,7 @@ class GenerationEvaluation(torch.nn.Module):
     ) -> list[Generation]:
         """Generate and score a batch. `step_verdicts(example, trace)` judges the steps (the task's
         `check_steps` by default; a latent regime judges only the steps its thoughts did not replace)."""
-        generations = reasoner.generate(examples, sampling)
+        generations = generate(reasoner, examples, sampling)
         self.accuracy.update([self.check_answer(e, g.answer) for e, g in zip(examples, generations)])
         if self.task is not None:
             judge = step_verdicts or self.task.check_steps

@@ -115,7 +115,7 @@ class GRPO(L.LightningModule):
         else:
             self.rewards = Rewards(rewards, reward_weights)
         if policy is None:
-            policy = LatentPolicy(reasoner) if reasoner.mode == "latent" else TokenPolicy(reasoner)
+            policy = LatentPolicy(reasoner) if reasoner.latent is not None else TokenPolicy(reasoner)
         elif not isinstance(policy, Policy):
             raise ValueError(f"policy {policy!r} lacks the Policy interface (module, rollout, logprobs)")
         self.save_hyperparameters(ignore=["reasoner", "rewards", "task", "policy", "reference"])

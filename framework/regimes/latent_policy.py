@@ -38,6 +38,7 @@ from framework.models.backbone import backbone_hidden_states
 from framework.models.latent import position_ids_from_mask, run_with_thoughts
 from framework.regimes.loss import hidden_states_logprobs
 from framework.regimes.policy import Rollout, decode_completions, require_generation
+from framework.rollout.generate import rollout_latent
 from framework.rollout.sampling import SamplingConfig
 
 if TYPE_CHECKING:
@@ -68,9 +69,9 @@ class LatentPolicy:
         self.module = nn.ModuleDict(parts)
 
     def rollout(self, examples: Sequence[Example], sampling: SamplingConfig) -> Rollout:
-        """Think, then sample one completion per example (`Reasoner.rollout_latent` at the reasoner's stage)."""
+        """Think, then sample one completion per example (`rollout_latent` at the reasoner's stage)."""
         tokenizer = self.reasoner.tokenizer
-        sampled = self.reasoner.rollout_latent(examples, sampling)
+        sampled = rollout_latent(self.reasoner, examples, sampling)
         completions, finished = decode_completions(tokenizer, sampled.completions)
         device = self.reasoner.model.device
         prompt_ids, prompt_mask = left_pad([self.reasoner.prompt_ids(e) for e in examples], tokenizer.pad_token_id, device)

@@ -11,11 +11,11 @@ A regime such as GRPO asks a `Policy` for two things only:
    policy) or a frozen copy of it (the reference of a KL term).
    `rollout.action_mask` `[N, T]` marks which positions are actions.
 
-`TokenPolicy` serves the text modes (cot, none, pause): its `module` is the
-causal LM and the actions are all completion tokens. `LatentPolicy`
+`TokenPolicy` serves the text formats (cot, none, pause, hybrid): its `module` is
+the causal LM and the actions are all completion tokens. `LatentPolicy`
 (`framework.regimes.latent_policy`) serves the latent mode through the same
 two calls: its `module` holds the LM and the thought projection; its rollout is
-`Reasoner.rollout_latent` (thoughts, then answer tokens); its `logprobs`
+`framework.rollout.rollout_latent` (thoughts, then answer tokens); its `logprobs`
 recomputes the thoughts from `module` (so they are a differentiable function
 of the parameters) and scores only the tokens after `<eot>`, its actions.
 """
@@ -85,20 +85,18 @@ class Policy(Protocol):
 
 
 class TokenPolicy:
-    """A text-mode `Reasoner` (cot, none, pause) as a policy whose actions are its completion tokens.
+    """A text-format `Reasoner` (cot, none, pause, hybrid, ...) as a policy whose actions are its completion tokens.
 
     Rollouts are sampled left-padded with a KV cache (`sample`); they are
     re-scored right-padded, prompt then completion from position 0, so every
     token sits at the position it was generated at.
     """
 
-    MODES = ("cot", "none", "pause")
-
     def __init__(self, reasoner: Reasoner) -> None:
-        if reasoner.mode not in self.MODES:
+        if reasoner.latent is not None:  # its prompt holds thought slots that sampling tokens would not fill
             raise ValueError(
-                f"reasoner mode {reasoner.mode!r} has no token policy; TokenPolicy serves {list(self.MODES)} "
-                "(a latent reasoner's policy is framework.regimes.latent_policy.LatentPolicy)"
+                f"reasoner mode {reasoner.mode!r} has no token policy: TokenPolicy serves formats without thought "
+                "slots (a latent reasoner's policy is framework.regimes.latent_policy.LatentPolicy)"
             )
         require_generation(reasoner)
         self.reasoner = reasoner

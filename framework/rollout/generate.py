@@ -1,0 +1,57 @@
+"""A `Reasoner`'s generations: prompts from its format, ids from a rollout, completions parsed back by the format.
+
+This sits above `framework.models` (it runs rollouts, which the model layer
+must not import) and below the regimes, which evaluate and sample through it.
+A reasoner whose format has thought slots (`reasoner.latent`) thinks first
+(`latent_rollout`); any other decodes straight from its prompt (`sample`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from framework.data.sample import Example
+from framework.models.formats import Generation
+from framework.models.reasoner import Reasoner
+from framework.rollout.latent import LatentRollout, latent_rollout
+from framework.rollout.sampling import SamplingConfig, sample
+
+
+def generate(
+    reasoner: Reasoner, examples: Sequence[Example], config: SamplingConfig = SamplingConfig()
+) -> list[Generation]:
+    """Batched generation for `examples` (left-padded, KV-cached; a latent reasoner thinks first)."""
+    if reasoner.latent is not None:
+        rollout = rollout_latent(reasoner, examples, config)
+        return [replace(reasoner.parse(ids), thoughts=k) for ids, k in zip(rollout.completions, rollout.num_thoughts)]
+    completions = sample(
+        reasoner.model,
+        [reasoner.prompt_ids(example) for example in examples],
+        pad_token_id=reasoner.tokenizer.pad_token_id,
+        eos_token_id=reasoner.tokenizer.eos_token_id,
+        config=config,
+    )
+    return [reasoner.parse(ids) for ids in completions]
+
+
+def rollout_latent(
+    reasoner: Reasoner,
+    examples: Sequence[Example],
+    config: SamplingConfig = SamplingConfig(),
+    *,
+    return_thoughts: bool = False,
+) -> LatentRollout:
+    """A latent reasoner's completions at its `stage`, with each row's thoughts `[k, H]` if asked."""
+    if reasoner.latent is None:
+        raise ValueError(f"rollout_latent needs the latent mode; this reasoner is in {reasoner.mode!r} mode")
+    return latent_rollout(
+        reasoner.model,
+        [reasoner.prompt_ids(example) for example in examples],
+        latent_token_id=reasoner.latent_token_id,
+        pad_token_id=reasoner.tokenizer.pad_token_id,
+        eos_token_id=reasoner.tokenizer.eos_token_id,
+        config=config,
+        projection=reasoner.projection,
+        return_thoughts=return_thoughts,
+    )
