@@ -33,7 +33,7 @@ def _module_and_data(word_tokenizer, addition_task):
     L.seed_everything(0, verbose=False)
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
     splits = generate_splits(addition_task, 0, n_train=20, n_val=0, n_test=0)
-    data = ReasoningDataModule(reasoner, splits["train"], [], batch_size=8)
+    data = ReasoningDataModule(reasoner.tokenize, splits["train"], [], pad_token_id=word_tokenizer.pad_token_id, batch_size=8)
     return SFT(reasoner, addition_task, lr=3e-3, warmup_steps=2), data
 
 

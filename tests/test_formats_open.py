@@ -69,7 +69,8 @@ def test_a_format_of_your_own_tokenizes_with_roles_and_parses_back(word_tokenize
 def test_sft_trains_a_format_of_your_own_and_generation_parses_with_it(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, AnswerFirst())
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=256, n_val=8, batch_size=32)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=word_tokenizer.pad_token_id,
+                                         n_train=256, n_val=8, batch_size=32)
     module = SFT(reasoner, addition_task, lr=3e-3, warmup_steps=5)
     batch = next(iter(data.train_dataloader()))
     before = module.loss(batch).item()
