@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
@@ -127,8 +127,9 @@ def run_thoughtlab(setting: Setting) -> dict[str, float]:
             clock.end(float(trainer.callback_metrics["train/rollout_s"]))
 
     module = GRPO(
-        reasoner, exact_answer, num_generations=setting.group, loss_type="dapo", scale_rewards="group", lr=setting.lr,
+        reasoner, exact_answer, num_generations=setting.group, loss_type="dapo", scale_rewards="group",
         sampling=SamplingConfig(max_new_tokens=setting.max_new_tokens, do_sample=True),
+        optimizer=replace(GRPO.default_optimizer, lr=setting.lr),
     )
     loader = torch.utils.data.DataLoader(examples, batch_size=setting.prompts, shuffle=False, collate_fn=list)
     trainer = L.Trainer(

@@ -117,7 +117,7 @@ from framework.probes import (
     remove_mention_from_trace,
     remove_trigger_from_prompt,
 )
-from framework.regimes import GRPO, SFT
+from framework.regimes import GRPO, SFT, OptimizerConfig
 from framework.report import plot_curves, summary_table, write_csv
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate
@@ -458,13 +458,14 @@ def _train(
     """
     reasoner = Reasoner(model, tokenizer, "hybrid")
     if regime == "sft":
-        module: L.LightningModule = SFT(reasoner, task, mask="train_on_completion", lr=stage.lr,
-                                        warmup_steps=stage.warmup_steps)
+        module: L.LightningModule = SFT(reasoner, task, mask="train_on_completion",
+                                        optimizer=OptimizerConfig(lr=stage.lr, warmup_steps=stage.warmup_steps))
     else:
         assert isinstance(stage, PersistenceConfig), "GRPO runs only as a persistence regime"
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=stage.temperature)
         module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=stage.num_generations,
-                      sampling=sampling, lr=stage.rl_lr, warmup_steps=stage.warmup_steps)
+                      sampling=sampling,
+                      optimizer=replace(GRPO.default_optimizer, lr=stage.rl_lr, warmup_steps=stage.warmup_steps))
     data = ReasoningDataModule(reasoner.tokenize, rows, [],
                                pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=stage.batch_size)
     trainer = L.Trainer(

@@ -40,10 +40,10 @@ measurement uses.
      thoughts through their hidden states;
    - `expert_iteration` (both): online expert iteration on the `n` problems:
      sample, keep the completions with a right answer, SFT on them. For the
-     cot reasoner `framework.regimes.ExpertIteration`; for the latent one
-     `LatentExpertIteration` below: the samples think first (continuous
-     thoughts, then a sampled answer) and kept rows train through the
-     thoughts at the final stage, so the answer is the only target.
+     reasoners `framework.regimes.ExpertIteration`, whose latent policy
+     thinks first (continuous thoughts, then a sampled answer) and whose kept
+     rows train through the thoughts at the final stage, so the answer is
+     the only target.
    Trace SFT needs a trace, so it applies to the cot reasoner only. Asking
    for an arm a reasoner cannot run is an error before anything trains.
 3. Measure. After elicitation the test set is scored again without the
@@ -101,7 +101,7 @@ from framework.eval_mode import eval_mode
 from framework.io import atomic_write_text
 from framework.models import LatentConfig, Reasoner
 from framework.probes import Proportion, elicitation_recovery, logit_lens
-from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT
+from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT, OptimizerConfig
 from framework.report import mean_std, plot_curves, write_csv
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate, rollout_latent
@@ -371,10 +371,10 @@ def _lock(
     """A reasoner of `kind` trained from scratch on the password-locked rows; returns it and the seconds taken."""
     L.seed_everything(seed, verbose=False)
     model = model_for(model_config, tokenizer, seed)
-    options = {"lr": train.lr, "warmup_steps": train.warmup_steps}
+    options = {"optimizer": OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps)}
     if kind == "cot":
         reasoner = Reasoner(model, tokenizer, "cot")
-        module: SFT = SFT(reasoner, task, mask="train_on_completion", **options)
+        module: SFT | LatentSFT = SFT(reasoner, task, mask="train_on_completion", **options)
     else:
         reasoner = Reasoner(model, tokenizer, "latent", latent=_latent_config(latent, task))
         if latent.curriculum:
@@ -399,7 +399,8 @@ def _elicit(
     """
     L.seed_everything(seed, verbose=False)
     reasoner = _copy(locked)
-    sft = {"lr": elicit.lr, "warmup_steps": elicit.warmup_steps}
+    sft = {"optimizer": OptimizerConfig(lr=elicit.lr, warmup_steps=elicit.warmup_steps)}
+    rl_optimizer = {"lr": elicit.rl_lr, "warmup_steps": elicit.warmup_steps}
     rollout = SamplingConfig(max_new_tokens=train.max_new_tokens, do_sample=True, temperature=elicit.temperature)
     steps = elicit.steps
     if arm == "sft_full_trace":
@@ -414,50 +415,17 @@ def _elicit(
         module = LatentSFT(reasoner, task, curriculum=False, seed=seed, **sft)
     elif arm == "grpo":
         module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=elicit.num_generations,
-                      sampling=rollout, lr=elicit.rl_lr, warmup_steps=elicit.warmup_steps)
+                      sampling=rollout, optimizer=replace(GRPO.default_optimizer, **rl_optimizer))
         steps = elicit.rl_steps
-    elif arm == "expert_iteration" and reasoner.latent is not None:
-        module = LatentExpertIteration(reasoner, task, num_samples=elicit.num_samples, rollout=rollout,
-                                       lr=elicit.rl_lr, warmup_steps=elicit.warmup_steps, seed=seed)
-        steps = elicit.rl_steps
-    elif arm == "expert_iteration":
+    elif arm == "expert_iteration":  # keeps finished completions with a right answer (reward 1.0, the threshold)
         module = ExpertIteration(reasoner, task, reward_funcs=AnswerCorrectness(task), num_samples=elicit.num_samples,
-                                 rollout=rollout, lr=elicit.rl_lr, warmup_steps=elicit.warmup_steps)
+                                 rollout=rollout, optimizer=replace(ExpertIteration.default_optimizer, **rl_optimizer))
         steps = elicit.rl_steps
     else:
         raise ValueError(f"unknown arm {arm!r}")
     seconds, steps_taken = _fit(module, reasoner, demos, elicit.batch_size, steps, train, run_dir,
                                 f"{arm}-{reasoner.mode}-n{n}", seed)
     return reasoner, seconds, steps_taken
-
-
-class LatentExpertIteration(LatentSFT):
-    """Online expert iteration through continuous thoughts: sample, keep right answers, train on them.
-
-    `ExpertIteration` samples text; a latent reasoner must compute its thoughts before it answers, which
-    `Reasoner.generate` does. Each step samples `num_samples` completions per problem (thoughts, then a
-    sampled answer), keeps the problems' rows whose answer the task accepts, and takes one step of
-    `LatentSFT`'s loss on them at the final stage (the loss is on `</think>` and the answer). A step that
-    keeps nothing updates nothing.
-    """
-
-    def __init__(self, reasoner: Reasoner, task: Task, *, num_samples: int, rollout: SamplingConfig,
-                 **options: Any) -> None:
-        super().__init__(reasoner, task, curriculum=False, **options)
-        self.num_samples, self.rollout = num_samples, rollout
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        repeated = [example for example in batch["examples"] for _ in range(self.num_samples)]
-        with torch.no_grad(), eval_mode(self.model):
-            generations = generate(self.reasoner, repeated, self.rollout)
-        kept = [e for e, g in zip(repeated, generations) if g.finished and self.task.check_answer(e, g.answer)]
-        self.log("train/acceptance_rate", len(kept) / len(repeated), batch_size=len(batch["examples"]))
-        if not kept:
-            return None
-        staged = self.staged_batch(kept, [self.latent.final_stage] * len(kept))
-        loss = self.loss({key: value.to(self.device) for key, value in staged.items()})
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(kept))
-        return loss
 
 
 @torch.no_grad()

@@ -50,7 +50,7 @@ from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
 from framework.io import atomic_write_text
 from framework.models import LatentConfig, Pause, Reasoner, count_parameters
-from framework.regimes import SFT, LatentSFT
+from framework.regimes import SFT, LatentSFT, OptimizerConfig
 from framework.report import plot_curves, summary_table, write_csv
 from framework.rollout import SamplingConfig
 from recipes.models import ModelConfig, model_and_tokenizer
@@ -185,9 +185,10 @@ def _check_curriculum(latent: LatentArmConfig, train: TrainConfig) -> None:
 def _arm_module(
     arm: str, seed: int, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: TrainConfig,
     pause_tokens: int, latent: LatentArmConfig,
-) -> SFT:
+) -> SFT | LatentSFT:
     """The reasoner of an arm, inside the regime that trains it."""
-    options = dict(lr=train.lr, warmup_steps=train.warmup_steps, sampling=SamplingConfig(max_new_tokens=train.max_new_tokens))
+    options = dict(optimizer=OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps),
+                   eval_sampling=SamplingConfig(max_new_tokens=train.max_new_tokens))
     if arm not in LATENT_ARMS:
         reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm)
         return SFT(reasoner, task, mask="train_on_completion", **options)

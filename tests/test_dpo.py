@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -91,10 +92,9 @@ def test_sequence_logps_sum_completion_tokens_of_the_full_logits(loss_type, word
 def test_dpo_raises_margin_and_preference_accuracy_on_held_out_pairs(word_tokenizer, addition_task):
     L.seed_everything(0)
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
-    data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize,
-                                          pad_token_id=reasoner.tokenizer.pad_token_id, n_train=256, n_val=64,
-                                          batch_size=32, eval_batch_size=64)
-    module = DPO(reasoner, addition_task, beta=0.5, lr=3e-3, warmup_steps=5, sampling=SamplingConfig(max_new_tokens=16))
+    data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=256, n_val=64, batch_size=32, eval_batch_size=64)
+    module = DPO(reasoner, addition_task, beta=0.5, optimizer=replace(DPO.default_optimizer, lr=3e-3, warmup_steps=5),
+                 eval_sampling=SamplingConfig(max_new_tokens=16))
     trainer = _trainer(60, inference_mode=False)
     before = trainer.validate(module, data, verbose=False)[0]
     trainer.fit(module, data)
@@ -119,11 +119,10 @@ def test_precomputed_reference_scores_every_pair_with_the_initial_policy(word_to
     L.seed_everything(0)
     reasoner = Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "cot")
     initial = copy.deepcopy(reasoner.model).eval()
-    data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize,
-                                          pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=16,
-                                          batch_size=16)
-    module = DPO(reasoner, addition_task, reference="precomputed", beta=0.5, lr=3e-3, warmup_steps=2,
-                 sampling=SamplingConfig(max_new_tokens=4))
+    data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=16, batch_size=16)
+    module = DPO(reasoner, addition_task, reference="precomputed", beta=0.5,
+                 optimizer=replace(DPO.default_optimizer, lr=3e-3, warmup_steps=2),
+                 eval_sampling=SamplingConfig(max_new_tokens=4))
     assert module.reference_model is None  # no second model in memory
     _trainer(10, limit_val_batches=0).fit(module, data)
 

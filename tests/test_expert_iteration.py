@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import lightning as L
 import pytest
@@ -11,9 +12,13 @@ import torch
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import THINK_END, THINK_START
-from framework.models import Reasoner, build_model
+from framework.models import LatentConfig, Reasoner, build_model
+from framework.regimes.base import OptimizerConfig
 from framework.regimes.expert_iteration import ExpertIteration, select
+from framework.regimes.latent_policy import LatentPolicy
+from framework.regimes.policy import TokenPolicy
 from framework.regimes.sft import SFT
+from framework.regimes.teacher_forcing import LatentLoss, TokenLoss
 from framework.rollout import SamplingConfig
 
 NAN = math.nan
@@ -93,15 +98,15 @@ def test_expert_iteration_raises_accuracy_from_a_briefly_trained_start(word_toke
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
     sampling = SamplingConfig(max_new_tokens=12)
     splits = generate_splits(task, seed=0, n_train=30, n_val=64, n_test=0)
-    warm_start = ReasoningDataModule(reasoner.tokenize, splits["train"], [],
-                                     pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32)
-    _trainer(60, limit_val_batches=0).fit(SFT(reasoner, task, lr=3e-3, warmup_steps=5), warm_start)
+    warm_start = ReasoningDataModule(reasoner.tokenize, splits["train"], [], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32)
+    _trainer(60, limit_val_batches=0).fit(SFT(reasoner, task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=5)), warm_start)
 
     problems = splits["val"]  # the problems expert iteration samples for, and is scored on
-    data = ReasoningDataModule(reasoner.tokenize, problems, problems,
-                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32, eval_batch_size=64)
-    module = ExpertIteration(reasoner, task, reward_funcs=correct_answer(task), num_samples=4, lr=3e-4, warmup_steps=2,
-                             rollout=SamplingConfig(max_new_tokens=12, do_sample=True, temperature=0.7), sampling=sampling)
+    data = ReasoningDataModule(reasoner.tokenize, problems, problems, pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32, eval_batch_size=64)
+    module = ExpertIteration(reasoner, task, reward_funcs=correct_answer(task), num_samples=4,
+                             optimizer=OptimizerConfig(lr=3e-4, warmup_steps=2),
+                             rollout=SamplingConfig(max_new_tokens=12, do_sample=True, temperature=0.7),
+                             eval_sampling=sampling)
     rounds: list[float] = []
 
     class RecordAcceptance(L.Callback):
@@ -116,6 +121,39 @@ def test_expert_iteration_raises_accuracy_from_a_briefly_trained_start(word_toke
     first, last = sum(rounds[:10]) / 10, sum(rounds[-10:]) / 10
     assert last > first + 0.1, (first, last)
     assert after > before + 0.1, (before, after)
+
+
+def _accept_all(prompts, completions, **_):
+    return [1.0] * len(completions)
+
+
+def test_the_policy_and_loss_follow_the_reasoner(word_tokenizer):
+    model = build_model("llama", "1m", word_tokenizer, seed=0)
+    text = ExpertIteration(Reasoner(model, word_tokenizer, "cot"), reward_funcs=_accept_all)
+    latent = ExpertIteration(Reasoner(model, word_tokenizer, "latent"), reward_funcs=_accept_all)
+    assert isinstance(text.policy, TokenPolicy) and isinstance(text.objective, TokenLoss)
+    assert isinstance(latent.policy, LatentPolicy) and isinstance(latent.objective, LatentLoss)
+
+
+def test_a_latent_reasoner_samples_thoughts_and_trains_through_them_on_the_rows_it_keeps(word_tokenizer, tmp_path):
+    task = AdditionChain()
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "latent",
+                        latent=LatentConfig(max_stage=2, step_separator=task.step_separator))
+    reasoner.stage = 0
+    module = ExpertIteration(reasoner, task, reward_funcs=_accept_all, num_samples=2,
+                             rollout=SamplingConfig(max_new_tokens=8, do_sample=True),
+                             optimizer=OptimizerConfig(warmup_steps=0))
+    seen = []
+    original = module.objective.batch
+    module.objective.batch = lambda examples, stages=None: seen.append(reasoner.stage) or original(examples, stages)
+    before = [p.detach().clone() for p in reasoner.model.parameters()]
+    problems = [task.generate(random.Random(i)) for i in range(4)]
+    trainer = _trainer(2, max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, ReasoningDataModule(reasoner.tokenize, problems, [], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=2))
+    assert trainer.global_step == 2 and reasoner.stage == reasoner.latent.final_stage  # no steps to split: final stage
+    assert 0 < trainer.callback_metrics["train/acceptance_rate"] <= 1  # unfinished samples are never kept
+    assert seen and set(seen) == {reasoner.latent.final_stage}
+    assert any(not torch.equal(a, b) for a, b in zip(before, reasoner.model.parameters()))
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from framework.data.sample import Example
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import build_word_tokenizer
 from framework.models import Reasoner, build_model, tiny_config
+from framework.regimes.base import OptimizerConfig
 from framework.regimes.grpo import GRPO
 from framework.regimes.grpo_loss import aggregate_loss, clipped_token_loss, group_advantages, k3_kl
 from framework.regimes.policy import TokenPolicy
@@ -148,9 +149,9 @@ def _grpo_setup(word_tokenizer, addition_task, mode="cot", **kwargs):
     L.seed_everything(0)
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, mode)
     splits = generate_splits(addition_task, 0, n_train=8, n_val=4, n_test=0)
-    data = ReasoningDataModule(reasoner.tokenize, splits["train"], splits["val"],
-                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=2)
-    defaults = {"num_generations": 4, "lr": 1e-3, "sampling": SAMPLING, "eval_sampling": SamplingConfig(max_new_tokens=8)}
+    data = ReasoningDataModule(reasoner.tokenize, splits["train"], splits["val"], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=2)
+    defaults = {"num_generations": 4, "optimizer": dataclasses.replace(GRPO.default_optimizer, lr=1e-3),
+                "sampling": SAMPLING, "eval_sampling": SamplingConfig(max_new_tokens=8)}
     rewards = [AnswerCorrectness(addition_task), think_format, digit_share]
     module = GRPO(reasoner, rewards, addition_task, **{**defaults, **kwargs})
     return reasoner, data, module
@@ -226,8 +227,8 @@ def test_grpo_raises_the_reward_of_a_policy_that_hedges_between_answers():
     reasoner = Reasoner(build_model("llama", "1m", tokenizer), tokenizer, "cot")
     problems = generate_splits(task, 0, n_train=25, n_val=0, n_test=0)["train"]  # all 25 of them
     hedged = [x for e in problems for x in (e, dataclasses.replace(e, answer=str(int(e.answer) + 1)))]
-    warm_start = ReasoningDataModule(reasoner.tokenize, hedged, [], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32)
-    _trainer(100).fit(SFT(reasoner, task, lr=3e-3, warmup_steps=10), warm_start)
+    warm_start = SFT(reasoner, task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=10))
+    _trainer(100).fit(warm_start, ReasoningDataModule(reasoner.tokenize, hedged, [], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32))
 
     correctness = AnswerCorrectness(task)
 
@@ -237,9 +238,9 @@ def test_grpo_raises_the_reward_of_a_policy_that_hedges_between_answers():
         return statistics.mean(correctness(rollout.prompts, rollout.completions, **reward_columns(rollout.examples)))
 
     before = mean_reward()
-    module = GRPO(reasoner, correctness, task, num_generations=8, lr=1e-4, sampling=SAMPLING)
-    _trainer(20).fit(module, ReasoningDataModule(reasoner.tokenize, problems, [],
-                                                 pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=8))
+    module = GRPO(reasoner, correctness, task, num_generations=8, optimizer=dataclasses.replace(GRPO.default_optimizer, lr=1e-4),
+                  sampling=SAMPLING)
+    _trainer(20).fit(module, ReasoningDataModule(reasoner.tokenize, problems, [], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=8))
     after = mean_reward()
     assert before < 0.6, before
     print(f"mean sampled reward before GRPO {before:.3f}, after {after:.3f}")

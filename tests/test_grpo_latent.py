@@ -17,6 +17,7 @@ from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import LATENT, build_word_tokenizer
 from framework.models import LatentConfig, Reasoner, build_model
+from framework.regimes.base import OptimizerConfig
 from framework.regimes.grpo import GRPO
 from framework.regimes.latent_policy import LatentPolicy
 from framework.regimes.latent_sft import LatentSFT
@@ -166,7 +167,7 @@ def test_grpo_takes_a_latent_policy_for_a_latent_reasoner_and_trains_it(word_tok
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "latent", latent=config)
     splits = generate_splits(addition_task, 0, n_train=4, n_val=2, n_test=0)
     module = GRPO(reasoner, [AnswerCorrectness(addition_task), digit_share], addition_task, num_generations=4, beta=0.1,
-                  num_iterations=2, lr=1e-3, sampling=SAMPLING, eval_sampling=SamplingConfig(max_new_tokens=4))
+                  num_iterations=2, optimizer=dataclasses.replace(GRPO.default_optimizer, lr=1e-3), sampling=SAMPLING, eval_sampling=SamplingConfig(max_new_tokens=4))
     assert isinstance(module.policy, LatentPolicy) and module.model is module.policy.module
     start = reasoner.projection.weight.detach().clone()
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path, name="logs"),
@@ -192,9 +193,8 @@ def test_grpo_raises_the_reward_of_a_latent_policy_that_hedges_between_answers()
     reasoner = Reasoner(build_model("llama", "1m", tokenizer), tokenizer, "latent", latent=config)
     problems = generate_splits(task, 0, n_train=25, n_val=0, n_test=0)["train"]  # all 25 of them
     hedged = [x for e in problems for x in (e, dataclasses.replace(e, answer=str(int(e.answer) + 1)))]
-    sft = LatentSFT(reasoner, task, curriculum=False, lr=3e-3, warmup_steps=10)
-    _quiet_trainer(200).fit(sft, ReasoningDataModule(reasoner.tokenize, hedged, [],
-                                                     pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32))
+    sft = LatentSFT(reasoner, task, curriculum=False, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=10))
+    _quiet_trainer(200).fit(sft, ReasoningDataModule(reasoner.tokenize, hedged, [], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=32))
 
     correctness = AnswerCorrectness(task)
 
@@ -204,7 +204,8 @@ def test_grpo_raises_the_reward_of_a_latent_policy_that_hedges_between_answers()
         return statistics.mean(correctness(rollout.prompts, rollout.completions, **reward_columns(rollout.examples)))
 
     before = mean_reward()
-    module = GRPO(reasoner, correctness, task, num_generations=8, lr=3e-4, sampling=SAMPLING)
+    module = GRPO(reasoner, correctness, task, num_generations=8, optimizer=dataclasses.replace(GRPO.default_optimizer, lr=3e-4),
+                  sampling=SAMPLING)
     assert isinstance(module.policy, LatentPolicy)
     # Every prompt in every step: 200 completions give a steady gradient (8 prompts a step learn, but noisily).
     _quiet_trainer(20).fit(module, ReasoningDataModule(reasoner.tokenize, problems, [],

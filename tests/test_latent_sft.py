@@ -14,10 +14,11 @@ import torch
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.sample import Example, Role
 from framework.models import LatentConfig, Reasoner, build_model
-from framework.regimes import LatentSFT
+from framework.regimes import LatentSFT, OptimizerConfig
 from framework.rollout import SamplingConfig
 
 CONFIG = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ")  # addition_task has 2 steps
+WARMUP_1 = OptimizerConfig(warmup_steps=1)
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
@@ -41,12 +42,10 @@ def _logged(trainer: L.Trainer, key: str) -> list[tuple[int, float]]:
 def test_latent_sft_lowers_the_loss_in_a_plain_trainer(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
-                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=256, n_val=8,
-                                         batch_size=32)
-    module = LatentSFT(reasoner, addition_task, curriculum=False, lr=3e-3, warmup_steps=5)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=256, n_val=8, batch_size=32)
+    module = LatentSFT(reasoner, addition_task, curriculum=False, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=5))
     examples = data.splits["train"][:32]
-    batch = module.staged_batch(examples, [CONFIG.final_stage] * len(examples))
+    batch = module.objective.batch(examples, [CONFIG.final_stage] * len(examples))
     before = module.loss(batch).item()
     _trainer(tmp_path, max_steps=40, limit_val_batches=0).fit(module, data)
     after = module.loss(batch).item()
@@ -56,13 +55,11 @@ def test_latent_sft_lowers_the_loss_in_a_plain_trainer(word_tokenizer, addition_
 def test_stages_advance_every_n_steps_and_are_logged(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
-                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4,
-                                         batch_size=8)
-    module = LatentSFT(reasoner, addition_task, steps_per_stage=2, warmup_steps=1)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4, batch_size=8)
+    module = LatentSFT(reasoner, addition_task, steps_per_stage=2, optimizer=WARMUP_1)
     seen = []
-    original = module.staged_batch
-    module.staged_batch = lambda examples, stages: seen.append(list(stages)) or original(examples, stages)
+    original = module.objective.batch
+    module.objective.batch = lambda examples, stages: seen.append(list(stages)) or original(examples, stages)
     trainer = _trainer(tmp_path, max_steps=8, limit_val_batches=0)
     trainer.fit(module, data)
     assert [stage for _, stage in _logged(trainer, "train/stage")] == [0, 0, 1, 1, 2, 2, 3, 3]
@@ -73,10 +70,8 @@ def test_stages_advance_every_n_steps_and_are_logged(word_tokenizer, addition_ta
 def test_stages_advance_every_n_epochs(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
-                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=16, n_val=4,
-                                         batch_size=8)
-    module = LatentSFT(reasoner, addition_task, epochs_per_stage=1, warmup_steps=1)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=16, n_val=4, batch_size=8)
+    module = LatentSFT(reasoner, addition_task, epochs_per_stage=1, optimizer=WARMUP_1)
     trainer = _trainer(tmp_path, max_epochs=3, limit_val_batches=0)
     trainer.fit(module, data)
     assert [stage for _, stage in _logged(trainer, "train/stage")] == [0, 0, 1, 1, 2, 2]
@@ -85,17 +80,15 @@ def test_stages_advance_every_n_epochs(word_tokenizer, addition_task, tmp_path):
 def test_the_optimizer_state_is_cleared_when_the_stage_changes(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
-                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4,
-                                         batch_size=8)
-    module = LatentSFT(reasoner, addition_task, steps_per_stage=3, warmup_steps=1)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4, batch_size=8)
+    module = LatentSFT(reasoner, addition_task, steps_per_stage=3, optimizer=WARMUP_1)
     trainer = _trainer(tmp_path, max_steps=7, limit_val_batches=0)
     trainer.fit(module, data)
     # stages 0,0,0,1,1,1,2: the state was cleared before step 7, so AdamW counts one step, not seven.
     state = trainer.optimizers[0].state
     parameter = reasoner.model.get_input_embeddings().weight
     assert int(state[parameter]["step"]) == 1
-    steady = LatentSFT(_reasoner(word_tokenizer), addition_task, curriculum=False, warmup_steps=1)
+    steady = LatentSFT(_reasoner(word_tokenizer), addition_task, curriculum=False, optimizer=WARMUP_1)
     steady_trainer = _trainer(tmp_path, max_steps=7, limit_val_batches=0)
     steady_trainer.fit(steady, data)
     assert int(steady_trainer.optimizers[0].state[steady.model.get_input_embeddings().weight]["step"]) == 7
@@ -104,11 +97,10 @@ def test_the_optimizer_state_is_cleared_when_the_stage_changes(word_tokenizer, a
 def test_validation_logs_accuracy_of_a_latent_reasoner(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = _reasoner(word_tokenizer)
-    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
-                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=32, n_val=6, n_test=3,
-                                         batch_size=8, eval_batch_size=3)
-    module = LatentSFT(reasoner, addition_task, steps_per_stage=2, warmup_steps=1,
-                       sampling=SamplingConfig(max_new_tokens=12))
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=32, n_val=6, n_test=3, batch_size=8,
+                                               eval_batch_size=3)
+    module = LatentSFT(reasoner, addition_task, steps_per_stage=2, optimizer=WARMUP_1,
+                       eval_sampling=SamplingConfig(max_new_tokens=12))
     trainer = _trainer(tmp_path, max_steps=4, val_check_interval=4)
     trainer.fit(module, data)
     metrics = trainer.callback_metrics
@@ -124,11 +116,11 @@ def test_training_batches_are_bot_aligned_and_train_only_on_what_the_model_write
     reasoner = _reasoner(word_tokenizer)
     module = LatentSFT(reasoner, addition_task, steps_per_stage=1)
     examples = [addition_task.generate(random.Random(seed)) for seed in range(3)]
-    batch = module.staged_batch(examples, [0, 1, 3])
+    batch = module.objective.batch(examples, [0, 1, 3])
     bot = (batch["input_ids"] == reasoner.latent_start_id).int().argmax(1)
     assert len(set(bot.tolist())) == 1
     assert (batch["input_ids"] == reasoner.latent_token_id).sum(1).tolist() == [0, 1, 2]
-    _, weights = module.mask.apply(batch["input_ids"], batch["roles"])
+    _, weights = module.objective.mask.apply(batch["input_ids"], batch["roles"])
     trained = weights > 0
     assert trained.eq((batch["roles"] == Role.TRACE) | (batch["roles"] == Role.ANSWER)).all()
     assert not trained[batch["roles"] == Role.LATENT].any()
@@ -138,16 +130,16 @@ def test_stage_mixing_draws_each_rows_stage_from_its_steps(word_tokenizer, addit
     reasoner = _reasoner(word_tokenizer, config=LatentConfig(thoughts_per_step=1, max_stage=1, step_separator=" ; "))
     module = LatentSFT(reasoner, addition_task, steps_per_stage=1, mix_prob=1.0)
     example = addition_task.generate(random.Random(0))  # 2 steps: draws 0, 1 or 2, and 2 > max_stage is final
-    assert {module._row_stage(example, 0) for _ in range(200)} == {0, 1, 2}
+    assert {module.schedule.row_stage(example, 0, module._rng) for _ in range(200)} == {0, 1, 2}
     unmixed = LatentSFT(reasoner, addition_task, steps_per_stage=1)
-    assert {unmixed._row_stage(example, 1) for _ in range(50)} == {1}
+    assert {unmixed.schedule.row_stage(example, 1, unmixed._rng) for _ in range(50)} == {1}
 
 
 def _spy_on_stages(module: LatentSFT) -> list[list[int]]:
     """Record the stages every `staged_batch` call tokenizes at."""
     seen = []
-    original = module.staged_batch
-    module.staged_batch = lambda examples, stages: seen.append(list(stages)) or original(examples, stages)
+    original = module.objective.batch
+    module.objective.batch = lambda examples, stages: seen.append(list(stages)) or original(examples, stages)
     return seen
 
 
@@ -158,7 +150,7 @@ def test_stage_mixing_reaches_about_mix_prob_of_the_training_rows(word_tokenizer
                                          pad_token_id=reasoner.tokenizer.pad_token_id, n_train=128, n_val=4,
                                          batch_size=32)
     # Scheduled: the final stage 3. Every row has 2 steps, so a mixed row draws 0, 1 or 2, never 3.
-    module = LatentSFT(reasoner, addition_task, curriculum=False, mix_prob=0.5, warmup_steps=1)
+    module = LatentSFT(reasoner, addition_task, curriculum=False, mix_prob=0.5, optimizer=WARMUP_1)
     seen = _spy_on_stages(module)
     slots_trained_on = []
     original_loss = module.loss
@@ -186,10 +178,8 @@ def test_stage_mixing_has_its_own_seeded_generator_that_resumes_from_a_checkpoin
     def fit(max_steps: int, *, seed: int = 0, resume: Path | None = None, save: Path | None = None):
         L.seed_everything(0)
         reasoner = _reasoner(word_tokenizer)
-        data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
-                                             pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4,
-                                             batch_size=8)
-        module = LatentSFT(reasoner, addition_task, curriculum=False, mix_prob=0.5, seed=seed, warmup_steps=1)
+        data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4, batch_size=8)
+        module = LatentSFT(reasoner, addition_task, curriculum=False, mix_prob=0.5, seed=seed, optimizer=WARMUP_1)
         seen = _spy_on_stages(module)
         random.seed(max_steps)  # the global generator is not the one that mixes
         trainer = _trainer(tmp_path, max_steps=max_steps, limit_val_batches=0)
@@ -214,7 +204,7 @@ def test_pause_as_thought_and_the_projection_train(word_tokenizer, addition_task
     _trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(LatentSFT(pause, addition_task, steps_per_stage=1), data)
     projected = _reasoner(word_tokenizer, config=LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ",
                                                              projection=True))
-    module = LatentSFT(projected, addition_task, curriculum=False, warmup_steps=1)
+    module = LatentSFT(projected, addition_task, curriculum=False, optimizer=WARMUP_1)
     _trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(module, data)
     assert not torch.equal(projected.projection.weight, torch.eye(projected.projection.in_features))
 
@@ -245,7 +235,7 @@ def test_bad_configurations_are_named(word_tokenizer, addition_task, tmp_path):
         LatentSFT(latent, steps_per_stage=0)
     with pytest.raises(ValueError, match="mix_prob must be in"):
         LatentSFT(latent, steps_per_stage=1, mix_prob=1.5)
-    with pytest.raises(ValueError, match="drop mask="):
+    with pytest.raises(TypeError, match="mask"):  # it always trains on the remaining steps and the answer
         LatentSFT(latent, steps_per_stage=1, mask="mask_trace")
 
 
@@ -283,7 +273,7 @@ def test_token_level_regimes_refuse_a_latent_reasoner(word_tokenizer, addition_t
 
 def test_the_thought_projection_is_not_decayed_towards_zero(word_tokenizer, addition_task, tmp_path):
     reasoner = _reasoner(word_tokenizer, config=LatentConfig(max_stage=2, step_separator=" ; ", projection=True))
-    module = LatentSFT(reasoner, addition_task, curriculum=False, weight_decay=0.1)
+    module = LatentSFT(reasoner, addition_task, curriculum=False, optimizer=OptimizerConfig(weight_decay=0.1))
     module.trainer = _trainer(tmp_path, max_steps=1)
     decayed = {id(p) for group in module.configure_optimizers()["optimizer"].param_groups if group["weight_decay"] > 0
                for p in group["params"]}

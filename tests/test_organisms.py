@@ -28,6 +28,7 @@ from framework.data.tasks import AdditionChain, Multiplication, ProsQA, Task
 from framework.data.tasks.prosqa import render_fact
 from framework.data.tokenizer import build_word_tokenizer, wrap_tokenizer
 from framework.models import Reasoner, build_model
+from framework.regimes.base import OptimizerConfig
 from framework.regimes.sft import SFT
 from framework.rollout import SamplingConfig, generate
 
@@ -444,7 +445,7 @@ def test_a_model_trained_on_a_password_lock_is_weaker_without_the_password(tmp_p
         max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
     )
-    trainer.fit(SFT(reasoner, task, lr=3e-3, warmup_steps=20), data)
+    trainer.fit(SFT(reasoner, task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=20)), data)
 
     def accuracy(rows) -> float:
         generations = generate(reasoner, rows, SamplingConfig(max_new_tokens=24))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -14,6 +15,7 @@ from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.preferences import PreferenceDataModule
 from framework.models import Reasoner, build_model
 from framework.pipeline import Stage, answer_accuracy, run_pipeline
+from framework.regimes.base import OptimizerConfig
 from framework.regimes.dpo import DPO
 from framework.regimes.sft import SFT
 from framework.rollout import SamplingConfig
@@ -54,17 +56,15 @@ def test_stages_hand_weights_over_and_are_each_evaluated(setup, addition_task, t
 
     def sft(reasoner: Reasoner):
         started["sft"] = _parameters(reasoner.model)
-        module = SFT(reasoner, addition_task, lr=3e-3, warmup_steps=1)
+        module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=1))
         trained["sft"] = module  # its model's parameters are read after the stage has trained
         return module, ReasoningDataModule(reasoner.tokenize, splits["train"], [],
                                            pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=16)
 
     def dpo(reasoner: Reasoner):
         started["dpo"] = _parameters(reasoner.model)
-        data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize,
-                                              pad_token_id=reasoner.tokenizer.pad_token_id, n_train=32, n_val=0,
-                                              batch_size=16)
-        return DPO(reasoner, addition_task, lr=3e-3, warmup_steps=1), data
+        data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=32, n_val=0, batch_size=16)
+        return DPO(reasoner, addition_task, optimizer=replace(DPO.default_optimizer, lr=3e-3, warmup_steps=1)), data
 
     run = run_pipeline([Stage("sft", sft, TRAINER), Stage("dpo", dpo, TRAINER)], reasoner, tmp_path, evaluate=evaluate)
 
@@ -94,9 +94,8 @@ def test_a_crashed_pipeline_resumes_without_repeating_finished_stages(setup, add
     def stage(name: str, callbacks=()):
         def build(reasoner: Reasoner):
             builds[name] += 1
-            module = SFT(reasoner, addition_task, lr=3e-3, warmup_steps=1)
-            return module, ReasoningDataModule(reasoner.tokenize, splits["train"], [],
-                                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=16)
+            module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=1))
+            return module, ReasoningDataModule(reasoner.tokenize, splits["train"], [], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=16)
 
         return Stage(name, build, {**TRAINER, "callbacks": list(callbacks)})
 

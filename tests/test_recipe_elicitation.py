@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import csv
 import math
-import random
 
-import lightning as L
 import pytest
-import torch
 import yaml
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 import recipes.models
-from framework.data.datamodule import ReasoningDataModule, generate_splits
+from framework.data.datamodule import generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import wrap_tokenizer
-from framework.models import LatentConfig, Reasoner, build_model
-from framework.rollout import SamplingConfig
 from recipes import elicitation
 from recipes.cli import parse, run
 
@@ -127,27 +122,3 @@ def test_a_password_the_tokenizer_splits_into_nothing_is_an_error_at_start(tmp_p
     with pytest.raises(ValueError, match="password 'xx' tokenizes to nothing"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--lock.password", "xx"])
     assert not (tmp_path / "elicitation").exists()
-
-
-class _AcceptEverything(AdditionChain):
-    """Every answer is right: each sampled row is kept, so the update path runs whatever the model writes."""
-
-    def check_answer(self, example, answer):
-        return True
-
-
-def test_latent_expert_iteration_trains_through_the_thoughts_on_the_rows_it_keeps(word_tokenizer, tmp_path):
-    task = _AcceptEverything()
-    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "latent",
-                        latent=LatentConfig(max_stage=2, step_separator=task.step_separator))
-    module = elicitation.LatentExpertIteration(
-        reasoner, task, num_samples=2, rollout=SamplingConfig(max_new_tokens=8, do_sample=True), warmup_steps=0)
-    before = [p.detach().clone() for p in reasoner.model.parameters()]
-    problems = [task.generate(random.Random(i)) for i in range(4)]
-    trainer = L.Trainer(max_steps=2, max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, ReasoningDataModule(reasoner.tokenize, problems, [],
-                                            pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=2))
-    assert trainer.global_step == 2
-    assert 0 < trainer.callback_metrics["train/acceptance_rate"] <= 1  # unfinished samples are never kept
-    assert any(not torch.equal(a, b) for a, b in zip(before, reasoner.model.parameters()))

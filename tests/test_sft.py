@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import lightning as L
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 from framework.callbacks import HuggingFaceCheckpoint
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.models import FAMILIES, Reasoner, build_model, load_pretrained
+from framework.regimes.base import OptimizerConfig
 from framework.regimes.sft import SFT
 from framework.rollout import SamplingConfig
 
@@ -31,10 +31,8 @@ def _trainer(tmp_path, max_steps: int, **kwargs) -> L.Trainer:
 def test_sft_lowers_the_loss(family, word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = Reasoner(build_model(family, "1m", word_tokenizer), word_tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
-                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=256, n_val=16,
-                                         batch_size=32)
-    module = SFT(reasoner, addition_task, lr=3e-3, warmup_steps=5)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=256, n_val=16, batch_size=32)
+    module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=5))
     batch = next(iter(data.train_dataloader()))
     before = module.loss(batch).item()
     _trainer(tmp_path, max_steps=40, limit_val_batches=0).fit(module, data)
@@ -45,10 +43,9 @@ def test_sft_lowers_the_loss(family, word_tokenizer, addition_task, tmp_path):
 def test_validation_logs_accuracy_and_step_validity(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
-                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=12,
-                                         batch_size=16, eval_batch_size=6)
-    module = SFT(reasoner, addition_task, warmup_steps=1, sampling=SamplingConfig(max_new_tokens=24))
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=12, batch_size=16, eval_batch_size=6)
+    module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(warmup_steps=1),
+                 eval_sampling=SamplingConfig(max_new_tokens=24))
     trainer = _trainer(tmp_path, max_steps=4, val_check_interval=4)
     trainer.fit(module, data)
     metrics = trainer.callback_metrics
@@ -76,10 +73,8 @@ def test_loss_equals_weighted_cross_entropy_of_full_logits(mask, trace_weight, w
 def test_checkpoint_from_a_plain_trainer_loads_with_from_pretrained(word_tokenizer, addition_task, tmp_path):
     L.seed_everything(0)
     reasoner = Reasoner(build_model("qwen3", "1m", word_tokenizer), word_tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize,
-                                         pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4,
-                                         batch_size=16)
-    module = SFT(reasoner, addition_task, warmup_steps=1)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=64, n_val=4, batch_size=16)
+    module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(warmup_steps=1))
     trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[HuggingFaceCheckpoint(tmp_path / "hf")])
     trainer.fit(module, data)
     model, tokenizer = load_pretrained(tmp_path / "hf")

@@ -23,12 +23,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from framework.data.masks import MaskStrategy
+from framework.data.masks import MaskStrategy, mask_strategy
 from framework.data.preferences import PreferenceDataModule
 from framework.data.tasks.base import Task
 from framework.models.reasoner import Reasoner
+from framework.regimes.base import OptimizerConfig, Regime
 from framework.regimes.loss import completion_logprobs
-from framework.regimes.sft import SFT
 from framework.rollout.sampling import SamplingConfig
 
 LossType = Literal["sigmoid", "ipo", "hinge"]
@@ -71,11 +71,11 @@ class PreferenceScores:
     rejected_logps: torch.Tensor
 
 
-class DPO(SFT):
+class DPO(Regime):
     """DPO on `PreferenceDataModule` batches; validation also generates and checks answers, as `SFT` does.
 
     Args:
-        reasoner: the policy; its weights at construction are the reference.
+        reasoner: the policy (a text mode); its weights at construction are the reference.
         task: answer and step checkers for validation (exact match with the chosen answer without one).
         beta: strength of the implicit KL constraint (TRL's `beta`; τ for IPO).
         loss_type: `sigmoid` (DPO), `ipo` or `hinge`.
@@ -83,8 +83,11 @@ class DPO(SFT):
         reference: `model` keeps a frozen copy of the initial policy; `precomputed` scores every pair
             of the data module once when fitting starts (no second model in memory; saved in checkpoints).
         mask: which completion roles are scored (weights multiply token log-probs); the prompt never is.
-        lr, weight_decay, betas, warmup_steps, sampling: as in `SFT`.
+        optimizer: AdamW with linear warm-up, then cosine decay to zero over the run.
+        eval_sampling: how validation generates (greedy by default).
     """
+
+    default_optimizer = OptimizerConfig(lr=1e-4, weight_decay=0.0, warmup_steps=10)
 
     def __init__(
         self,
@@ -96,16 +99,13 @@ class DPO(SFT):
         label_smoothing: float = 0.0,
         reference: Literal["model", "precomputed"] = "model",
         mask: str | MaskStrategy = "train_on_completion",
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 10,
-        sampling: SamplingConfig = SamplingConfig(),
+        optimizer: OptimizerConfig = default_optimizer,
+        eval_sampling: SamplingConfig = SamplingConfig(),
     ) -> None:
-        super().__init__(
-            reasoner, task, mask=mask, lr=lr, weight_decay=weight_decay, betas=betas,
-            warmup_steps=warmup_steps, sampling=sampling,
-        )
+        if reasoner.latent is not None:
+            raise ValueError("DPO scores the tokens of text-mode reasoners; this one is in 'latent' mode")
+        super().__init__(reasoner, task, optimizer=optimizer, eval_sampling=eval_sampling)
+        self.mask = mask_strategy(mask)
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {list(LOSS_TYPES)}")
         if not beta > 0:

@@ -11,6 +11,11 @@ and the batch size sets how much is sampled per update. The classic offline
 form (STaR, ReST-EM: sample the whole set, then several SFT epochs) is
 `collect` over the set followed by an `SFT` run on the kept examples.
 
+Sampling goes through a `Policy`, as in GRPO: a latent reasoner thinks
+before it samples its answer (`LatentPolicy`), and its kept completions are
+trained through its thoughts at the final stage (`LatentLoss`), the format
+it sampled in; a text-mode reasoner's through `TokenLoss`.
+
 Reward functions have TRL's signature `f(prompts, completions, **columns)`:
 `prompts` is the text the model read (reasoning markup included: a `cot`
 prompt ends with `<think>`), `completions` the text it wrote (`trace
@@ -29,13 +34,14 @@ from typing import Any
 
 import torch
 
-from framework.data.masks import MaskStrategy
+from framework.data.masks import MaskStrategy, mask_strategy
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
-from framework.data.collate import collate
 from framework.models.reasoner import Reasoner
-from framework.regimes.policy import TokenPolicy
-from framework.regimes.sft import SFT
+from framework.regimes.base import OptimizerConfig, Regime
+from framework.regimes.latent_policy import LatentPolicy
+from framework.regimes.policy import Policy, TokenPolicy
+from framework.regimes.teacher_forcing import teacher_forcing
 from framework.rewards.base import RewardFunction, Rewards, reward_columns
 from framework.rollout.sampling import SamplingConfig
 
@@ -77,7 +83,7 @@ def select(rewards: torch.Tensor, *, threshold: float | None, top_k: int | None)
     return accepted
 
 
-class ExpertIteration(SFT):
+class ExpertIteration(Regime):
     """SFT on the policy's own completions that a reward accepts, re-sampled every step.
 
     Training batches must hold `examples` (the problems to sample for), as
@@ -91,17 +97,23 @@ class ExpertIteration(SFT):
     problems per batch that some completion is accepted.
 
     Args:
-        reasoner: the policy; a text mode (cot, none, pause).
+        reasoner: the policy's reasoner, in any mode (a latent one samples and trains at its final stage).
         task: checkers for validation and for `sample_accuracy`.
         reward_funcs: one or several TRL-style reward functions.
         reward_weights: one weight per function (default 1 each).
+        policy: what samples the completions (its module must hold the reasoner's parameters); by default a
+            `LatentPolicy` of a latent reasoner (thoughts, then a sampled answer), else a `TokenPolicy`.
         num_samples: completions sampled per problem and round.
         threshold: keep completions whose reward is at least this (None: no threshold).
         top_k: keep at most this many per problem, the best first (None: no limit).
         rollout: how completions are sampled; `do_sample=True` for more than one sample.
         mask: which roles of a kept completion are trained on (see `framework.data.masks`).
-        lr, weight_decay, betas, warmup_steps, sampling: as in `SFT` (`sampling` is for validation).
+        optimizer: AdamW with linear warm-up, then cosine decay to zero over the run.
+        eval_sampling: how validation generates (greedy by default).
     """
+
+    default_optimizer = OptimizerConfig(warmup_steps=10)
+    runtime_arguments = ("reward_funcs", "policy")  # functions and models are not configuration
 
     def __init__(
         self,
@@ -110,24 +122,24 @@ class ExpertIteration(SFT):
         *,
         reward_funcs: RewardFunction | Sequence[RewardFunction],
         reward_weights: Sequence[float] | None = None,
+        policy: Policy | None = None,
         num_samples: int = 4,
         threshold: float | None = 1.0,
         top_k: int | None = None,
         rollout: SamplingConfig = SamplingConfig(do_sample=True),
         mask: str | MaskStrategy = "train_on_completion",
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 10,
-        sampling: SamplingConfig = SamplingConfig(),
+        optimizer: OptimizerConfig = default_optimizer,
+        eval_sampling: SamplingConfig = SamplingConfig(),
     ) -> None:
-        super().__init__(
-            reasoner, task, mask=mask, lr=lr, weight_decay=weight_decay, betas=betas,
-            warmup_steps=warmup_steps, sampling=sampling,
-        )
-        self.save_hyperparameters(ignore=["reasoner", "task", "reward_funcs"])  # functions are not config
+        super().__init__(reasoner, task, optimizer=optimizer, eval_sampling=eval_sampling)
         self.rewards = Rewards(reward_funcs, reward_weights)
-        self.policy = TokenPolicy(reasoner)
+        if policy is None:
+            policy = LatentPolicy(reasoner) if reasoner.latent is not None else TokenPolicy(reasoner)
+        elif not isinstance(policy, Policy):
+            raise ValueError(f"policy {policy!r} lacks the Policy interface (module, rollout, logprobs)")
+        self.policy = policy
+        self.mask = mask_strategy(mask)
+        self.objective = teacher_forcing(reasoner, self.mask)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if num_samples > 1 and not rollout.do_sample:
@@ -163,13 +175,29 @@ class ExpertIteration(SFT):
             correct = correct.view_as(rewards)
         return Round(kept, rewards, accepted, correct)
 
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.objective(self.model, batch)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Evaluation batches in the format the loss reads (a latent reasoner's at its stage); a training batch
+        is only its problems."""
+        if self.trainer.training or not isinstance(batch, dict) or "examples" not in batch:
+            return batch
+        return self.objective.prepare(batch)
+
+    def on_fit_start(self) -> None:
+        # A latent reasoner samples, trains and validates at its final stage: a completion sampled earlier writes
+        # language steps, which a kept example could not split back into the `Example.steps` its stage needs.
+        if self.reasoner.latent is not None:
+            self.reasoner.stage = self.reasoner.latent.final_stage
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         examples = batch["examples"]
         round_ = self.collect(examples)
         self.log_dict({f"train/{name}": value for name, value in round_.metrics().items()}, batch_size=len(examples))
         if not round_.kept:
             return None
-        kept = collate([self.reasoner.tokenize(example) for example in round_.kept], self.reasoner.tokenizer.pad_token_id)
+        kept = self.objective.batch(round_.kept)
         loss = self.loss({key: value.to(self.device) for key, value in kept.items()})
         self.log("train/loss", loss, prog_bar=True, batch_size=len(round_.kept))
         return loss

@@ -27,14 +27,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
-from transformers import get_constant_schedule_with_warmup
 
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
 from framework.models.reasoner import Reasoner
-from framework.regimes.evaluation import GenerationEvaluation
+from framework.regimes.base import OptimizerConfig, Regime
 from framework.regimes.grpo_loss import (
     LOSS_TYPES,
     SCALE_REWARDS,
@@ -54,7 +52,7 @@ ROLLOUT_SAMPLING = SamplingConfig(max_new_tokens=64, do_sample=True)
 GREEDY = SamplingConfig()
 
 
-class GRPO(L.LightningModule):
+class GRPO(Regime):
     """GRPO on a reasoner's own samples. Training batches are prompts: a dict with `examples`
     (a `ReasoningDataModule` batch) or a plain list of `Example`s.
 
@@ -75,9 +73,14 @@ class GRPO(L.LightningModule):
         mini_batch_size: completions per forward/backward (gradients accumulate into one step); all at once by default.
         sampling: how rollouts sample (must sample; its temperature also scales the scored log-probs).
         eval_sampling: how validation generates (greedy by default).
-        lr, weight_decay, betas, warmup_steps, max_grad_norm: AdamW with linear warm-up to a constant rate
-            and gradient-norm clipping (TRL's defaults but for the constant schedule).
+        optimizer: AdamW with linear warm-up to a constant rate and gradient-norm clipping (TRL's defaults but
+            for the constant schedule).
     """
+
+    default_optimizer = OptimizerConfig(
+        lr=1e-6, betas=(0.9, 0.999), weight_decay=0.0, warmup_steps=0, max_grad_norm=1.0, schedule="constant"
+    )
+    runtime_arguments = ("rewards", "policy", "reference")  # functions and models are not configuration
 
     def __init__(
         self,
@@ -99,13 +102,8 @@ class GRPO(L.LightningModule):
         mini_batch_size: int | None = None,
         sampling: SamplingConfig = ROLLOUT_SAMPLING,
         eval_sampling: SamplingConfig = GREEDY,
-        lr: float = 1e-6,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerConfig = default_optimizer,
     ) -> None:
-        super().__init__()
         _check_settings(num_generations, scale_rewards, loss_type, epsilon, epsilon_high, beta, num_iterations,
                         mini_batch_size, sampling)
         if isinstance(rewards, Rewards):
@@ -118,13 +116,9 @@ class GRPO(L.LightningModule):
             policy = LatentPolicy(reasoner) if reasoner.latent is not None else TokenPolicy(reasoner)
         elif not isinstance(policy, Policy):
             raise ValueError(f"policy {policy!r} lacks the Policy interface (module, rollout, logprobs)")
-        self.save_hyperparameters(ignore=["reasoner", "rewards", "task", "policy", "reference"])
-        self.reasoner = reasoner
+        super().__init__(reasoner, task, optimizer=optimizer, eval_sampling=eval_sampling, module=policy.module)
         self.policy = policy
-        self.model = policy.module  # registered, so Lightning moves, wraps and checkpoints it
-        self.task = task
         self.sampling = sampling
-        self.eval_sampling = eval_sampling
         self.epsilon_low = epsilon
         self.epsilon_high = epsilon if epsilon_high is None else epsilon_high
         if reference is not None and beta == 0:
@@ -133,7 +127,6 @@ class GRPO(L.LightningModule):
         if beta > 0:
             self.reference = reference if reference is not None else copy.deepcopy(policy.module)
             self.reference.requires_grad_(False).eval()
-        self.evaluation = GenerationEvaluation(task)
         self.automatic_optimization = False  # one step = one rollout batch and its num_iterations updates
 
     def train(self, mode: bool = True) -> GRPO:
@@ -236,8 +229,7 @@ class GRPO(L.LightningModule):
                 sums["clip_ratio/high_mean"] += (terms.high_clipped * weights).sum().item()
                 sums["clip_ratio/region_mean"] += ((terms.low_clipped | terms.high_clipped) * weights).sum().item()
                 counted += weights.sum().item()
-            if self.hparams.max_grad_norm is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+            self.clip_to_max_grad_norm(optimizer)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -258,34 +250,11 @@ class GRPO(L.LightningModule):
         size = self.hparams.mini_batch_size or n
         return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
-    def configure_optimizers(self):
-        decay, no_decay = [], []
-        for parameter in self.model.parameters():
-            if parameter.requires_grad:
-                (no_decay if parameter.ndim < 2 else decay).append(parameter)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            betas=self.hparams.betas,
-        )
-        schedule = get_constant_schedule_with_warmup(optimizer, self.hparams.warmup_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
     # -- evaluation ---------------------------------------------------------------------------
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.evaluation.update(self.reasoner, batch["examples"], self.eval_sampling)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.evaluation.update(self.reasoner, batch["examples"], self.eval_sampling)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.evaluation.compute("val"))
-        self.evaluation.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.evaluation.compute("test"))
-        self.evaluation.reset()
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        """Generate and score only: GRPO has no reference completions to take a teacher-forced loss on."""
+        self.score_generations(batch["examples"])
 
 
 def _check_settings(

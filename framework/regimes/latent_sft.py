@@ -28,7 +28,7 @@ Choices, following Coconut (Hao et al. 2024) and its code:
   fresh reasoner's default for inference.
 - "Pause as thought" is a reasoner option (`LatentConfig(thought="pause")`):
   the same curriculum with learned `<pause>` embeddings in the slots.
-- A `LatentProjection` owned by the reasoner is registered here, so Lightning
+- A `LatentProjection` owned by the reasoner is registered (by `Regime`), so Lightning
   moves, optimises and checkpoints it; `Reasoner.save_pretrained` writes it
   beside the Hugging Face files.
 """
@@ -36,23 +36,20 @@ Choices, following Coconut (Hao et al. 2024) and its code:
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from framework.data.collate import collate_latent
-from framework.data.sample import Example
 from framework.data.tasks.base import Task
-from framework.models.latent import latent_forward
 from framework.models.reasoner import Reasoner
-from framework.regimes.loss import hidden_states_loss
-from framework.regimes.sft import SFT
+from framework.regimes.base import OptimizerConfig, Regime
+from framework.regimes.teacher_forcing import LatentLoss, StageSchedule
+from framework.rollout.sampling import SamplingConfig
 
 _MIXING_RNG_KEY = "latent_sft_mixing_rng"
 
 
-class LatentSFT(SFT):
+class LatentSFT(Regime):
     """SFT through continuous thoughts, on Coconut's stage curriculum.
 
     Args:
@@ -64,12 +61,13 @@ class LatentSFT(SFT):
         mix_prob: probability that a training row draws a random stage instead.
         seed: seeds the generator of those draws (independent of the global `random`).
         curriculum: False trains at the final stage from the first step.
-        **sft_options: `lr`, `weight_decay`, `betas`, `warmup_steps`, `sampling`, as for `SFT`.
+        optimizer: AdamW with linear warm-up, then cosine decay to zero over the run (as for `SFT`).
+        eval_sampling: how validation generates (greedy by default).
 
     Training batches must carry their `examples` (`ReasoningDataModule`'s do).
     """
 
-    trains_latent_reasoners = True
+    default_optimizer = OptimizerConfig()
 
     def __init__(
         self,
@@ -81,91 +79,30 @@ class LatentSFT(SFT):
         mix_prob: float = 0.0,
         curriculum: bool = True,
         seed: int = 0,
-        **sft_options: Any,
+        optimizer: OptimizerConfig = default_optimizer,
+        eval_sampling: SamplingConfig = SamplingConfig(),
     ) -> None:
         if reasoner.latent is None:
             raise ValueError(f"LatentSFT trains a 'latent'-mode reasoner; this one is in {reasoner.mode!r} mode")
-        if "mask" in sft_options:
-            raise ValueError("LatentSFT always trains on the remaining language steps and the answer; drop mask=")
-        if curriculum and (epochs_per_stage is None) == (steps_per_stage is None):
-            raise ValueError(
-                "give exactly one stage length, epochs_per_stage or steps_per_stage "
-                f"(got epochs_per_stage={epochs_per_stage}, steps_per_stage={steps_per_stage})"
-            )
-        if not curriculum and (epochs_per_stage is not None or steps_per_stage is not None):
-            raise ValueError("curriculum=False trains at the final stage only; epochs_per_stage/steps_per_stage must be None")
-        for name, value in (("epochs_per_stage", epochs_per_stage), ("steps_per_stage", steps_per_stage)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if not 0.0 <= mix_prob <= 1.0:
-            raise ValueError(f"mix_prob must be in [0, 1], got {mix_prob}")
-        super().__init__(reasoner, task, mask="train_on_completion", **sft_options)
-        self.latent = reasoner.latent
-        self.projection = reasoner.projection  # registered: moved, optimised and checkpointed with the model
+        schedule = StageSchedule(reasoner.latent, epochs_per_stage, steps_per_stage, curriculum, mix_prob)
+        super().__init__(reasoner, task, optimizer=optimizer, eval_sampling=eval_sampling)
+        self.schedule = schedule
+        self.objective = LatentLoss(reasoner)  # the remaining language steps, `</think>` and the answer
         self._stage_in_effect: int | None = None
         self._rng = random.Random(seed)  # stage mixing only; its state travels with checkpoints
 
-    # -- the schedule -------------------------------------------------------------------------
-
-    def scheduled_stage(self, epoch: int, step: int) -> int:
-        """The curriculum's stage after `epoch` epochs or `step` optimizer steps."""
-        if not self.hparams.curriculum:
-            return self.latent.final_stage
-        if self.hparams.epochs_per_stage is not None:
-            return min(epoch // self.hparams.epochs_per_stage, self.latent.final_stage)
-        return min(step // self.hparams.steps_per_stage, self.latent.final_stage)
-
     def _current_stage(self) -> int:
-        return self.scheduled_stage(self.trainer.current_epoch, self.trainer.global_step)
-
-    def _row_stage(self, example: Example, stage: int) -> int:
-        if self.hparams.mix_prob > 0 and self._rng.random() < self.hparams.mix_prob:
-            drawn = self._rng.randint(0, len(example.steps))
-            return drawn if drawn <= self.latent.max_stage else self.latent.final_stage
-        return stage
-
-    def check_examples(self, examples: Sequence[Example]) -> None:
-        """Fail before training if the schedule needs what `examples` lack."""
-        if not (self.hparams.curriculum or self.hparams.mix_prob > 0):
-            return  # the final stage needs no steps
-        for index, example in enumerate(examples):
-            if example.trace and not example.steps:  # an empty trace (a weak policy's, say) has zero steps: fine
-                raise ValueError(
-                    f"training example {index} ({example.prompt[:40]!r}…) has a trace but no `steps`; the latent "
-                    "curriculum replaces steps one stage at a time, so every trace must come split into Example.steps "
-                    "(or use curriculum=False)"
-                )
-        longest = max(len(example.steps) for example in examples)
-        if self.hparams.curriculum and self.latent.max_stage > longest:
-            raise ValueError(
-                f"the stage schedule does not fit the traces: max_stage={self.latent.max_stage} but the longest "
-                f"training trace has {longest} steps; use max_stage <= {longest}"
-            )
-
-    # -- batches ------------------------------------------------------------------------------
-
-    def staged_batch(self, examples: Sequence[Example], stages: Sequence[int]) -> dict[str, torch.Tensor]:
-        """`examples` tokenized at their `stages`, `<bot>`-aligned (`input_ids`, `attention_mask`, `roles`)."""
-        samples = [self.reasoner.tokenize(example, stage) for example, stage in zip(examples, stages)]
-        return collate_latent(samples, self.reasoner.tokenizer.pad_token_id, self.reasoner.latent_start_id)
+        return self.schedule.stage(self.trainer.current_epoch, self.trainer.global_step)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        labels, loss_weights = self.mask.apply(batch["input_ids"], batch["roles"])
-        hidden = latent_forward(
-            self.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            latent_token_id=self.reasoner.latent_token_id,
-            projection=self.projection,
-        )
-        return hidden_states_loss(self.model, hidden, labels, loss_weights)
+        return self.objective(self.model, batch)
 
     # -- Lightning hooks ----------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
         train = getattr(getattr(self.trainer, "datamodule", None), "splits", {}).get("train")
         if train:
-            self.check_examples(train)
+            self.schedule.check_examples(train)
         self.reasoner.stage = self._current_stage()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -173,13 +110,10 @@ class LatentSFT(SFT):
             if self.trainer.training:
                 raise ValueError("LatentSFT needs training batches with their `examples` to tokenize at each stage")
             return batch
-        examples = batch["examples"]
-        if self.trainer.training:
-            stage = self._current_stage()
-            stages = [self._row_stage(example, stage) for example in examples]
-        else:
-            stages = [self.reasoner.stage] * len(examples)
-        return {**self.staged_batch(examples, stages), "examples": examples}
+        if not self.trainer.training:
+            return self.objective.prepare(batch)  # at the reasoner's stage
+        stage = self._current_stage()
+        return self.objective.prepare(batch, [self.schedule.row_stage(e, stage, self._rng) for e in batch["examples"]])
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         stage = self._current_stage()
@@ -200,16 +134,3 @@ class LatentSFT(SFT):
     def on_validation_epoch_end(self) -> None:
         self.log("val/stage", float(self.reasoner.stage))
         super().on_validation_epoch_end()
-
-    def _step_verdicts(self, example: Example, trace: str) -> list[bool]:
-        """Judge the written steps as continuing the reference steps that the thoughts replaced."""
-        if not trace:
-            return []
-        stage = self.reasoner.stage
-        replaced = example.steps if stage == self.latent.final_stage else example.steps[:stage]
-        if not replaced:
-            return self.task.check_steps(example, trace)
-        if self.latent.step_separator is None:
-            return []  # cannot splice the replaced steps in front: judge nothing rather than misjudge
-        verdicts = self.task.check_steps(example, self.latent.step_separator.join([*replaced, trace]))
-        return verdicts[len(replaced):]
