@@ -57,7 +57,7 @@ class LatentPolicy:
     """
 
     def __init__(self, reasoner: Reasoner) -> None:
-        if reasoner.mode != "latent":
+        if reasoner.latent is None:
             raise ValueError(
                 f"LatentPolicy needs a 'latent'-mode reasoner, got mode {reasoner.mode!r} (text modes use TokenPolicy)"
             )
