@@ -11,9 +11,9 @@ so the imports are paid once per rank. The single-process reference calls
     python tests/ddp_run.py OUT_DIR CASE [CASE ...]      # once per rank, LOCAL_RANK=0 and 1
 
 Rank r writes `{case: {"loss": its loss, "grads": {name: all-reduced grad}}}`
-to OUT_DIR/rank{r}.pt. Everything runs in float64 (the model is `.double()`d before the
-regime copies anything from it), so the only differences between DDP and one
-process are summation order, far below the tolerance the test uses.
+to OUT_DIR/rank{r}.pt. Everything runs in float64 (the model is `.double()`d
+before the regime copies anything from it), so the only differences between
+DDP and one process are summation order, far below the test's tolerance.
 
 The builders at the top are the only place that knows each regime's constructor.
 """
@@ -42,6 +42,8 @@ from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import build_word_tokenizer
 from framework.models import LatentConfig, Reasoner, build_model
 from framework.regimes import DPO, GRPO, SFT, LatentSFT, TokenPolicy
+from framework.regimes.policy import Rollout
+from framework.rollout import SamplingConfig
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 4  # the whole training set (prompts for GRPO, pairs for DPO): one optimizer step, over all ranks
@@ -96,7 +98,7 @@ class FixedCompletions(TokenPolicy):
                 for j in range(NUM_GENERATIONS)
             ]
 
-    def rollout(self, examples, sampling):
+    def rollout(self, examples: Sequence[Example], sampling: SamplingConfig) -> Rollout:
         def fixed(module, prompt_ids, **options) -> list[list[int]]:
             # A group's G copies of a prompt are adjacent: copy i gets completion i % G of that prompt.
             return [self.table[tuple(ids)][i % NUM_GENERATIONS] for i, ids in enumerate(prompt_ids)]

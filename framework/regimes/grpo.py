@@ -208,7 +208,7 @@ class GRPO(L.LightningModule):
         # DDP averages gradients over W ranks: dividing by the global token count / W (TRL's normaliser) makes
         # dapo's step the one-process step of the global batch even when ranks hold unequal token counts.
         num_sequences = len(rollout)
-        num_tokens = self.trainer.strategy.reduce(mask.sum().float(), reduce_op="mean")  # float: gloo truncates ints
+        num_tokens = self.trainer.strategy.reduce(mask.sum().float(), reduce_op="mean")  # float: a gloo mean of ints truncates
         sums = {"entropy": 0.0, "kl": 0.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0,
                 "clip_ratio/region_mean": 0.0}
         counted, loss_total = 0.0, 0.0
