@@ -15,9 +15,12 @@ yields `num_iterations` of them. Log-probs come from `kernels.linear_token_logpr
 over backbone hidden states, never from `[tokens, vocab]` logits.
 
 Under DDP each rank samples and normalises its own prompts' groups (groups
-never straddle ranks), and `dapo` divides by the rank's own token count
-before gradients are averaged, where TRL divides by the token count of all
-ranks: equal when ranks hold equally many tokens.
+never straddle ranks; `scale_rewards="batch"` uses the rank's batch std).
+`dapo` divides by the token count of all ranks over W, as TRL does, so the
+averaged gradient is the one-process gradient of the global batch whatever
+each rank's count; `grpo` and `dr_grpo` normalise per sequence and by a
+constant, which matches with equal sequence counts per rank
+(`tests/test_ddp.py`).
 """
 
 from __future__ import annotations
@@ -195,7 +198,10 @@ class GRPO(Regime):
     ) -> tuple[float, dict[str, float]]:
         """`num_iterations` optimizer steps on one rollout batch; returns the mean loss and TRL's statistics."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        num_sequences, num_tokens = len(rollout), mask.sum()
+        # DDP averages gradients over W ranks: dividing by the global token count / W (TRL's normaliser) makes
+        # dapo's step the one-process step of the global batch even when ranks hold unequal token counts.
+        num_sequences = len(rollout)
+        num_tokens = self.trainer.strategy.reduce(mask.sum().float(), reduce_op="mean")  # float: a gloo mean of ints truncates
         sums = {"entropy": 0.0, "kl": 0.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0,
                 "clip_ratio/region_mean": 0.0}
         counted, loss_total = 0.0, 0.0
