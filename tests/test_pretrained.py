@@ -9,8 +9,7 @@ import importlib.util
 
 import pytest
 
-import framework.models.pretrained as pretrained
-from framework.models import build_model, load_pretrained, load_tokenizer
+from framework.models import build_model, load_pretrained, load_tokenizer, pretrained
 from framework.models.pretrained import CACHE_ENV, PRETRAINED, resolve_checkpoint
 from recipes.models import ModelConfig, tokenizer_for
 
@@ -33,6 +32,7 @@ def fake_conversion(monkeypatch, tmp_path, word_tokenizer):
 
 def test_a_name_is_converted_once_into_the_cache_and_loads_everywhere(fake_conversion, tmp_path):
     model, tokenizer = load_pretrained(NAME)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
     assert resolve_checkpoint(NAME) == tmp_path / "cache" / "models" / NAME
     assert load_tokenizer(NAME).get_vocab() == tokenizer.get_vocab()
     assert tokenizer_for(ModelConfig(checkpoint=NAME), []).get_vocab() == tokenizer.get_vocab()
