@@ -1,4 +1,4 @@
-"""The model every recipe trains: a tiny Hugging Face model from scratch, or a local checkpoint."""
+"""The model every recipe trains: a tiny Hugging Face model from scratch, a local checkpoint or a named model."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from framework.models import build_model, load_pretrained, load_tokenizer
 
 @dataclass
 class ModelConfig:
-    """A tiny model of a Hugging Face family, or a local checkpoint directory."""
+    """A tiny model of a Hugging Face family, or a local checkpoint directory or named pretrained model."""
 
     family: Literal["llama", "qwen3", "gpt2"] = "llama"
     size: Literal["1m", "20m"] = "1m"
-    checkpoint: str | None = None  # a local HF directory; overrides family and size
+    # A local HF directory or a named model (framework.models.pretrained.PRETRAINED: smollm2-135m-instruct);
+    # overrides family and size.
+    checkpoint: str | None = None
     # "thoughtlab_decode" runs one-position steps (thoughts, decoding) through kernels.decode_attention and the
     # rest through SDPA; it pays off on a GPU, where the Triton kernel runs.
     attention: Literal["sdpa", "eager", "thoughtlab_decode"] = "sdpa"
@@ -38,8 +40,9 @@ def model_for(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int
     """The checkpoint grown to `tokenizer`'s reasoning tokens, or a fresh model over `tokenizer` (from `tokenizer_for`)."""
     if config.checkpoint:
         # The checkpoint's own tokenizer still lacks the reasoning tokens, so `add_reasoning_tokens` knows which
-        # rows are new and starts them from an existing embedding, even where the matrix already has spare rows
-        # (Qwen's is padded past its vocabulary) that `tokenizer`, which already has them, could not tell apart.
+        # rows are new and starts them from their sub-word pieces' embeddings, even where the matrix already has
+        # spare rows (Qwen's is padded past its vocabulary) that `tokenizer`, which already has them, could not
+        # tell apart.
         model, own = load_pretrained(config.checkpoint)
         add_reasoning_tokens(own, model)
         if own.get_vocab() != tokenizer.get_vocab():

@@ -68,40 +68,79 @@ def missing_tokens(tokenizer: PreTrainedTokenizerBase, tokens: Iterable[str]) ->
     return missing
 
 
-def add_reasoning_tokens(
-    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None, *, init_from: str | None = None
-) -> list[str]:
-    """Add any missing reasoning tokens to `tokenizer` (and grow `model`'s embeddings).
+def add_reasoning_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> list[str]:
+    """Add any missing reasoning tokens to `tokenizer` (and grow `model`'s embeddings). Returns what was added.
 
-    As Coconut does, every new token starts as a copy of an existing token's
-    input and output embedding (`init_from`, by default the EOS token): a
-    trained model then reads and predicts the new tokens like a real one from
-    the first step, instead of from random rows. Returns what was added.
+    Each new token starts from its own meaningful row, input and output: the
+    mean embedding of the sub-word pieces its text form has in the tokenizer
+    without it (`<think>` -> `<`, `think`, `>`; `</think>` -> `</`, `think`,
+    `>`), as is common practice. The whole text form, brackets and slash
+    included, keeps the opening and closing tokens apart; a shared copy (of
+    EOS, say) would leave a model with tied embeddings unable to tell
+    `<think>` from `</think>` or from EOS, and a greedy tie goes to EOS. A
+    token whose text has no known piece (a word-level vocabulary) gets a
+    sample of a normal with the existing rows' mean and covariance (Hewitt
+    2021; transformers' `mean_resizing`), from a fixed seed so a checkpoint
+    always grows the same rows.
     """
     added = missing_tokens(tokenizer, REASONING_TOKENS)
+    known_rows = len(tokenizer)  # before adding: rows past it (a matrix padded past the vocabulary) were never trained
+    pieces = {
+        token: tokenizer(token, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        for token in REASONING_TOKENS
+    }
     if added:
         tokenizer.add_special_tokens({"additional_special_tokens": added}, replace_extra_special_tokens=False)
     if model is None:
         return added
     old_rows = model.get_input_embeddings().num_embeddings
     reasoning_ids = dict(zip(REASONING_TOKENS, tokenizer.convert_tokens_to_ids(list(REASONING_TOKENS))))
-    new_ids = [index for token, index in reasoning_ids.items() if token in added or index >= old_rows]
-    if not new_ids:
+    new = {token: index for token, index in reasoning_ids.items() if token in added or index >= old_rows}
+    if not new:
         return added
-    source = init_from if init_from is not None else tokenizer.eos_token
-    if source is None or source in added or missing_tokens(tokenizer, [source]):
-        raise ValueError(
-            f"add_reasoning_tokens: init_from={source!r} is not an existing token of the tokenizer; "
-            "name a token whose embedding the new tokens copy"
-        )
     if len(tokenizer) > old_rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    source_id = tokenizer.convert_tokens_to_ids(source)
+    taken = set(reasoning_ids.values())
+    known = [i for i in range(min(known_rows, old_rows)) if i not in taken]
+    sources = _piece_sources(pieces, new, set(known), tokenizer.unk_token_id)
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
     with torch.no_grad():
-        # Tied heads share one matrix: the second copy is then a no-op.
-        for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
-            if embedding is not None:
-                embedding.weight[new_ids] = embedding.weight[source_id].clone()
-                if getattr(embedding, "bias", None) is not None:
-                    embedding.bias[new_ids] = embedding.bias[source_id].clone()
+        for embedding in (inputs, outputs):
+            if embedding is None or (embedding is outputs and outputs.weight is inputs.weight):
+                continue  # no head, or a tied one: the input rows are its rows
+            embedding.weight[list(new.values())] = _starting_rows(embedding.weight, sources, known)
+            if getattr(embedding, "bias", None) is not None:
+                embedding.bias[list(new.values())] = _starting_rows(embedding.bias[:, None], sources, known)[:, 0]
     return added
+
+
+def _piece_sources(
+    pieces: dict[str, list[int]], new: dict[str, int], known: set[int], unk_id: int | None
+) -> list[list[int]]:
+    """Per new token, the known ids whose mean starts it; empty (sample instead) when it has none, or the same
+    pieces as an earlier token, so that no two start equal."""
+    sources, seen = [], set()
+    for token in new:
+        ids = [i for i in pieces[token] if i in known and i != unk_id]
+        key = tuple(sorted(ids))
+        sources.append(ids if ids and key not in seen else [])
+        seen.add(key)
+    return sources
+
+
+def _starting_rows(weight: torch.Tensor, sources: list[list[int]], known: list[int]) -> torch.Tensor:
+    """A row per source: the mean of its pieces' rows, or a sample from N(mean, covariance) of the known rows.
+
+    The sample is mean + centred^T z / sqrt(n) with z ~ N(0, I_n): exactly that covariance, and no factorisation
+    that a singular covariance (fewer rows than dimensions, as in a tiny vocabulary) would break.
+    """
+    rows = [weight[ids].float().mean(0) if ids else None for ids in sources]
+    if any(row is None for row in rows):
+        table = weight[known].float()
+        mean = table.mean(0)
+        generator = torch.Generator().manual_seed(0)
+        for k, row in enumerate(rows):
+            if row is None:
+                z = torch.randn(len(known), generator=generator).to(weight.device)
+                rows[k] = mean + (table - mean).T @ z / len(known) ** 0.5
+    return torch.stack(rows).to(weight.dtype)

