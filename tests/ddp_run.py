@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -58,25 +59,30 @@ def _model() -> torch.nn.Module:
     return build_model("llama", "1m", TOKENIZER, seed=0).double()
 
 
+def _data(reasoner: Reasoner, per_rank: int) -> ReasoningDataModule:
+    return ReasoningDataModule(reasoner.tokenize, EXAMPLES, [], pad_token_id=TOKENIZER.pad_token_id, batch_size=per_rank)
+
+
 # -- one builder per regime: (LightningModule, data module whose train loader holds GLOBAL_BATCH items) --------
 
 
 def build_sft(per_rank: int) -> tuple[L.LightningModule, L.LightningDataModule]:
     reasoner = Reasoner(_model(), TOKENIZER, "cot")
-    return SFT(reasoner, TASK, warmup_steps=0), ReasoningDataModule(reasoner, EXAMPLES, [], batch_size=per_rank)
+    return SFT(reasoner, TASK, optimizer=replace(SFT.default_optimizer, warmup_steps=0)), _data(reasoner, per_rank)
 
 
 def build_latent_sft(per_rank: int) -> tuple[L.LightningModule, L.LightningDataModule]:
     latent = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ")
     reasoner = Reasoner(_model(), TOKENIZER, "latent", latent=latent)
-    module = LatentSFT(reasoner, TASK, curriculum=False, warmup_steps=0)
-    return module, ReasoningDataModule(reasoner, EXAMPLES, [], batch_size=per_rank)
+    module = LatentSFT(reasoner, TASK, curriculum=False, optimizer=replace(LatentSFT.default_optimizer, warmup_steps=0))
+    return module, _data(reasoner, per_rank)
 
 
 def build_dpo(per_rank: int) -> tuple[L.LightningModule, L.LightningDataModule]:
     reasoner = Reasoner(_model(), TOKENIZER, "cot")
-    data = PreferenceDataModule.from_task(TASK, reasoner, n_train=GLOBAL_BATCH, n_val=0, batch_size=per_rank)
-    return DPO(reasoner, TASK, warmup_steps=0), data
+    data = PreferenceDataModule.from_task(TASK, reasoner.tokenize, pad_token_id=TOKENIZER.pad_token_id, n_train=GLOBAL_BATCH,
+                                          n_val=0, batch_size=per_rank)
+    return DPO(reasoner, TASK, optimizer=replace(DPO.default_optimizer, warmup_steps=0)), data
 
 
 class FixedCompletions(TokenPolicy):
@@ -116,9 +122,10 @@ def build_grpo(per_rank: int, loss_type: str) -> tuple[L.LightningModule, L.Ligh
     reasoner = Reasoner(_model(), TOKENIZER, "cot")
     module = GRPO(
         reasoner, completion_length, TASK, policy=FixedCompletions(reasoner, EXAMPLES),
-        num_generations=NUM_GENERATIONS, loss_type=loss_type, max_grad_norm=None,  # compare unclipped gradients
+        num_generations=NUM_GENERATIONS, loss_type=loss_type,
+        optimizer=replace(GRPO.default_optimizer, max_grad_norm=None),  # compare unclipped gradients
     )
-    return module, ReasoningDataModule(reasoner, EXAMPLES, [], batch_size=per_rank)
+    return module, _data(reasoner, per_rank)
 
 
 BUILDERS: dict[str, Callable[[int], tuple[L.LightningModule, L.LightningDataModule]]] = {

@@ -21,7 +21,7 @@ from framework.data.datamodule import ReasoningDataModule
 from framework.data.tokenizer import REASONING_TOKENS, add_reasoning_tokens
 from framework.models import Reasoner, load_pretrained
 from framework.models.pretrained import CACHE_ENV, PRETRAINED, pretrained_dir
-from framework.regimes import SFT
+from framework.regimes import SFT, OptimizerConfig
 from framework.rollout.sampling import SamplingConfig, sample
 
 NAME = "smollm2-135m-instruct"
@@ -65,8 +65,9 @@ def test_sft_generate_save_and_reload_the_real_model(smollm2, monkeypatch, addit
     assert torch.cdist(rows, rows)[~torch.eye(len(rows), dtype=torch.bool)].min() > 0  # no two start equal
 
     reasoner = Reasoner(model, tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=12, n_val=2, batch_size=4)
-    module = SFT(reasoner, addition_task, lr=1e-4, warmup_steps=0)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id,
+                                         n_train=12, n_val=2, batch_size=4)
+    module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=1e-4, warmup_steps=0))
     batch = next(iter(data.train_dataloader()))
     with torch.no_grad():
         before = module.loss(batch).item()

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.tokenizer import BOS, EOS, PAD, REASONING_TOKENS, THINK_END, THINK_START, UNK, add_reasoning_tokens
 from framework.models import Reasoner, build_model
-from framework.regimes import SFT
+from framework.regimes import SFT, OptimizerConfig
 from framework.rollout.sampling import SamplingConfig, sample
 
 
@@ -98,8 +98,9 @@ def test_sft_on_a_tied_model_closes_its_traces(addition_task):
     model = build_model("llama", "1m", tokenizer, seed=0)
     add_reasoning_tokens(tokenizer, model)
     reasoner = Reasoner(model, tokenizer, "cot")
-    data = ReasoningDataModule.from_task(addition_task, reasoner, n_train=256, n_val=16, batch_size=32)
-    module = SFT(reasoner, addition_task, lr=3e-3, warmup_steps=5)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id,
+                                         n_train=256, n_val=16, batch_size=32)
+    module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=5))
     L.Trainer(max_steps=80, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(module, data)
     model.eval()
