@@ -3,7 +3,7 @@
 At stage 0 the reasoner learns the full chain of thought; at stage
 `1 <= s <= max_stage` the first `s` steps are replaced by `s * c` continuous
 thoughts; at the final stage `max_stage + 1` no language step is left (see
-`framework.models.latent` for the format). The loss covers only what the
+`framework.models.formats.latent` for the format). The loss covers only what the
 model writes: the remaining language steps, `</think>` and the answer.
 
 Choices, following Coconut (Hao et al. 2024) and its code:
@@ -21,7 +21,7 @@ Choices, following Coconut (Hao et al. 2024) and its code:
 - Batches are re-tokenized from their `examples` at the stage in effect, in
   `on_before_batch_transfer` (on the host, before the device copy), with each
   row's `<bot>` aligned so the thought loop is as short as the longest row's.
-- Validation, test and `reasoner.generate` use the stage of the last training
+- Validation, test and `framework.rollout.generate` use the stage of the last training
   batch (this module keeps the reasoner's `stage` in step), so validation
   accuracy follows the curriculum as Coconut's does and `val/stage` says which
   stage it measured; once the curriculum is done that is the final stage, a
