@@ -31,7 +31,9 @@ def write_csv(rows: Sequence[Mapping[str, object]], path: str | os.PathLike) -> 
     atomic_write_text(path, buffer.getvalue())
 
 
-def validation_curve(metrics_csv: str | os.PathLike, x: str = "step", y: str = "val/accuracy") -> list[tuple[float, float]]:
+def validation_curve(
+    metrics_csv: str | os.PathLike, x: str = "step", y: str = "val/accuracy"
+) -> list[tuple[float, float]]:
     """(x, y) at each step that logged `y` in a Lightning CSV log, in step order.
 
     A fit resumed from an epoch-boundary checkpoint logs again the steps it

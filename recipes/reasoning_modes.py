@@ -34,10 +34,9 @@ validation accuracy of the curriculum arms at each stage.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.sample import Example
@@ -95,6 +94,12 @@ class LatentArmConfig:
         """Stages 0 … max_stage and the final one share the budget; the final stage also gets the remainder."""
         return max_steps // (self.max_stage + 2)
 
+    def check(self, max_steps: int) -> None:
+        """Every stage, the final one included, must get at least one training step."""
+        if self.steps_per_stage(max_steps) < 1:
+            raise ValueError(f"train.max_steps={max_steps} cannot hold the latent curriculum's {self.max_stage + 2} "
+                             f"stages (latent.max_stage={self.max_stage}, plus stage 0 and the final stage)")
+
 
 def main(
     out: Path = Path("runs"),
@@ -127,18 +132,15 @@ def main(
             fit continues from its last checkpoint, and a different configuration is refused.
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
-    for arm in arms:
-        if arm not in ARMS:
-            raise ValueError(f"unknown arm {arm!r}; this recipe compares the arms {list(ARMS)}")
+    if unknown := [arm for arm in arms if arm not in ARMS]:
+        raise ValueError(f"unknown arm {unknown[0]!r}; this recipe compares the arms {list(ARMS)}")
     settings = FitSettings(max_steps=train.max_steps, val_every=train.val_every, accelerator=train.accelerator,
                            precision=train.precision)
     if any(arm in LATENT_ARMS for arm in arms):
-        _check_curriculum(latent, train)
-    config = resolved_config or {
-        "seeds": seeds, "arms": arms, "task": asdict(task), "model": asdict(model), "train": asdict(train),
-        "pause_tokens": pause_tokens, "latent": asdict(latent), "data_seed": data_seed,
-        "save_checkpoints": save_checkpoints,
-    }
+        latent.check(train.max_steps)
+    config = resolved_config or {"seeds": seeds, "arms": arms, "task": asdict(task), "model": asdict(model),
+                                 "train": asdict(train), "pause_tokens": pause_tokens, "latent": asdict(latent),
+                                 "data_seed": data_seed, "save_checkpoints": save_checkpoints}
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
     # 1. One set of problems for every arm and seed.
@@ -149,54 +151,37 @@ def main(
     results: list[dict[str, Any]] = []
     for seed in seeds:
         for arm in arms:
-            rows = experiment.cell(
-                f"{arm}/seed{seed}", seed, keeps_model=save_checkpoints,
-                work=lambda cell: _train_and_test(cell, arm, seed, the_task, splits, model, train, settings,
-                                                  pause_tokens, latent, save_checkpoints),
-            )
-            results += rows["results"]
+            work = partial(_train_and_test, arm, seed, the_task, splits, model, train, settings, pause_tokens, latent,
+                           save_checkpoints)
+            results += experiment.cell(f"{arm}/seed{seed}", seed, work, keeps_model=save_checkpoints)["results"]
 
     # 3. Report: Table 1 (mean ± std per arm beside the published numbers), per-seed rows, learning curves,
     # and the curriculum arms' accuracy at each stage, from each cell's validation log.
-    logs = {(arm, seed): experiment.path("cells", arm, f"seed{seed}", "logs", "metrics.csv") for arm in arms for seed in seeds}
-    curves = {arm: [validation_curve(logs[arm, seed]) for seed in seeds] for arm in arms}
-    stage_curves = {arm: [validation_curve(logs[arm, seed], x="val/stage") for seed in seeds]
-                    for arm in arms if arm in LATENT_ARMS}
+    logs = {arm: [experiment.path("cells", f"{arm}/seed{seed}", "logs/metrics.csv") for seed in seeds] for arm in arms}
+    curves = {arm: [validation_curve(log) for log in logs[arm]] for arm in arms}
+    stages = {arm: [validation_curve(log, x="val/stage") for log in logs[arm]] for arm in arms if arm in LATENT_ARMS}
     plot_curves(curves, experiment.path("accuracy_vs_step.png"), xlabel="training step",
                 ylabel="validation accuracy", title=f"{task.name}: accuracy by reasoning mode")
-    if stage_curves:
-        plot_curves(stage_curves, experiment.path("accuracy_vs_stage.png"), xlabel="curriculum stage",
+    if stages:
+        plot_curves(stages, experiment.path("accuracy_vs_stage.png"), xlabel="curriculum stage",
                     ylabel="validation accuracy", title=f"{task.name}: accuracy per curriculum stage")
-    atomic_write_text(experiment.path("report.md"), _report(results, task, model, train, latent, bool(stage_curves)))
+    atomic_write_text(experiment.path("report.md"), _report(results, task, model, train, latent, bool(stages)))
     print(f"results: {experiment.directory}")
     return experiment.directory
 
 
-def _check_curriculum(latent: LatentArmConfig, train: TrainConfig) -> None:
-    """Every stage, the final one included, must get at least one training step."""
-    if latent.steps_per_stage(train.max_steps) < 1:
-        raise ValueError(
-            f"train.max_steps={train.max_steps} cannot hold the latent curriculum's {latent.max_stage + 2} stages "
-            f"(latent.max_stage={latent.max_stage}, plus stage 0 and the final stage)"
-        )
-
-
-def _arm_module(
-    arm: str, seed: int, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: TrainConfig,
-    pause_tokens: int, latent: LatentArmConfig,
-) -> SFT | LatentSFT:
-    """The reasoner of an arm, inside the regime that trains it."""
+def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, train: TrainConfig, pause_tokens: int,
+                latent: LatentArmConfig) -> SFT | LatentSFT:
+    """The reasoner of an arm, built from `seed`, inside the regime that trains it."""
+    model, tokenizer = model_and_tokenizer(model_config, task.vocabulary(), seed)
     options = dict(optimizer=OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps),
                    eval_sampling=SamplingConfig(max_new_tokens=train.max_new_tokens))
     if arm not in LATENT_ARMS:
         reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm)
         return SFT(reasoner, task, mask="train_on_completion", **options)
-    config = LatentConfig(
-        thoughts_per_step=latent.thoughts_per_step,
-        max_stage=latent.max_stage,
-        step_separator=task.step_separator,
-        thought="pause" if arm == "pause_as_thought" else "continuous",
-    )
+    config = LatentConfig(thoughts_per_step=latent.thoughts_per_step, max_stage=latent.max_stage,
+                          step_separator=task.step_separator,
+                          thought="pause" if arm == "pause_as_thought" else "continuous")
     reasoner = Reasoner(model, tokenizer, "latent", latent=config)
     if arm == "latent_no_curriculum":
         return LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
@@ -205,12 +190,11 @@ def _arm_module(
 
 
 def _train_and_test(
-    cell: Cell, arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig,
-    train: TrainConfig, settings: FitSettings, pause_tokens: int, latent: LatentArmConfig, save_checkpoints: bool,
+    arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig, train: TrainConfig,
+    settings: FitSettings, pause_tokens: int, latent: LatentArmConfig, save_checkpoints: bool, cell: Cell,
 ) -> Rows:
     """Train one arm with one seed in its cell, score the test split: the cell's row of `results`."""
-    module = _arm_module(arm, seed, *model_and_tokenizer(model_config, task.vocabulary(), seed), task, train,
-                         pause_tokens, latent)
+    module = _arm_module(arm, seed, model_config, task, train, pause_tokens, latent)
     reasoner = module.reasoner
     data = ReasoningDataModule(reasoner.tokenize, splits["train"], splits["val"], splits["test"],
                                pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=train.batch_size,
@@ -220,38 +204,26 @@ def _train_and_test(
         reasoner.save_pretrained(cell.model_dir)
     test = fitted.trainer.test(module, data, verbose=False)[0]
     return {"results": [{
-        "arm": arm,
-        "seed": seed,
-        "accuracy": test["test/accuracy"],
-        "accuracy_ci_low": test["test/accuracy_ci_low"],
-        "accuracy_ci_high": test["test/accuracy_ci_high"],
-        "correct": int(test["test/accuracy_hits"]),
-        "total": int(test["test/accuracy_total"]),
+        "arm": arm, "seed": seed,
+        **{key: test[f"test/{key}"] for key in ("accuracy", "accuracy_ci_low", "accuracy_ci_high")},
+        "correct": int(test["test/accuracy_hits"]), "total": int(test["test/accuracy_total"]),
         "step_validity": test.get("test/step_validity", float("nan")),
-        "tokens_generated": test["test/tokens_generated"],
-        "train_time_s": round(fitted.seconds, 1),  # this process's share of the fit when it was resumed
-        "steps": fitted.steps,
-        "parameters": count_parameters(reasoner.model),
+        "tokens_generated": test["test/tokens_generated"], "train_time_s": round(fitted.seconds, 1),
+        "steps": fitted.steps, "parameters": count_parameters(reasoner.model),
     }]}
 
 
-def _report(
-    results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig, latent: LatentArmConfig,
-    has_stages: bool,
-) -> str:
+def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig,
+            latent: LatentArmConfig, has_stages: bool) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     metrics = ["accuracy", "step_validity", "tokens_generated", "train_time_s"]
     published = {"Coconut, ProsQA, GPT-2 (published accuracy)": PUBLISHED_PROSQA}
-    seeds = "\n".join(
-        f"| {r['arm']} | {r['seed']} | {100 * r['accuracy']:.1f} [{100 * r['accuracy_ci_low']:.1f}, "
-        f"{100 * r['accuracy_ci_high']:.1f}] ({r['correct']}/{r['total']}) | {r['tokens_generated']:.1f} |"
-        for r in results
-    )
-    curriculum = (
-        f"Latent arms: {latent.thoughts_per_step} thought(s) per replaced step, stages 0 … {latent.max_stage} "
-        f"then the final stage ({latent.max_stage * latent.thoughts_per_step} thoughts, no language step), "
-        f"{latent.steps_per_stage(train.max_steps)} steps per stage.\n"
-    )
+    seeds = "\n".join(f"| {r['arm']} | {r['seed']} | {100 * r['accuracy']:.1f} [{100 * r['accuracy_ci_low']:.1f}, "
+                      f"{100 * r['accuracy_ci_high']:.1f}] ({r['correct']}/{r['total']}) | "
+                      f"{r['tokens_generated']:.1f} |" for r in results)
+    curriculum = (f"Latent arms: {latent.thoughts_per_step} thought(s) per replaced step, stages 0 … "
+                  f"{latent.max_stage} then the final stage ({latent.max_stage * latent.thoughts_per_step} thoughts, "
+                  f"no language step), {latent.steps_per_stage(train.max_steps)} steps per stage.\n")
     stages = "\n![validation accuracy per curriculum stage](accuracy_vs_stage.png)\n" if has_stages else ""
     return f"""# Reasoning modes on {task.name}
 
