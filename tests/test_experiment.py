@@ -10,7 +10,7 @@ import yaml
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.experiment import Experiment, FitSettings
 from framework.models import Reasoner, build_model
-from framework.regimes.sft import SFT
+from framework.regimes import SFT, OptimizerConfig
 
 SETTINGS = FitSettings(max_steps=12, val_every=None, accelerator="cpu", log_every_n_steps=1)
 
@@ -34,7 +34,7 @@ def _module_and_data(word_tokenizer, addition_task):
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
     splits = generate_splits(addition_task, 0, n_train=20, n_val=0, n_test=0)
     data = ReasoningDataModule(reasoner.tokenize, splits["train"], [], pad_token_id=word_tokenizer.pad_token_id, batch_size=8)
-    return SFT(reasoner, addition_task, lr=3e-3, warmup_steps=2), data
+    return SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=2)), data
 
 
 def _weights(module) -> dict[str, torch.Tensor]:
