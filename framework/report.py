@@ -31,6 +31,23 @@ def write_csv(rows: Sequence[Mapping[str, object]], path: str | os.PathLike) -> 
     atomic_write_text(path, buffer.getvalue())
 
 
+def validation_curve(
+    metrics_csv: str | os.PathLike, x: str = "step", y: str = "val/accuracy"
+) -> list[tuple[float, float]]:
+    """(x, y) at each step that logged `y` in a Lightning CSV log, in step order.
+
+    A fit resumed from an epoch-boundary checkpoint logs again the steps it
+    repeats after that checkpoint; the last value of a step is the one the
+    finished fit computed.
+    """
+    by_step: dict[int, tuple[float, float]] = {}
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(y):
+                by_step[int(row["step"])] = (float(row[x]), float(row[y]))
+    return [by_step[step] for step in sorted(by_step)]
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation of the finite values (std 0 for one value)."""
     finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]

@@ -28,30 +28,24 @@ validation accuracy of the curriculum arms at each stage.
     python -m recipes.reasoning_modes                  # the `cpu` preset
     python -m recipes.reasoning_modes --preset smoke --out /tmp/runs
     python -m recipes.reasoning_modes --help
+    python -m recipes.reasoning_modes --preset smoke --resume runs/reasoning_modes/<timestamp>
 """
 
 from __future__ import annotations
 
-import csv
-import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import lightning as L
-import yaml
-from lightning.pytorch.loggers import CSVLogger
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from framework.callbacks import HuggingFaceCheckpoint
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
+from framework.experiment import Cell, Experiment, FitSettings, Rows
 from framework.io import atomic_write_text
 from framework.models import LatentConfig, Pause, Reasoner, count_parameters
 from framework.regimes import SFT, LatentSFT, OptimizerConfig
-from framework.report import plot_curves, summary_table, write_csv
+from framework.report import plot_curves, summary_table, validation_curve
 from framework.rollout import SamplingConfig
 from recipes.models import ModelConfig, model_and_tokenizer
 
@@ -100,6 +94,12 @@ class LatentArmConfig:
         """Stages 0 … max_stage and the final one share the budget; the final stage also gets the remainder."""
         return max_steps // (self.max_stage + 2)
 
+    def check(self, max_steps: int) -> None:
+        """Every stage, the final one included, must get at least one training step."""
+        if self.steps_per_stage(max_steps) < 1:
+            raise ValueError(f"train.max_steps={max_steps} cannot hold the latent curriculum's {self.max_stage + 2} "
+                             f"stages (latent.max_stage={self.max_stage}, plus stage 0 and the final stage)")
+
 
 def main(
     out: Path = Path("runs"),
@@ -112,6 +112,7 @@ def main(
     latent: LatentArmConfig = LatentArmConfig(),
     data_seed: int = 0,
     save_checkpoints: bool = True,
+    resume: Path | None = None,
     resolved_config: dict[str, Any] | None = None,
 ) -> Path:
     """Train one small model per reasoning mode and seed on a verifiable task; compare accuracy and tokens.
@@ -126,78 +127,61 @@ def main(
         pause_tokens: filler tokens given to the `pause` arm.
         latent: the curriculum of the latent arms; its stages split `train.max_steps` equally.
         data_seed: fixes the problems of every split, shared by all arms and seeds.
-        save_checkpoints: save each trained model in Hugging Face format.
+        save_checkpoints: save each trained model in Hugging Face format (in its cell's `model/`).
+        resume: an earlier run directory of this recipe to continue: finished cells are skipped, an unfinished
+            fit continues from its last checkpoint, and a different configuration is refused.
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
-    for arm in arms:
-        if arm not in ARMS:
-            raise ValueError(f"unknown arm {arm!r}; this recipe compares the arms {list(ARMS)}")
+    if unknown := [arm for arm in arms if arm not in ARMS]:
+        raise ValueError(f"unknown arm {unknown[0]!r}; this recipe compares the arms {list(ARMS)}")
+    settings = FitSettings(max_steps=train.max_steps, val_every=train.val_every, accelerator=train.accelerator,
+                           precision=train.precision)
     if any(arm in LATENT_ARMS for arm in arms):
-        _check_curriculum(latent, train)
-    run_dir = Path(out) / RECIPE / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
-    config = resolved_config or {
-        "seeds": seeds, "arms": arms, "task": asdict(task), "model": asdict(model), "train": asdict(train),
-        "latent": asdict(latent),
-    }
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        latent.check(train.max_steps)
+    config = resolved_config or {"seeds": seeds, "arms": arms, "task": asdict(task), "model": asdict(model),
+                                 "train": asdict(train), "pause_tokens": pause_tokens, "latent": asdict(latent),
+                                 "data_seed": data_seed, "save_checkpoints": save_checkpoints}
+    experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
     # 1. One set of problems for every arm and seed.
     the_task = make_task(task.name, **task.options)
     splits = generate_splits(the_task, data_seed, n_train=task.n_train, n_val=task.n_val, n_test=task.n_test)
 
-    # 2. Every arm x seed: build, train (SFT or LatentSFT), score the test split.
+    # 2. Every arm x seed, one cell: build, train (SFT or LatentSFT), score the test split.
     results: list[dict[str, Any]] = []
-    curves: dict[str, list[list[tuple[float, float]]]] = {arm: [] for arm in arms}
-    stage_curves: dict[str, list[list[tuple[float, float]]]] = {arm: [] for arm in arms if arm in LATENT_ARMS}
     for seed in seeds:
         for arm in arms:
-            row, log = _train_and_test(arm, seed, the_task, splits, model, train, pause_tokens, latent, run_dir,
-                                       save_checkpoints)
-            results.append(row)
-            curves[arm].append(_validation_curve(log, "step"))
-            if arm in stage_curves:
-                stage_curves[arm].append(_validation_curve(log, "val/stage"))
-            # rewritten after every run, so a run killed later keeps what finished
-            write_csv(results, run_dir / "results.csv")
+            work = partial(_train_and_test, arm, seed, the_task, splits, model, train, settings, pause_tokens, latent,
+                           save_checkpoints)
+            results += experiment.cell(f"{arm}/seed{seed}", seed, work, keeps_model=save_checkpoints)["results"]
 
     # 3. Report: Table 1 (mean ± std per arm beside the published numbers), per-seed rows, learning curves,
-    # and the curriculum arms' accuracy at each stage.
-    plot_curves(curves, run_dir / "accuracy_vs_step.png", xlabel="training step", ylabel="validation accuracy",
-                title=f"{task.name}: accuracy by reasoning mode")
-    if stage_curves:
-        plot_curves(stage_curves, run_dir / "accuracy_vs_stage.png", xlabel="curriculum stage",
+    # and the curriculum arms' accuracy at each stage, from each cell's validation log.
+    logs = {arm: [experiment.path("cells", f"{arm}/seed{seed}", "logs/metrics.csv") for seed in seeds] for arm in arms}
+    curves = {arm: [validation_curve(log) for log in logs[arm]] for arm in arms}
+    stages = {arm: [validation_curve(log, x="val/stage") for log in logs[arm]] for arm in arms if arm in LATENT_ARMS}
+    plot_curves(curves, experiment.path("accuracy_vs_step.png"), xlabel="training step",
+                ylabel="validation accuracy", title=f"{task.name}: accuracy by reasoning mode")
+    if stages:
+        plot_curves(stages, experiment.path("accuracy_vs_stage.png"), xlabel="curriculum stage",
                     ylabel="validation accuracy", title=f"{task.name}: accuracy per curriculum stage")
-    atomic_write_text(run_dir / "report.md", _report(results, task, model, train, latent, bool(stage_curves)))
-    print(f"results: {run_dir}")
-    return run_dir
+    atomic_write_text(experiment.path("report.md"), _report(results, task, model, train, latent, bool(stages)))
+    print(f"results: {experiment.directory}")
+    return experiment.directory
 
 
-def _check_curriculum(latent: LatentArmConfig, train: TrainConfig) -> None:
-    """Every stage, the final one included, must get at least one training step."""
-    if latent.steps_per_stage(train.max_steps) < 1:
-        raise ValueError(
-            f"train.max_steps={train.max_steps} cannot hold the latent curriculum's {latent.max_stage + 2} stages "
-            f"(latent.max_stage={latent.max_stage}, plus stage 0 and the final stage)"
-        )
-
-
-def _arm_module(
-    arm: str, seed: int, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: TrainConfig,
-    pause_tokens: int, latent: LatentArmConfig,
-) -> SFT | LatentSFT:
-    """The reasoner of an arm, inside the regime that trains it."""
+def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, train: TrainConfig, pause_tokens: int,
+                latent: LatentArmConfig) -> SFT | LatentSFT:
+    """The reasoner of an arm, built from `seed`, inside the regime that trains it."""
+    model, tokenizer = model_and_tokenizer(model_config, task.vocabulary(), seed)
     options = dict(optimizer=OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps),
                    eval_sampling=SamplingConfig(max_new_tokens=train.max_new_tokens))
     if arm not in LATENT_ARMS:
         reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm)
         return SFT(reasoner, task, mask="train_on_completion", **options)
-    config = LatentConfig(
-        thoughts_per_step=latent.thoughts_per_step,
-        max_stage=latent.max_stage,
-        step_separator=task.step_separator,
-        thought="pause" if arm == "pause_as_thought" else "continuous",
-    )
+    config = LatentConfig(thoughts_per_step=latent.thoughts_per_step, max_stage=latent.max_stage,
+                          step_separator=task.step_separator,
+                          thought="pause" if arm == "pause_as_thought" else "continuous")
     reasoner = Reasoner(model, tokenizer, "latent", latent=config)
     if arm == "latent_no_curriculum":
         return LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
@@ -206,75 +190,40 @@ def _arm_module(
 
 
 def _train_and_test(
-    arm: str,
-    seed: int,
-    task: Task,
-    splits: dict[str, list[Example]],
-    model_config: ModelConfig,
-    train: TrainConfig,
-    pause_tokens: int,
-    latent: LatentArmConfig,
-    run_dir: Path,
-    save_checkpoints: bool,
-) -> tuple[dict[str, Any], Path]:
-    """Train one arm with one seed, score the test split: (results row, the run's metrics CSV)."""
-    L.seed_everything(seed, verbose=False)
-    module = _arm_module(arm, seed, *model_and_tokenizer(model_config, task.vocabulary(), seed), task, train, pause_tokens, latent)
+    arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig, train: TrainConfig,
+    settings: FitSettings, pause_tokens: int, latent: LatentArmConfig, save_checkpoints: bool, cell: Cell,
+) -> Rows:
+    """Train one arm with one seed in its cell, score the test split: the cell's row of `results`."""
+    module = _arm_module(arm, seed, model_config, task, train, pause_tokens, latent)
     reasoner = module.reasoner
     data = ReasoningDataModule(reasoner.tokenize, splits["train"], splits["val"], splits["test"],
                                pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=train.batch_size,
                                eval_batch_size=train.eval_batch_size)
-    logger = CSVLogger(run_dir / "logs", name=arm, version=f"seed{seed}")
-    callbacks = [HuggingFaceCheckpoint(run_dir / "checkpoints" / f"{arm}-seed{seed}")] if save_checkpoints else []
-    trainer = L.Trainer(
-        max_steps=train.max_steps, val_check_interval=train.val_every, check_val_every_n_epoch=None,
-        accelerator=train.accelerator, precision=train.precision, logger=logger, callbacks=callbacks,
-        enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=10,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, data)
-    train_time = time.perf_counter() - start
-    test = trainer.test(module, data, verbose=False)[0]
-    row = {
-        "arm": arm,
-        "seed": seed,
-        "accuracy": test["test/accuracy"],
-        "accuracy_ci_low": test["test/accuracy_ci_low"],
-        "accuracy_ci_high": test["test/accuracy_ci_high"],
-        "correct": int(test["test/accuracy_hits"]),
-        "total": int(test["test/accuracy_total"]),
+    fitted = cell.fit(module, data, settings)
+    if save_checkpoints:
+        reasoner.save_pretrained(cell.model_dir)
+    test = fitted.trainer.test(module, data, verbose=False)[0]
+    return {"results": [{
+        "arm": arm, "seed": seed,
+        **{key: test[f"test/{key}"] for key in ("accuracy", "accuracy_ci_low", "accuracy_ci_high")},
+        "correct": int(test["test/accuracy_hits"]), "total": int(test["test/accuracy_total"]),
         "step_validity": test.get("test/step_validity", float("nan")),
-        "tokens_generated": test["test/tokens_generated"],
-        "train_time_s": round(train_time, 1),
-        "steps": trainer.global_step,
-        "parameters": count_parameters(reasoner.model),
-    }
-    return row, Path(logger.log_dir) / "metrics.csv"
+        "tokens_generated": test["test/tokens_generated"], "train_time_s": round(fitted.seconds, 1),
+        "steps": fitted.steps, "parameters": count_parameters(reasoner.model),
+    }]}
 
 
-def _validation_curve(metrics_csv: Path, x: str) -> list[tuple[float, float]]:
-    """(x, val/accuracy) pairs from Lightning's CSV log, x being `step` or another logged column."""
-    with open(metrics_csv, newline="") as f:
-        return [(float(r[x]), float(r["val/accuracy"])) for r in csv.DictReader(f) if r.get("val/accuracy")]
-
-
-def _report(
-    results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig, latent: LatentArmConfig,
-    has_stages: bool,
-) -> str:
+def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig,
+            latent: LatentArmConfig, has_stages: bool) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     metrics = ["accuracy", "step_validity", "tokens_generated", "train_time_s"]
     published = {"Coconut, ProsQA, GPT-2 (published accuracy)": PUBLISHED_PROSQA}
-    seeds = "\n".join(
-        f"| {r['arm']} | {r['seed']} | {100 * r['accuracy']:.1f} [{100 * r['accuracy_ci_low']:.1f}, "
-        f"{100 * r['accuracy_ci_high']:.1f}] ({r['correct']}/{r['total']}) | {r['tokens_generated']:.1f} |"
-        for r in results
-    )
-    curriculum = (
-        f"Latent arms: {latent.thoughts_per_step} thought(s) per replaced step, stages 0 … {latent.max_stage} "
-        f"then the final stage ({latent.max_stage * latent.thoughts_per_step} thoughts, no language step), "
-        f"{latent.steps_per_stage(train.max_steps)} steps per stage.\n"
-    )
+    seeds = "\n".join(f"| {r['arm']} | {r['seed']} | {100 * r['accuracy']:.1f} [{100 * r['accuracy_ci_low']:.1f}, "
+                      f"{100 * r['accuracy_ci_high']:.1f}] ({r['correct']}/{r['total']}) | "
+                      f"{r['tokens_generated']:.1f} |" for r in results)
+    curriculum = (f"Latent arms: {latent.thoughts_per_step} thought(s) per replaced step, stages 0 … "
+                  f"{latent.max_stage} then the final stage ({latent.max_stage * latent.thoughts_per_step} thoughts, "
+                  f"no language step), {latent.steps_per_stage(train.max_steps)} steps per stage.\n")
     stages = "\n![validation accuracy per curriculum stage](accuracy_vs_stage.png)\n" if has_stages else ""
     return f"""# Reasoning modes on {task.name}
 

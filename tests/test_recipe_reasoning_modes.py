@@ -1,14 +1,22 @@
-"""The first recipe end to end on a tiny budget, and its command line."""
+"""The first recipe end to end on a tiny budget, its command line, and resuming a killed run."""
 
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 
+from framework.report import validation_curve
 from recipes import reasoning_modes
 from recipes.cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
     "--preset", "smoke",
@@ -42,8 +50,8 @@ def test_latent_arms_report_their_curriculum_stages(tmp_path):
     assert set(rows) == {"latent", "latent_no_curriculum", "pause_as_thought"}
     # Continuous thoughts count as generated tokens (Coconut's convention): 2 thoughts + at least `</think>` and EOS.
     assert float(rows["latent"]["tokens_generated"]) >= 4
-    with open(next((run_dir / "logs" / "latent").glob("seed0/metrics.csv"))) as f:
-        stages = [float(r["val/stage"]) for r in csv.DictReader(f) if r.get("val/stage")]
+    stages = [stage for stage, _ in validation_curve(run_dir / "cells" / "latent" / "seed0" / "logs" / "metrics.csv",
+                                                      x="val/stage")]
     assert stages == [1, 3]  # 4 steps = 4 stages (0, 1, 2, final) of one step; validated after steps 2 and 4
     assert (run_dir / "accuracy_vs_stage.png").stat().st_size > 1000
     report = (run_dir / "report.md").read_text()
@@ -55,8 +63,61 @@ def test_unknown_preset_task_and_arm_are_clear_errors(tmp_path):
         run(reasoning_modes.main, "reasoning_modes", ["--preset", "huge"])
     with pytest.raises(ValueError, match="unknown task 'sudoku'"):
         run(reasoning_modes.main, "reasoning_modes", [*TINY, "--out", str(tmp_path), "--task.name", "sudoku"])
+    with pytest.raises(ValueError, match="max_steps must be a positive number"):
+        run(reasoning_modes.main, "reasoning_modes", [*TINY, "--out", str(tmp_path / "bad"), "--train.max_steps", "-5"])
+    assert not (tmp_path / "bad").exists()  # refused before a run directory or a fit
     with pytest.raises(ValueError, match="unknown arm 'coconut'"):
         reasoning_modes.main(out=tmp_path, arms=["coconut"])
     with pytest.raises(ValueError, match="cannot hold the latent curriculum's 5 stages"):
         reasoning_modes.main(out=tmp_path, arms=["latent"], train=reasoning_modes.TrainConfig(max_steps=4),
                              latent=reasoning_modes.LatentArmConfig(max_stage=3))
+
+
+# Two cells; 32 problems in batches of 16 make two-step epochs, so the second cell checkpoints at steps 2, 4, …, 10.
+RESUMABLE = [
+    "--preset", "smoke", "--arms", "[cot, latent]",
+    "--train.max_steps", "12", "--train.val_every", "6", "--train.batch_size", "16", "--train.max_new_tokens", "12",
+    "--task.n_train", "32", "--task.n_val", "4", "--task.n_test", "6",
+]
+
+
+def _start(out: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "recipes.reasoning_modes", *RESUMABLE, "--out", str(out), *flags],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> None:
+    _, errors = process.communicate(timeout=300)
+    assert process.returncode == 0, errors
+
+
+def _results(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "results.csv") as f:
+        return [{k: v for k, v in row.items() if "time" not in k} for row in csv.DictReader(f)]
+
+
+def test_a_run_killed_mid_fit_resumes_to_the_uninterrupted_results_and_only_under_its_configuration(tmp_path):
+    straight, killed = _start(tmp_path / "straight"), _start(tmp_path / "killed")
+    deadline = time.monotonic() + 300
+    while not (checkpoints := list((tmp_path / "killed").glob("*/*/cells/latent/seed0/lightning/last.ckpt"))):
+        assert killed.poll() is None, "the run ended before its second cell wrote a checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    killed.kill()  # SIGKILL: no clean-up runs
+    killed.wait()
+    run_dir = checkpoints[0].parents[4]
+    assert (run_dir / "cells" / "cot" / "seed0" / "DONE.json").is_file()
+    assert not (run_dir / "cells" / "latent" / "seed0" / "DONE.json").exists()
+
+    _finish(_start(tmp_path / "killed", "--resume", str(run_dir)))
+    _finish(straight)
+    straight_dir = next((tmp_path / "straight" / "reasoning_modes").iterdir())
+    assert _results(run_dir) == _results(straight_dir) and len(_results(run_dir)) == 2
+    log = Path("cells", "latent", "seed0", "logs", "metrics.csv")
+    assert validation_curve(run_dir / log) == validation_curve(straight_dir / log) != []
+
+    with pytest.raises(ValueError, match=r"differs from the configuration given at train\.lr;") as refused:
+        run(reasoning_modes.main, "reasoning_modes",
+            [*RESUMABLE, "--out", str(tmp_path), "--resume", str(run_dir), "--train.lr", "0.01"])
+    assert "\n" not in str(refused.value)

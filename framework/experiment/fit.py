@@ -13,11 +13,14 @@ permutation from the global generator when the epoch's iterator is created,
 right after the restored state is in place. Mid-epoch, the iterator's position
 is not in any checkpoint. Once the fit finishes its checkpoint is deleted: a
 finished cell keeps its results and (if it saves one) its model, not its
-optimiser state.
+optimiser state. Its `logs/metrics.csv` holds every segment's rows: the steps
+a resumed fit repeats after its checkpoint appear twice, the later row being
+the one the finished fit computed (`framework.report.validation_curve` keeps it).
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import shutil
@@ -31,8 +34,14 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from framework.report import write_csv
 
 CHECKPOINT = "last.ckpt"
+METRICS = "metrics.csv"
+# The rows of the interrupted segments of a fit while a resumed segment runs.
+INTERRUPTED = "metrics.interrupted.csv"
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,9 @@ def fit(
     """Train `module` on `data` under `settings`, logging to `directory/logs`, resuming from its last checkpoint."""
     checkpoints = directory / "lightning"
     resume_from = checkpoints / CHECKPOINT
+    logs = directory / "logs"
+    if resume_from.is_file():
+        _set_aside(logs)
     trainer = L.Trainer(
         max_steps=settings.max_steps,
         max_epochs=settings.max_epochs if settings.max_epochs is not None else -1,
@@ -161,4 +173,29 @@ def fit(
     trainer.fit(module, data, ckpt_path=resume_from if resume_from.is_file() else None)
     seconds = time.perf_counter() - start
     shutil.rmtree(checkpoints, ignore_errors=True)
-    return Fitted(trainer, seconds, directory / "logs" / "metrics.csv")
+    _rejoin(logs)
+    return Fitted(trainer, seconds, logs / METRICS)
+
+
+@rank_zero_only
+def _set_aside(logs: Path) -> None:
+    """Keep an interrupted segment's log: Lightning's CSV logger deletes an existing metrics.csv when it starts."""
+    rows = _rows(logs / INTERRUPTED) + _rows(logs / METRICS)
+    if rows:
+        write_csv(rows, logs / INTERRUPTED)
+    (logs / METRICS).unlink(missing_ok=True)
+
+
+@rank_zero_only
+def _rejoin(logs: Path) -> None:
+    """metrics.csv: the interrupted segments' rows, then the last segment's."""
+    if (logs / INTERRUPTED).is_file():
+        write_csv(_rows(logs / INTERRUPTED) + _rows(logs / METRICS), logs / METRICS)
+        (logs / INTERRUPTED).unlink()
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
