@@ -18,7 +18,7 @@ from framework.data.datamodule import ReasoningDataModule
 from framework.data.sample import Example, Role, Segment
 from framework.data.tokenizer import THINK_END, THINK_START
 from framework.models import Generation, Reasoner, ReasoningFormat, build_model
-from framework.regimes import SFT
+from framework.regimes import SFT, OptimizerConfig
 from framework.rollout import SamplingConfig, generate, sample
 
 
@@ -71,7 +71,7 @@ def test_sft_trains_a_format_of_your_own_and_generation_parses_with_it(word_toke
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, AnswerFirst())
     data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=word_tokenizer.pad_token_id,
                                          n_train=256, n_val=8, batch_size=32)
-    module = SFT(reasoner, addition_task, lr=3e-3, warmup_steps=5)
+    module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=5))
     batch = next(iter(data.train_dataloader()))
     before = module.loss(batch).item()
     L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
