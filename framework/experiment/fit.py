@@ -128,7 +128,7 @@ class EpochCheckpoint(L.Callback):
         if batch_idx + 1 < trainer.num_training_batches:
             return
         scratch = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(scratch)
+        trainer.save_checkpoint(scratch, weights_only=False)  # optimiser, schedule and loops too: a resume needs them
         if trainer.is_global_zero:
             os.replace(scratch, self.path)
         trainer.strategy.barrier()
