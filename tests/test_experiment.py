@@ -9,8 +9,8 @@ import yaml
 
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.experiment import Experiment, FitSettings
-from framework.models import Reasoner, build_model
-from framework.regimes import SFT, OptimizerConfig
+from framework.models import LatentConfig, Reasoner, build_model
+from framework.regimes import SFT, LatentSFT, OptimizerConfig
 
 SETTINGS = FitSettings(max_steps=12, val_every=None, accelerator="cpu", log_every_n_steps=1)
 
@@ -63,6 +63,31 @@ def test_a_fit_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, w
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
     assert not experiment.path("cells", "killed", "lightning").exists()  # a finished fit drops its checkpoint
+
+
+def _latent_module_and_data(word_tokenizer, addition_task):
+    """A latent reasoner whose curriculum moves a stage per epoch: stage changes fall right after a checkpoint."""
+    L.seed_everything(0, verbose=False)
+    latent = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=addition_task.step_separator)
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "latent", latent=latent)
+    splits = generate_splits(addition_task, 0, n_train=20, n_val=0, n_test=0)
+    data = ReasoningDataModule(reasoner.tokenize, splits["train"], [], pad_token_id=word_tokenizer.pad_token_id,
+                               batch_size=8)
+    return LatentSFT(reasoner, addition_task, epochs_per_stage=1, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=2)), data
+
+
+def test_a_resumed_curriculum_still_resets_the_optimizer_at_the_next_stage(tmp_path, word_tokenizer, addition_task):
+    experiment = Experiment("demo", tmp_path, {}, progress_bar=False)
+    module, data = _latent_module_and_data(word_tokenizer, addition_task)
+    experiment.cell("straight", 0, lambda cell: (cell.fit(module, data, SETTINGS), {})[1])
+    straight = _weights(module)
+    module, data = _latent_module_and_data(word_tokenizer, addition_task)
+    with pytest.raises(_Killed):
+        experiment.cell("killed", 0, lambda cell: (cell.fit(module, data, SETTINGS, [_KillAt(4)]), {})[1])
+    module, data = _latent_module_and_data(word_tokenizer, addition_task)
+    experiment.cell("killed", 0, lambda cell: (cell.fit(module, data, SETTINGS), {})[1])
+    for name, value in _weights(module).items():
+        torch.testing.assert_close(value, straight[name], rtol=0, atol=0, msg=name)
 
 
 def test_a_finished_cell_replays_its_rows_without_running(tmp_path):

@@ -47,6 +47,7 @@ from framework.regimes.teacher_forcing import LatentLoss, StageSchedule
 from framework.rollout.sampling import SamplingConfig
 
 _MIXING_RNG_KEY = "latent_sft_mixing_rng"
+_STAGE_KEY = "latent_sft_stage_in_effect"
 
 
 class LatentSFT(Regime):
@@ -126,10 +127,13 @@ class LatentSFT(Regime):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[_MIXING_RNG_KEY] = self._rng.getstate()
+        # Without it a resumed fit would not see a stage change on its first batch, nor clear the optimizer there.
+        checkpoint[_STAGE_KEY] = self._stage_in_effect
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if _MIXING_RNG_KEY in checkpoint:
             self._rng.setstate(checkpoint[_MIXING_RNG_KEY])
+        self._stage_in_effect = checkpoint.get(_STAGE_KEY)
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/stage", float(self.reasoner.stage))
