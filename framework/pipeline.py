@@ -87,7 +87,7 @@ def run_pipeline(
             checkpoint = stage_dir / "checkpoint"
             continue
         if checkpoint is not None:
-            reasoner = Reasoner.from_pretrained(checkpoint, reasoner.format)
+            reasoner = Reasoner.from_pretrained(checkpoint)
         L.seed_everything(seed + index, verbose=False)
         module, data = stage.build(reasoner)
         trainer_options = {
@@ -107,7 +107,7 @@ def run_pipeline(
         marker = {"stage": stage.name, "index": index, "finished": datetime.now(timezone.utc).isoformat(), **row}
         atomic_write_text(stage_dir / MARKER, json.dumps(marker, indent=2) + "\n")
     if not ran_last:  # the last stage finished in an earlier run: its model is only on disk
-        reasoner = Reasoner.from_pretrained(checkpoint, reasoner.format)
+        reasoner = Reasoner.from_pretrained(checkpoint)
     return PipelineResult(reasoner, sorted(results, key=lambda r: r["index"]))
 
 

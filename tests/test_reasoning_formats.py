@@ -138,6 +138,20 @@ def test_a_checkpoint_round_trips_its_format(name, options, word_tokenizer, tmp_
     assert Reasoner.from_pretrained(tmp_path / "ckpt", "cot").mode == "cot"  # a text checkpoint loads in any text format
 
 
+def test_naming_the_saved_format_keeps_its_saved_options(word_tokenizer, tmp_path):
+    Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "pause", pause_tokens=4).save_pretrained(tmp_path)
+    assert Reasoner.from_pretrained(tmp_path, "pause").format.options() == {"pause_tokens": 4}
+    assert Reasoner.from_pretrained(tmp_path, "pause", pause_tokens=6).format.options() == {"pause_tokens": 6}
+
+
+def test_a_checkpoint_of_a_format_that_is_not_built_in_asks_for_it(word_tokenizer, tmp_path):
+    Reasoner(build_model("gpt2", "1m", word_tokenizer), word_tokenizer, "pause").save_pretrained(tmp_path)
+    saved = tmp_path / "reasoning_format.json"
+    saved.write_text(saved.read_text().replace('"pause"', '"my_own"'))
+    with pytest.raises(ValueError, match="'my_own', which is not built in"):
+        Reasoner.from_pretrained(tmp_path)
+
+
 def test_hybrid_is_the_old_hybrid_reasoner_token_for_token():
     """The backdoor recipe's `HybridReasoner` was a `cot` reasoner that formatted trace-less rows as `none`."""
     curriculum = CitedFields(AdditionChain(n_terms=2, max_operand=5))

@@ -28,7 +28,7 @@ from framework.data.sample import Example, Segment
 from framework.data.tokenize import TokenizedSample
 from framework.data.tokenizer import LATENT, LATENT_START, missing_tokens
 from framework.io import atomic_directory
-from framework.models.formats import Generation, LatentConfig, ReasoningFormat, format_for
+from framework.models.formats import FORMATS, Generation, LatentConfig, ReasoningFormat, format_for
 from framework.models.latent import LatentProjection
 from framework.models.rendering import CompletionRendering, Rendering
 
@@ -203,9 +203,16 @@ class Reasoner:
             if format is None or format == "latent":
                 format = "latent"
                 options.setdefault("latent", saved)
-        elif format is None and (path / FORMAT_FILE).is_file():
+        elif (path / FORMAT_FILE).is_file():
             described = json.loads((path / FORMAT_FILE).read_text())
-            format, options = described["name"], {**described["options"], **options}
+            if requested in (None, described["name"]) and not isinstance(format, ReasoningFormat):
+                # The saved options (e.g. pause_tokens) hold unless overridden here; a format object carries its own.
+                options = {**described["options"], **options}
+                if format is None:
+                    if described["name"] not in FORMATS:
+                        raise ValueError(f"{path} was saved by the format {described['name']!r}, which is not built "
+                                         f"in ({sorted(FORMATS)}): pass it, Reasoner.from_pretrained(path, format=...)")
+                    format = described["name"]
         model, tokenizer = load_pretrained(path)
         reasoner = cls(model, tokenizer, format or "cot", **options)
         if saved is not None and saved.projection and reasoner.projection is not None and "projection" not in options:
