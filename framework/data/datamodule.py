@@ -13,7 +13,7 @@ import os
 import random
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -23,6 +23,9 @@ from framework.data.formats import read_examples
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
 from framework.data.tokenize import Tokenize, TokenizedSample
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 
 def generate_splits(task: Task, seed: int, *, n_train: int, n_val: int, n_test: int) -> dict[str, list[Example]]:
@@ -66,6 +69,29 @@ def _collate_with_examples(items: list[tuple[Example, TokenizedSample]], pad_tok
 class ExampleBatches(L.LightningDataModule):
     """A data module whose batches carry their `examples` beside the tensors."""
 
+    @classmethod
+    def from_task(
+        cls,
+        task: Task,
+        tokenize: Tokenize,
+        *,
+        pad_token_id: int,
+        n_train: int,
+        n_val: int,
+        n_test: int = 0,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> Self:
+        """Disjoint problems of `task` (as `generate_splits`), made this module's items by `items_from`."""
+        splits = generate_splits(task, seed, n_train=n_train, n_val=n_val, n_test=n_test)
+        items = {split: cls.items_from(task, problems, seed) for split, problems in splits.items()}
+        return cls(tokenize, items["train"], items["val"], items["test"], pad_token_id=pad_token_id, **kwargs)
+
+    @staticmethod
+    def items_from(task: Task, problems: Sequence[Example], seed: int) -> list[Any]:
+        """What a split of problems becomes: the problems themselves, unless a subclass makes more of them."""
+        return list(problems)
+
     def transfer_batch_to_device(self, batch: Any, device, dataloader_idx: int) -> Any:
         # Examples are plain Python objects: move only the tensors beside them.
         examples = batch.pop("examples", None) if isinstance(batch, dict) else None
@@ -106,22 +132,6 @@ class ReasoningDataModule(ExampleBatches):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self._tokenized: dict[str, list[TokenizedSample]] = {}
-
-    @classmethod
-    def from_task(
-        cls,
-        task: Task,
-        tokenize: Tokenize,
-        *,
-        pad_token_id: int,
-        n_train: int,
-        n_val: int,
-        n_test: int = 0,
-        seed: int = 0,
-        **kwargs,
-    ) -> ReasoningDataModule:
-        splits = generate_splits(task, seed, n_train=n_train, n_val=n_val, n_test=n_test)
-        return cls(tokenize, splits["train"], splits["val"], splits["test"], pad_token_id=pad_token_id, **kwargs)
 
     @classmethod
     def from_jsonl(

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from framework.data.collate import collate
-from framework.data.datamodule import ExampleBatches, generate_splits
+from framework.data.datamodule import ExampleBatches
 from framework.data.formats import PreferencePair, read_preferences
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
@@ -99,23 +99,10 @@ class PreferenceDataModule(ExampleBatches):
         self.num_workers = num_workers
         self._tokenized: dict[str, list[tuple[int, PreferencePair, TokenizedSample, TokenizedSample]]] = {}
 
-    @classmethod
-    def from_task(
-        cls,
-        task: Task,
-        tokenize: Tokenize,
-        *,
-        pad_token_id: int,
-        n_train: int,
-        n_val: int,
-        n_test: int = 0,
-        seed: int = 0,
-        **kwargs,
-    ) -> PreferenceDataModule:
-        """Disjoint problems of `task` (as `generate_splits`), each made a pair by `corrupted_answer_pairs`."""
-        splits = generate_splits(task, seed, n_train=n_train, n_val=n_val, n_test=n_test)
-        pairs = {split: corrupted_answer_pairs(task, splits[split], seed) for split in SPLITS}
-        return cls(tokenize, pairs["train"], pairs["val"], pairs["test"], pad_token_id=pad_token_id, **kwargs)
+    @staticmethod
+    def items_from(task: Task, problems: Sequence[Example], seed: int) -> list[PreferencePair]:
+        """Each problem made a pair by `corrupted_answer_pairs` (the chosen answer right, the rejected one wrong)."""
+        return corrupted_answer_pairs(task, problems, seed)
 
     @classmethod
     def from_jsonl(
