@@ -41,23 +41,28 @@ def _weights(module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in module.model.state_dict().items()}
 
 
+def _fit_cell(experiment, name, module, data, callbacks=()):
+    """Fit `module` as the cell `name` (which records no rows); the `Fitted`, or None when the cell had finished."""
+    fitted = {}
+    experiment.cell(name, 0, lambda cell: (fitted.setdefault("fit", cell.fit(module, data, SETTINGS, callbacks)), {})[1])
+    return fitted.get("fit")
+
+
 def test_a_fit_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, word_tokenizer, addition_task):
     experiment = Experiment("demo", tmp_path, {"a": 1}, progress_bar=False)
     module, data = _module_and_data(word_tokenizer, addition_task)
-    experiment.cell("straight", 0, lambda cell: (cell.fit(module, data, SETTINGS), {})[1])
+    _fit_cell(experiment, "straight", module, data)
     straight = _weights(module)
 
     module, data = _module_and_data(word_tokenizer, addition_task)
     with pytest.raises(_Killed):
-        experiment.cell("killed", 0, lambda cell: (cell.fit(module, data, SETTINGS, [_KillAt(8)]), {})[1])
+        _fit_cell(experiment, "killed", module, data, [_KillAt(8)])
     assert (experiment.path("cells", "killed", "lightning", "last.ckpt")).is_file()
     assert any(not torch.equal(value, straight[name]) for name, value in _weights(module).items())  # it stopped early
 
     module, data = _module_and_data(word_tokenizer, addition_task)  # a new process: fresh weights, fresh generators
     torch.manual_seed(12345)  # whatever state the generators are in, the checkpoint's is restored
-    fitted = {}
-    experiment.cell("killed", 0, lambda cell: (fitted.setdefault("fit", cell.fit(module, data, SETTINGS)), {})[1])
-    assert fitted["fit"].steps == SETTINGS.max_steps
+    assert _fit_cell(experiment, "killed", module, data).steps == SETTINGS.max_steps
     resumed = _weights(module)
     assert resumed.keys() == straight.keys()
     for name in straight:
@@ -79,13 +84,13 @@ def _latent_module_and_data(word_tokenizer, addition_task):
 def test_a_resumed_curriculum_still_resets_the_optimizer_at_the_next_stage(tmp_path, word_tokenizer, addition_task):
     experiment = Experiment("demo", tmp_path, {}, progress_bar=False)
     module, data = _latent_module_and_data(word_tokenizer, addition_task)
-    experiment.cell("straight", 0, lambda cell: (cell.fit(module, data, SETTINGS), {})[1])
+    _fit_cell(experiment, "straight", module, data)
     straight = _weights(module)
     module, data = _latent_module_and_data(word_tokenizer, addition_task)
     with pytest.raises(_Killed):
-        experiment.cell("killed", 0, lambda cell: (cell.fit(module, data, SETTINGS, [_KillAt(4)]), {})[1])
+        _fit_cell(experiment, "killed", module, data, [_KillAt(4)])
     module, data = _latent_module_and_data(word_tokenizer, addition_task)
-    experiment.cell("killed", 0, lambda cell: (cell.fit(module, data, SETTINGS), {})[1])
+    _fit_cell(experiment, "killed", module, data)
     for name, value in _weights(module).items():
         torch.testing.assert_close(value, straight[name], rtol=0, atol=0, msg=name)
 
