@@ -8,15 +8,16 @@ import math
 import os
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files; never ask for a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from framework.io import atomic_write_text  # noqa: E402
+from framework.io import atomic_write_text
 
 
 def write_csv(rows: Sequence[Mapping[str, object]], path: str | os.PathLike) -> None:
@@ -48,12 +49,63 @@ def validation_curve(
     return [by_step[step] for step in sorted(by_step)]
 
 
+def logged_rows(metrics_csv: str | os.PathLike, prefix: str) -> list[dict[str, float]]:
+    """One dict per step that logged keys starting with `prefix` in a Lightning CSV log: `step` and those keys, unprefixed.
+
+    What `ProbeEvery` logged, read back from disk, so a resumed fit's probes
+    are all there; as in `validation_curve`, the last row of a repeated step wins.
+    """
+    by_step: dict[int, dict[str, float]] = {}
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            values = {key.removeprefix(prefix): float(value) for key, value in row.items()
+                      if key.startswith(prefix) and value}
+            if values:
+                by_step.setdefault(int(row["step"]), {}).update(values)
+    return [{"step": step, **by_step[step]} for step in sorted(by_step)]
+
+
+def grouped(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple, list[Mapping[str, Any]]]:
+    """Rows grouped by their values at `keys`, groups in first-seen order."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in keys), []).append(row)
+    return groups
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation of the finite values (std 0 for one value)."""
     finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if not finite:
         return math.nan, math.nan
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def mean_std_cell(values: Iterable[float], *, percent: bool = True, digits: int | None = None) -> str:
+    """`mean ± std` of the finite values (in % when `percent`), "n/a" when there are none."""
+    mean, std = mean_std(values)
+    scale, digits = (100.0, 1 if digits is None else digits) if percent else (1.0, 2 if digits is None else digits)
+    return "n/a" if math.isnan(mean) else f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def interval_cell(row: Mapping[str, Any], name: str) -> str:
+    """`rate% [low, high] (hits/total)` from the columns `Proportion.columns(name)` wrote; "n/a (0/0)" without counts."""
+    total = int(row[f"{name}_total"])
+    if not total:
+        return "n/a (0/0)"
+    return (f"{100 * row[name]:.1f} [{100 * row[f'{name}_ci_low']:.1f}, {100 * row[f'{name}_ci_high']:.1f}] "
+            f"({int(row[f'{name}_hits'])}/{total})")
+
+
+def per_seed_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], columns: Sequence[tuple[str, str]]) -> str:
+    """Markdown table, one line per row: its `keys` (e.g. arm, seed), then `interval_cell` of each (title, name) column."""
+    header = "| " + " | ".join([*keys, *(title for title, _ in columns)]) + " |\n"
+    header += "|" + "---|" * (len(keys) + len(columns)) + "\n"
+    return header + "".join(
+        "| " + " | ".join([*(str(row[key]) for key in keys), *(interval_cell(row, name) for _, name in columns)])
+        + " |\n"
+        for row in rows
+    )
 
 
 def summary_table(
@@ -79,10 +131,8 @@ def summary_table(
     ]
     for group, members in groups.items():
         cells = [str(group), str(len(members))]
-        for metric in metrics:
-            mean, std = mean_std(member.get(metric) for member in members)
-            scale = 100.0 if metric in percent else 1.0
-            cells.append("n/a" if math.isnan(mean) else f"{mean * scale:.1f} ± {std * scale:.1f}")
+        cells += [mean_std_cell((member.get(metric) for member in members), percent=metric in percent, digits=1)
+                  for metric in metrics]
         cells += [str(column.get(group, "—")) for column in extra_columns.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

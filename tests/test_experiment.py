@@ -7,10 +7,12 @@ import pytest
 import torch
 import yaml
 
+from framework.callbacks import ProbeEvery
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.experiment import Experiment, FitSettings
 from framework.models import LatentConfig, Reasoner, build_model
 from framework.regimes import SFT, LatentSFT, OptimizerConfig
+from framework.report import logged_rows
 
 SETTINGS = FitSettings(max_steps=12, val_every=None, accelerator="cpu", log_every_n_steps=1)
 
@@ -143,3 +145,27 @@ def test_bad_names_and_settings_are_refused(tmp_path):
         experiment.cell("../escape", 0, lambda cell: {})
     with pytest.raises(ValueError, match="max_steps must be a positive"):
         FitSettings(max_steps=-5)
+
+
+def test_probe_points_survive_a_resume_and_read_back_once_per_step(tmp_path, word_tokenizer, addition_task):
+    """ProbeEvery logs at step 0, every 5 steps and the last; a killed and resumed fit has the same points."""
+
+    def measure(module):
+        return {"weight_norm": float(module.reasoner.model.get_input_embeddings().weight.norm())}
+
+    experiment = Experiment("demo", tmp_path, {}, progress_bar=False)
+    module, data = _module_and_data(word_tokenizer, addition_task)
+    _fit_cell(experiment, "straight", module, data, [ProbeEvery(measure, every=5)])
+    module, data = _module_and_data(word_tokenizer, addition_task)
+    with pytest.raises(_Killed):
+        _fit_cell(experiment, "killed", module, data, [ProbeEvery(measure, every=5), _KillAt(7)])
+    module, data = _module_and_data(word_tokenizer, addition_task)
+    _fit_cell(experiment, "killed", module, data, [ProbeEvery(measure, every=5)])
+
+    straight, resumed = (logged_rows(experiment.directory / "cells" / name / "logs" / "metrics.csv", "probe/")
+                         for name in ("straight", "killed"))
+    assert [point["step"] for point in straight] == [0, 5, 10, 12]
+    assert [point["step"] for point in resumed] == [0, 5, 10, 12]
+    assert straight[0]["weight_norm"] != straight[-1]["weight_norm"]  # the probe sees training
+    for a, b in zip(straight, resumed):
+        assert b["weight_norm"] == pytest.approx(a["weight_norm"], rel=1e-6)

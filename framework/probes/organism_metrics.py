@@ -64,6 +64,13 @@ class Proportion:
         low, high = self.interval
         return {"rate": self.rate, "hits": self.hits, "total": self.total, "ci_low": low, "ci_high": high}
 
+    def columns(self, name: str) -> dict[str, float]:
+        """The one way a rate becomes results columns: `name`, `name_hits`, `name_total`, `name_ci_low`, `name_ci_high`.
+
+        `framework.report.interval_cell` reads them back.
+        """
+        return {name if key == "rate" else f"{name}_{key}": value for key, value in self.as_dict().items()}
+
 
 def _flags(name: str, values: Flags, n: int | None = None) -> torch.Tensor:
     values = torch.as_tensor(values, dtype=torch.bool).flatten()
@@ -287,10 +294,7 @@ class MonitorRecall:
     false_positives: Proportion  # clean episodes flagged: at most the target FPR
 
     def as_dict(self) -> dict[str, float]:
-        row = {"threshold": self.threshold}
-        row |= {f"recall_{k}" if k != "rate" else "recall": v for k, v in self.recall.as_dict().items()}
-        row |= {f"fpr_{k}" if k != "rate" else "fpr": v for k, v in self.false_positives.as_dict().items()}
-        return row
+        return {"threshold": self.threshold, **self.recall.columns("recall"), **self.false_positives.columns("fpr")}
 
 
 def recall_at_fpr(clean_scores: torch.Tensor, misbehaving_scores: torch.Tensor, fpr: float) -> MonitorRecall:

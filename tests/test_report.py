@@ -1,0 +1,35 @@
+"""Report primitives: a rate's columns and their cells, per-seed tables, mean ± std, logged probe rows."""
+
+from __future__ import annotations
+
+import math
+
+from framework.probes.organism_metrics import Proportion
+from framework.report import grouped, interval_cell, logged_rows, mean_std_cell, per_seed_table, summary_table
+
+
+def test_a_proportion_becomes_columns_that_its_cell_reads_back():
+    row = {"arm": "cot", "seed": 0, **Proportion(3, 8).columns("success"), **Proportion(0, 0).columns("articulation")}
+    assert row["success"] == 3 / 8 and row["success_hits"] == 3 and row["success_total"] == 8
+    assert 0 < row["success_ci_low"] < 3 / 8 < row["success_ci_high"] < 1
+    assert interval_cell(row, "success") == (f"37.5 [{100 * row['success_ci_low']:.1f}, "
+                                             f"{100 * row['success_ci_high']:.1f}] (3/8)")
+    assert math.isnan(row["articulation"]) and interval_cell(row, "articulation") == "n/a (0/0)"
+    table = per_seed_table([row], ["arm", "seed"], [("success", "success"), ("articulation", "articulation")])
+    assert table.splitlines()[0] == "| arm | seed | success | articulation |"
+    assert table.splitlines()[2].startswith("| cot | 0 | 37.5 [") and table.splitlines()[2].endswith("| n/a (0/0) |")
+
+
+def test_mean_std_cells_skip_missing_values_and_say_when_there_are_none():
+    assert mean_std_cell([0.5, 0.7, float("nan")]) == "60.0 ± 14.1"
+    assert mean_std_cell([2.0, 4.0], percent=False) == "3.00 ± 1.41"
+    assert mean_std_cell([float("nan")]) == "n/a"
+    rows = [{"arm": "a", "x": 0.5}, {"arm": "b", "x": 1.0}, {"arm": "a", "x": 0.7}]
+    assert list(grouped(rows, ["arm"])) == [("a",), ("b",)]
+    assert "| a | 2 | 60.0 ± 14.1 |" in summary_table(rows, "arm", ["x"], percent=["x"])
+
+
+def test_logged_rows_keep_the_last_value_of_a_repeated_step(tmp_path):
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,step,probe/success,train/loss\n0,0,0.5,\n0,1,,2.0\n0,5,0.25,\n1,5,0.75,\n")
+    assert logged_rows(log, "probe/") == [{"step": 0, "success": 0.5}, {"step": 5, "success": 0.75}]
