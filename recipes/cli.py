@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+
+from framework.errors import ConfigError
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -21,17 +23,19 @@ def preset_path(recipe: str, preset: str) -> Path:
     path = PRESETS / recipe / f"{preset}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (PRESETS / recipe).glob("*.yaml"))
-        raise SystemExit(f"unknown preset {preset!r} for recipe {recipe!r}; expected one of {known}")
+        raise ConfigError(f"--preset {preset}: unknown for recipe {recipe!r}; expected one of {known}")
     return path
 
 
 def _preset_from(argv: Sequence[str], default: str) -> str:
+    """The preset named in `argv`, the last one if several are (as the parser reads any repeated flag)."""
+    preset = default
     for index, argument in enumerate(argv):
         if argument == "--preset" and index + 1 < len(argv):
-            return argv[index + 1]
-        if argument.startswith("--preset="):
-            return argument.split("=", 1)[1]
-    return default
+            preset = argv[index + 1]
+        elif argument.startswith("--preset="):
+            preset = argument.split("=", 1)[1]
+    return preset
 
 
 def parse(
@@ -40,7 +44,8 @@ def parse(
     """`main`'s typed arguments from `argv` over a preset, with `resolved_config`: the whole configuration as YAML data."""
     argv = list(sys.argv[1:] if argv is None else argv)
     preset = _preset_from(argv, default_preset)
-    parser = ArgumentParser(prog=f"python -m recipes.{recipe}", description=(main.__doc__ or "").strip().splitlines()[0])
+    parser = ArgumentParser(prog=f"python -m recipes.{recipe}", description=(main.__doc__ or "").strip().splitlines()[0],
+                            exit_on_error=False)
     parser.add_argument("--preset", default=default_preset, help=f"settings to start from: one of {sorted(p.stem for p in (PRESETS / recipe).glob('*.yaml'))}")
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of settings (overrides the preset)")
     parser.add_function_arguments(main, as_group=False, skip={"resolved_config"})
@@ -50,8 +55,11 @@ def parse(
         parser.set_defaults(settings)
     except KeyError as error:  # jsonargparse names the key alone; say in which file and on which line
         line = _line_of(path, _unknown_key(settings, set(parser.get_defaults().keys())))
-        raise ValueError(f"{path}:{line}: {error.args[0]}") from error
-    config = parser.parse_args(argv)
+        raise ConfigError(f"{path}:{line}: {error.args[0]}") from error
+    try:
+        config = parser.parse_args(argv)
+    except ArgumentError as error:  # jsonargparse's message spans lines (key, then reason): one line here
+        raise ConfigError(" ".join(str(error).split())) from error
     resolved = yaml.safe_load(parser.dump(config, skip_unset=False))
     arguments = parser.instantiate(config).as_dict()
     for meta in ("preset", "config", "__path__"):
@@ -82,5 +90,12 @@ def _line_of(path: Path, dotted: str) -> int:
 
 
 def run(main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None, default_preset: str = "cpu") -> Any:
-    """Parse `argv` into `main`'s typed arguments and call it with the resolved config."""
-    return main(**parse(main, recipe, argv, default_preset))
+    """Parse `argv` into `main`'s typed arguments and call it with the resolved config.
+
+    A `ConfigError` (a bad flag, name or preset line) or a missing file exits
+    with its message in one line; anything else is a bug and keeps its traceback.
+    """
+    try:
+        return main(**parse(main, recipe, argv, default_preset))
+    except (ConfigError, FileNotFoundError) as error:  # a missing file is a path the user gave
+        raise SystemExit(f"python -m recipes.{recipe}: error: {error}") from None

@@ -41,9 +41,11 @@ from typing import Any, Literal, get_args
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
+from framework.errors import ConfigError, require_positive
 from framework.experiment import Cell, Experiment, FitSettings, Rows
 from framework.io import atomic_write_text
 from framework.models import LatentConfig, Pause, Reasoner, count_parameters
+from framework.models.pretrained import resolve_checkpoint
 from framework.regimes import SFT, LatentSFT, OptimizerConfig
 from framework.report import plot_curves, summary_table, validation_curve
 from framework.rollout import SamplingConfig
@@ -81,6 +83,9 @@ class TrainConfig:
     accelerator: str = "auto"
     precision: str = "32-true"
 
+    def __post_init__(self) -> None:
+        require_positive("train", self, "max_steps", "val_every", "batch_size", "eval_batch_size", "max_new_tokens")
+
 
 @dataclass
 class LatentArmConfig:
@@ -97,7 +102,7 @@ class LatentArmConfig:
     def check(self, max_steps: int) -> None:
         """Every stage, the final one included, must get at least one training step."""
         if self.steps_per_stage(max_steps) < 1:
-            raise ValueError(f"train.max_steps={max_steps} cannot hold the latent curriculum's {self.max_stage + 2} "
+            raise ConfigError(f"train.max_steps={max_steps} cannot hold the latent curriculum's {self.max_stage + 2} "
                              f"stages (latent.max_stage={self.max_stage}, plus stage 0 and the final stage)")
 
 
@@ -132,19 +137,22 @@ def main(
             fit continues from its last checkpoint, and a different configuration is refused.
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
+    # 0. Every setting that cannot work is refused here, before a run directory or a fit.
     if unknown := [arm for arm in arms if arm not in ARMS]:
-        raise ValueError(f"unknown arm {unknown[0]!r}; this recipe compares the arms {list(ARMS)}")
+        raise ConfigError(f"unknown arm {unknown[0]!r}; this recipe compares the arms {list(ARMS)}")
     settings = FitSettings(max_steps=train.max_steps, val_every=train.val_every, accelerator=train.accelerator,
                            precision=train.precision)
     if any(arm in LATENT_ARMS for arm in arms):
         latent.check(train.max_steps)
+    the_task = make_task(task.name, **task.options)
+    if model.checkpoint:
+        resolve_checkpoint(model.checkpoint)
     config = resolved_config or {"seeds": seeds, "arms": arms, "task": asdict(task), "model": asdict(model),
                                  "train": asdict(train), "pause_tokens": pause_tokens, "latent": asdict(latent),
                                  "data_seed": data_seed, "save_checkpoints": save_checkpoints}
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
     # 1. One set of problems for every arm and seed.
-    the_task = make_task(task.name, **task.options)
     splits = generate_splits(the_task, data_seed, n_train=task.n_train, n_val=task.n_val, n_test=task.n_test)
 
     # 2. Every arm x seed, one cell: build, train (SFT or LatentSFT), score the test split.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from framework.errors import ConfigError
 from recipes import backdoor, cli, elicitation, reasoning_modes
 from recipes.cli import PRESETS, parse
 
@@ -32,10 +33,10 @@ def test_preset_parses_into_the_recipes_arguments(recipe, preset):
 
 
 def test_a_misspelled_field_is_an_error_in_a_preset_or_a_flag(tmp_path, monkeypatch):
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match=r"unrecognized arguments: --train\.max_stepz 3"):
         parse(elicitation.main, "elicitation", ["--preset", "smoke", "--train.max_stepz", "3"])
     (tmp_path / "elicitation").mkdir()
     (tmp_path / "elicitation" / "typo.yaml").write_text("seeds: [0]\ntrain:\n  batch_size: 8\n  max_stepz: 3\n")
     monkeypatch.setattr(cli, "PRESETS", tmp_path)
-    with pytest.raises(ValueError, match=r"typo\.yaml:4: .*train\.max_stepz"):
+    with pytest.raises(ConfigError, match=r"typo\.yaml:4: .*train\.max_stepz"):
         parse(elicitation.main, "elicitation", ["--preset", "typo"])

@@ -58,14 +58,25 @@ def test_latent_arms_report_their_curriculum_stages(tmp_path):
     assert "| latent | 1 |" in report and "97.0" in report  # beside Coconut's published number
 
 
-def test_unknown_preset_task_and_arm_are_clear_errors(tmp_path):
-    with pytest.raises(SystemExit, match="unknown preset 'huge'"):
-        run(reasoning_modes.main, "reasoning_modes", ["--preset", "huge"])
-    with pytest.raises(ValueError, match="unknown task 'sudoku'"):
-        run(reasoning_modes.main, "reasoning_modes", [*TINY, "--out", str(tmp_path), "--task.name", "sudoku"])
-    with pytest.raises(ValueError, match="max_steps must be a positive number"):
-        run(reasoning_modes.main, "reasoning_modes", [*TINY, "--out", str(tmp_path / "bad"), "--train.max_steps", "-5"])
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--preset", "huge"], "--preset huge: unknown for recipe 'reasoning_modes'"),
+    (["--task.name", "sudoku"], "unknown task 'sudoku'; known tasks"),
+    (["--train.max_steps", "-5"], "train.max_steps must be positive, got -5"),
+    (["--train.batch_size", "0"], "train.batch_size must be positive, got 0"),
+    (["--arms", "[cot, coconut]"], 'Parser key "arms"'),
+    (["--nonsense", "1"], "unrecognized arguments: --nonsense 1"),
+    (["--model.checkpoint", "/nowhere/model"], "checkpoint directory not found: /nowhere/model"),
+    (["--resume", "/nowhere/run"], "--resume /nowhere/run: no config.yaml there"),
+])
+def test_a_user_mistake_exits_with_one_line_that_names_it(tmp_path, flags, message):
+    with pytest.raises(SystemExit) as exited:
+        run(reasoning_modes.main, "reasoning_modes", [*TINY, "--out", str(tmp_path / "bad"), *flags])
+    assert str(exited.value.code).startswith("python -m recipes.reasoning_modes: error: ")
+    assert message in str(exited.value.code) and "\n" not in str(exited.value.code)
     assert not (tmp_path / "bad").exists()  # refused before a run directory or a fit
+
+
+def test_impossible_settings_are_config_errors_when_main_is_called_directly(tmp_path):
     with pytest.raises(ValueError, match="unknown arm 'coconut'"):
         reasoning_modes.main(out=tmp_path, arms=["coconut"])
     with pytest.raises(ValueError, match="cannot hold the latent curriculum's 5 stages"):
@@ -117,7 +128,7 @@ def test_a_run_killed_mid_fit_resumes_to_the_uninterrupted_results_and_only_unde
     log = Path("cells", "latent", "seed0", "logs", "metrics.csv")
     assert validation_curve(run_dir / log) == validation_curve(straight_dir / log) != []
 
-    with pytest.raises(ValueError, match=r"differs from the configuration given at train\.lr;") as refused:
+    with pytest.raises(SystemExit, match=r"differs from the configuration given at train\.lr;") as refused:
         run(reasoning_modes.main, "reasoning_modes",
             [*RESUMABLE, "--out", str(tmp_path), "--resume", str(run_dir), "--train.lr", "0.01"])
-    assert "\n" not in str(refused.value)
+    assert "\n" not in str(refused.value.code)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import yaml
 
+from framework.errors import ConfigError
 from framework.experiment.environment import describe
 from framework.experiment.fit import FitSettings, Fitted, fit
 from framework.io import atomic_write_text
@@ -150,7 +151,7 @@ def _check_resumable(directory: Path, config: dict[str, Any]) -> None:
         raise FileNotFoundError(f"--resume {directory}: no config.yaml there; is it a run directory of this recipe?")
     if saved != config:
         differences = sorted(_differences(saved, config))
-        raise ValueError(
+        raise ConfigError(
             f"--resume {directory}: its config.yaml differs from the configuration given at "
             f"{', '.join(differences[:5])}{' …' if len(differences) > 5 else ''}; resume with the same settings"
         )

@@ -9,8 +9,9 @@ from framework.data.tasks.addition_chain import AdditionChain
 from framework.data.tasks.base import Task
 from framework.data.tasks.multiplication import Multiplication
 from framework.data.tasks.prosqa import ProsQA
+from framework.errors import ConfigError
 
-__all__ = ["AdditionChain", "Multiplication", "ProsQA", "Task", "TASKS", "make_task"]
+__all__ = ["TASKS", "AdditionChain", "Multiplication", "ProsQA", "Task", "make_task"]
 
 TASKS: dict[str, type] = {task.name: task for task in (Multiplication, AdditionChain, ProsQA)}
 
@@ -18,12 +19,12 @@ TASKS: dict[str, type] = {task.name: task for task in (Multiplication, AdditionC
 def make_task(name: str, **options: Any) -> Task:
     """The task registered as `name`, configured by `options` (its dataclass fields)."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     task = TASKS[name]
     known = sorted(field.name for field in fields(task))
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} for task {name!r}; known options: {', '.join(known)}"
         )
     return task(**options)
