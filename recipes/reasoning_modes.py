@@ -27,7 +27,6 @@ validation accuracy of the curriculum arms at each stage.
 
     python -m recipes.reasoning_modes                  # the `cpu` preset
     python -m recipes.reasoning_modes --preset smoke --out /tmp/runs
-    python -m recipes.reasoning_modes --help
     python -m recipes.reasoning_modes --preset smoke --resume runs/reasoning_modes/<timestamp>
 """
 
@@ -46,8 +45,9 @@ from framework.experiment import Cell, Experiment, FitSettings, Rows
 from framework.io import atomic_write_text
 from framework.models import LatentConfig, Pause, Reasoner, count_parameters
 from framework.models.pretrained import resolve_checkpoint
+from framework.probes.organism_metrics import Proportion
 from framework.regimes import SFT, LatentSFT, OptimizerConfig
-from framework.report import plot_curves, summary_table, validation_curve
+from framework.report import per_seed_table, plot_curves, summary_table, validation_curve
 from framework.rollout import SamplingConfig
 from recipes.models import ModelConfig, model_and_tokenizer
 
@@ -140,8 +140,6 @@ def main(
     # 0. Every setting that cannot work is refused here, before a run directory or a fit.
     if unknown := [arm for arm in arms if arm not in ARMS]:
         raise ConfigError(f"unknown arm {unknown[0]!r}; this recipe compares the arms {list(ARMS)}")
-    settings = FitSettings(max_steps=train.max_steps, val_every=train.val_every, accelerator=train.accelerator,
-                           precision=train.precision)
     if any(arm in LATENT_ARMS for arm in arms):
         latent.check(train.max_steps)
     the_task = make_task(task.name, **task.options)
@@ -156,6 +154,8 @@ def main(
     splits = generate_splits(the_task, data_seed, n_train=task.n_train, n_val=task.n_val, n_test=task.n_test)
 
     # 2. Every arm x seed, one cell: build, train (SFT or LatentSFT), score the test split.
+    settings = FitSettings(train.max_steps, val_every=train.val_every, accelerator=train.accelerator,
+                           precision=train.precision)
     results: list[dict[str, Any]] = []
     for seed in seeds:
         for arm in arms:
@@ -202,8 +202,7 @@ def _train_and_test(
     settings: FitSettings, pause_tokens: int, latent: LatentArmConfig, save_checkpoints: bool, cell: Cell,
 ) -> Rows:
     """Train one arm with one seed in its cell, score the test split: the cell's row of `results`."""
-    module = _arm_module(arm, seed, model_config, task, train, pause_tokens, latent)
-    reasoner = module.reasoner
+    reasoner = (module := _arm_module(arm, seed, model_config, task, train, pause_tokens, latent)).reasoner
     data = ReasoningDataModule(reasoner.tokenize, splits["train"], splits["val"], splits["test"],
                                pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=train.batch_size,
                                eval_batch_size=train.eval_batch_size)
@@ -213,8 +212,7 @@ def _train_and_test(
     test = fitted.trainer.test(module, data, verbose=False)[0]
     return {"results": [{
         "arm": arm, "seed": seed,
-        **{key: test[f"test/{key}"] for key in ("accuracy", "accuracy_ci_low", "accuracy_ci_high")},
-        "correct": int(test["test/accuracy_hits"]), "total": int(test["test/accuracy_total"]),
+        **Proportion(int(test["test/accuracy_hits"]), int(test["test/accuracy_total"])).columns("accuracy"),
         "step_validity": test.get("test/step_validity", float("nan")),
         "tokens_generated": test["test/tokens_generated"], "train_time_s": round(fitted.seconds, 1),
         "steps": fitted.steps, "parameters": count_parameters(reasoner.model),
@@ -226,9 +224,6 @@ def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig,
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     metrics = ["accuracy", "step_validity", "tokens_generated", "train_time_s"]
     published = {"Coconut, ProsQA, GPT-2 (published accuracy)": PUBLISHED_PROSQA}
-    seeds = "\n".join(f"| {r['arm']} | {r['seed']} | {100 * r['accuracy']:.1f} [{100 * r['accuracy_ci_low']:.1f}, "
-                      f"{100 * r['accuracy_ci_high']:.1f}] ({r['correct']}/{r['total']}) | "
-                      f"{r['tokens_generated']:.1f} |" for r in results)
     curriculum = (f"Latent arms: {latent.thoughts_per_step} thought(s) per replaced step, stages 0 … "
                   f"{latent.max_stage} then the final stage ({latent.max_stage * latent.thoughts_per_step} thoughts, "
                   f"no language step), {latent.steps_per_stage(train.max_steps)} steps per stage.\n")
@@ -244,10 +239,7 @@ ProsQA preset, not a target for tiny models or other tasks.
 {summary_table(results, "arm", metrics, percent=["accuracy", "step_validity"], extra_columns=published)}
 ## Per seed (accuracy with 95% Wilson interval)
 
-| arm | seed | accuracy | tokens generated |
-|---|---|---|---|
-{seeds}
-
+{per_seed_table(results, ["arm", "seed"], [("accuracy", "accuracy")])}
 ![validation accuracy vs training step](accuracy_vs_step.png)
 {stages}"""
 

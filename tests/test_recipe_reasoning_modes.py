@@ -32,7 +32,7 @@ def test_smoke_run_writes_config_results_report_and_figure(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["arm"], r["seed"]) for r in rows] == [("cot", "0"), ("none", "0"), ("cot", "1"), ("none", "1")]
     for row in rows:
-        assert 0.0 <= float(row["accuracy"]) <= 1.0 and int(row["total"]) == 6 and int(row["steps"]) == 4
+        assert 0.0 <= float(row["accuracy"]) <= 1.0 and int(row["accuracy_total"]) == 6 and int(row["steps"]) == 4
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["train"]["max_steps"] == 4 and config["task"]["n_train"] == 64  # flags beat the preset
     assert config["task"]["options"] == {"digits_a": 2, "digits_b": 2}  # the preset beats main's defaults
