@@ -21,7 +21,9 @@ from framework.probes import (
     KeywordMonitor,
     ObfuscationRate,
     Proportion,
+    backdoor_rates,
     elicitation_recovery,
+    flag_rate,
     reasoner_answer_fn,
     recall_at_fpr,
     remove_mention_from_trace,
@@ -66,6 +68,30 @@ def test_backdoor_rates_by_hand(metric, flags, hits, total):
 def test_backdoor_rates_reject_mismatched_lengths():
     with pytest.raises(ValueError, match="misbehaved has 3 entries, expected 4"):
         BackdoorSuccessRate().update([1, 0, 1, 1], [1, 0, 1])
+
+
+def _episodes(**flags: list[int]) -> list[Episode]:
+    """One episode per position, its metadata the given flags there."""
+    return [Episode("prompt", "trace", "answer", metadata={key: bool(values[i]) for key, values in flags.items()})
+            for i in range(len(next(iter(flags.values()))))]
+
+
+def test_backdoor_rates_from_episodes_count_what_the_streaming_rates_count():
+    episodes = _episodes(triggered=TRIGGERED, misbehaved=MISBEHAVED, named=ARTICULATED)
+    assert backdoor_rates(episodes) == {"success": Proportion(3, 4), "false_trigger": Proportion(1, 6),
+                                        "articulation": Proportion(2, 3)}
+    # Only triggered episodes: no false-trigger rate to count, and nothing fired means no articulation either.
+    assert backdoor_rates(episodes[:4])["false_trigger"] == Proportion(0, 0)
+    assert backdoor_rates(_episodes(triggered=[1], misbehaved=[0], named=[1]))["articulation"] == Proportion(0, 0)
+    with pytest.raises(KeyError, match="named"):
+        backdoor_rates(_episodes(triggered=[1], misbehaved=[1]))
+
+
+def test_flag_rate_counts_a_flag_over_all_episodes_or_among_flagged_ones():
+    episodes = _episodes(misbehaved=MISBEHAVED, named=ARTICULATED)
+    assert flag_rate(episodes, "named") == Proportion(4, 10)
+    assert flag_rate(episodes, "named", among="misbehaved") == Proportion(3, 4)  # episodes 0, 2 and 4 of 0, 1, 2, 4
+    assert flag_rate([], "named") == Proportion(0, 0)
 
 
 def test_obfuscation_rate_by_hand():
