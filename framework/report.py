@@ -164,3 +164,25 @@ def plot_curves(
     figure.savefig(scratch)
     plt.close(figure)
     os.replace(scratch, path)
+
+
+def examples_section(
+    groups: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]], fields: Sequence[str], *, heading: str = "",
+    label: str = "where",
+) -> str:
+    """Markdown: per group a `### {heading}{group}`, per kind of example a bold line, then each example.
+
+    An example is a mapping: its `label` value heads the item, its `fields`
+    follow as code spans (a trace is easiest read verbatim). A kind with no
+    example says so, since "none observed" is a finding too.
+    """
+    parts = []
+    for group, kinds in groups.items():
+        parts.append(f"### {heading}{group}\n")
+        for kind, examples in kinds.items():
+            parts.append(f"**{kind}**\n")
+            if not examples:
+                parts.append("_none observed_\n")
+            parts += ["".join([f"- {example[label]}\n", *(f"  - {name}: `{example[name]}`\n" for name in fields)])
+                      for example in examples]
+    return "\n".join(parts)
