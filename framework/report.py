@@ -8,7 +8,7 @@ import math
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +186,14 @@ def examples_section(
             parts += ["".join([f"- {example[label]}\n", *(f"  - {name}: `{example[name]}`\n" for name in fields)])
                       for example in examples]
     return "\n".join(parts)
+
+
+def curves_by(
+    rows: Iterable[Mapping[str, Any]], label: Callable[[Mapping[str, Any]], str], line: Sequence[str], x: str, y: str
+) -> dict[str, list[list[tuple[float, float]]]]:
+    """`plot_curves`' input from result rows: a line per distinct value of the `line` keys (e.g. arm and seed),
+    coloured by `label` of its first row, its points `(row[x], row[y])` in row order."""
+    curves: dict[str, list[list[tuple[float, float]]]] = {}
+    for members in grouped(rows, line).values():
+        curves.setdefault(label(members[0]), []).append([(row[x], row[y]) for row in members])
+    return curves

@@ -1,4 +1,4 @@
-"""The backdoor recipe end to end on a tiny budget, its command line, and its errors on bad input."""
+"""The backdoor recipe end to end on a tiny budget, its command line, resuming a run, and its errors on bad input."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
     run_dir = run(backdoor.main, "backdoor",
                   [*TINY, "--out", str(tmp_path), "--seeds", "[0, 1]", "--triggers.kinds", "[token, username]"])
     assert run_dir.parent == tmp_path / "backdoor"
-    for name in ("config.yaml", "results.csv", "report.md", "persistence.csv"):
+    for name in ("config.yaml", "results.csv", "report.md", "persistence.csv", "episodes.csv", "base.csv", "fits.csv"):
         assert (run_dir / name).is_file(), name
     for figure in ("success_vs_poisoned.png", "success_no_trace_vs_poisoned.png", "persistence_sft_success.png",
                    "persistence_grpo_success.png", "persistence_grpo_success_no_trace.png"):
@@ -70,7 +70,8 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
         _rate_is_consistent(row, "uncorrelated_articulation", int(row["uncorrelated_misbehaviour_hits"]))
 
         # The results agree with the episodes they were counted from.
-        episodes = _read(run_dir / "episodes" / f"{row['trigger_kind']}-n{row['poisoned']}-seed{row['seed']}.csv")
+        episodes = [e for e in _read(run_dir / "episodes.csv")
+                    if (e["trigger_kind"], e["poisoned"], e["seed"]) == (row["trigger_kind"], row["poisoned"], row["seed"])]
         by_condition = {c: [e for e in episodes if e["condition"] == c] for c in CONDITIONS}
         assert all(len(group) == N_TEST for group in by_condition.values())
         assert sum(e["misbehaved"] == "True" for e in by_condition["triggered"]) == fired
@@ -94,7 +95,7 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
         for regime, curve in (("sft", sft), ("grpo", grpo)):
             assert float(row[f"{regime}_success_end"]) == pytest.approx(float(curve[-1]["success"]))
             assert float(row[f"{regime}_clean_accuracy_end"]) == pytest.approx(float(curve[-1]["clean_accuracy"]))
-    assert (run_dir / "logs" / "persist-grpo-token-n2" / "seed1" / "metrics.csv").is_file()
+    assert (run_dir / "cells" / "persist" / "token-n2" / "grpo" / "seed1" / "logs" / "metrics.csv").is_file()
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["base"]["max_steps"] == 3 and config["plant"]["poisoned"] == [2, 4]  # flags beat the preset
@@ -106,6 +107,30 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
         assert section in report, section
     assert "| token n=2 | 2 |" in report and "| username n=4 | 1 |" in report  # mean ± std over both seeds, and per seed
     assert f"(0/{N_TEST})" in report or f"/{N_TEST})" in report
+
+
+def _without_times(path):
+    return [{k: v for k, v in row.items() if "time" not in k} for row in _read(path)]
+
+
+def test_a_resumed_run_reruns_only_unfinished_cells_and_writes_what_an_uninterrupted_one_wrote(tmp_path):
+    one_copy = [*TINY, "--out", str(tmp_path), "--seeds", "[0]", "--triggers.kinds", "[token]", "--plant.poisoned", "[2]"]
+    run_dir = run(backdoor.main, "backdoor", one_copy)
+    tables = {name: _without_times(run_dir / name) for name in ("results.csv", "persistence.csv", "episodes.csv")}
+    # As if killed after planting: the persistence runs and the evaluation of the planted copy never finished.
+    plant_model = run_dir / "cells" / "plant" / "token-n2" / "seed0" / "model" / "model.safetensors"
+    planted_at = plant_model.stat().st_mtime_ns
+    for cell in ("persist/token-n2/sft", "persist/token-n2/grpo", "evaluate/token-n2"):
+        (run_dir / "cells" / cell / "seed0" / "DONE.json").unlink()
+    for name in tables:
+        (run_dir / name).unlink()
+
+    assert run(backdoor.main, "backdoor", [*one_copy, "--resume", str(run_dir)]) == run_dir
+    assert plant_model.stat().st_mtime_ns == planted_at  # the finished cells were not run again
+    # The cells that ran again started from the planted model on disk and computed what they computed before.
+    assert {name: _without_times(run_dir / name) for name in tables} == tables
+    with pytest.raises(ValueError, match=r"differs from the configuration given at plant\.lr"):
+        run(backdoor.main, "backdoor", [*one_copy, "--resume", str(run_dir), "--plant.lr", "0.01"])
 
 
 def test_poison_counts_outside_the_open_unit_interval_fail_before_anything_is_written(tmp_path):
@@ -160,9 +185,9 @@ def test_a_checkpoint_trains_and_saves_with_its_own_tokenizer(tmp_path):
     tokenizer = build_word_tokenizer(["aardvark", *words])
     build_model("llama", "1m", tokenizer).save_pretrained(tmp_path / "checkpoint")
     tokenizer.save_pretrained(tmp_path / "checkpoint")
-    run_dir = run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path / "runs"), "--save_checkpoints", "true",
+    run_dir = run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path / "runs"),
                                               "--model.checkpoint", str(tmp_path / "checkpoint")])
-    planted = Reasoner.from_pretrained(run_dir / "checkpoints" / "field-n2-seed0")
+    planted = Reasoner.from_pretrained(run_dir / "cells" / "plant" / "field-n2" / "seed0" / "model")
     assert planted.tokenizer.get_vocab() == tokenizer.get_vocab()
     assert planted.model.get_input_embeddings().num_embeddings == len(tokenizer)
 

@@ -13,13 +13,16 @@ from framework.probes.organism_metrics import (
     ObfuscationRate,
     Proportion,
     Recovery,
+    backdoor_causal_checks,
     backdoor_rates,
     elicitation_recovery,
+    evaluate_backdoor,
     flag_rate,
     reasoner_answer_fn,
     recall_at_fpr,
     remove_mention_from_trace,
     remove_trigger_from_prompt,
+    score_backdoor,
 )
 
 __all__ = [
@@ -42,8 +45,10 @@ __all__ = [
     "StepValidity",
     "ThoughtProbe",
     "TraceClassifier",
+    "backdoor_causal_checks",
     "backdoor_rates",
     "elicitation_recovery",
+    "evaluate_backdoor",
     "fit_linear_probe",
     "fit_trace_classifier",
     "flag_rate",
@@ -52,6 +57,7 @@ __all__ = [
     "recall_at_fpr",
     "remove_mention_from_trace",
     "remove_trigger_from_prompt",
+    "score_backdoor",
     "thought_features",
     "wilson_interval",
 ]
