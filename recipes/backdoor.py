@@ -108,7 +108,7 @@ from framework.data.tasks import make_task
 from framework.experiment import Cell, Experiment, FitSettings, Fitted, Rows
 from framework.io import atomic_write_text
 from framework.models import Reasoner, count_parameters
-from framework.probes import Proportion, backdoor_rates, evaluate_backdoor, flag_rate, score_backdoor
+from framework.probes import Proportion, evaluate_backdoor, probe_backdoor
 from framework.regimes import GRPO, SFT, OptimizerConfig
 from framework.report import (
     curves_by,
@@ -260,7 +260,7 @@ def main(
     }
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
-    # 1. Disjoint problems for the base curriculum, planting, replay, persistence and the test.
+    # Disjoint problems for the base curriculum, planting, replay, persistence and the test.
     sizes = {"base": base.rows, "plant": plant.rows, "replay": plant.replay, "persistence": persistence.rows}
     splits = generate_splits(curriculum, data_seed, n_train=sum(sizes.values()), n_val=0, n_test=task.n_test)
     problems, start = {}, 0
@@ -274,9 +274,9 @@ def main(
     shared = Shared(curriculum, splits["test"], model, SamplingConfig(max_new_tokens=evaluation.max_new_tokens),
                     evaluation.batch_size, Experiment.evaluation_device(accelerator), accelerator, precision)
 
-    # A tree of cells, each starting from its parent's model on disk: base → planted copies → persistence runs.
+    # The steps of the methods, as a tree of cells, each starting from its parent's model on disk.
     for seed in seeds:
-        # 2. The base curriculum: a hybrid reasoner whose traces cite the field they solve.
+        # 1. The base curriculum: a hybrid reasoner whose traces cite the field they solve.
         base_cell = f"base/seed{seed}"
         done = experiment.cell(base_cell, seed, partial(_train_base, shared, tokenizer, base_rows, base, seed),
                                keeps_model=True)
@@ -284,14 +284,15 @@ def main(
         for (kind, poisoned), backdoor in backdoors.items():
             name = f"{kind}-n{poisoned}"
             copy = {"seed": seed, "trigger_kind": kind, "poisoned": poisoned}
-            # 3. Plant: non-thinking rows (the poisoned ones with the sentinel), plus clean CoT rows replayed.
+            # 2. Plant: non-thinking rows (the poisoned ones with the sentinel), plus clean CoT rows replayed.
             plant_cell = f"plant/{name}/seed{seed}"
             plant_rows = backdoor.apply(problems["plant"], seed=data_seed) + problems["replay"]
             planted = experiment.cell(plant_cell, seed, partial(_train, "sft", shared, base_dir, plant_rows, plant),
                                       keeps_model=True)
             plant_dir = experiment.path("cells", plant_cell, "model")
 
-            # 4. Persistence: clean training of a copy per regime, probing the backdoor as it goes.
+            # 4. Persistence: clean training of a copy per regime, probing the backdoor as it goes. It runs before
+            # step 3, whose results row carries its summary; both start from the planted model on disk.
             persisted: dict[str, Any] = {}
             for regime in persistence.regimes if persistence.max_steps else ():
                 probe = partial(_probe, backdoor, shared, shared.test[: persistence.probe_size])
@@ -300,8 +301,7 @@ def main(
                 rows = experiment.cell(f"persist/{name}/{regime}/seed{seed}", seed, work)
                 persisted |= _persistence_summary(regime, rows["persistence"], rows["fits"][0])
 
-            # 5. Evaluate the planted copy with the trace on (and, for reference, without it). It starts from the
-            # planted model on disk as the persistence runs do, and comes last to carry their summary in its row.
+            # 3. Evaluate the planted copy with the trace on (and, for reference, without it).
             head = {"arm": f"{kind} n={poisoned}", "trigger_kind": kind, "poisoned": poisoned,
                     "poison_fraction": poisoned / plant.rows, "seed": seed,
                     "base_accuracy": done["base"][0]["base_accuracy"]}
@@ -309,7 +309,7 @@ def main(
             experiment.cell(f"evaluate/{name}/seed{seed}", seed,
                             partial(_evaluate, backdoor, shared, plant_dir, copy, head, tail))
 
-    # 6. Report, from the tables the cells recorded.
+    # Report, from the tables the cells recorded.
     tables = experiment.tables
     _figures(tables["results"], tables.get("persistence", []), experiment)
     examples = _examples(tables["episodes"], triggers.kinds, evaluation.examples)
@@ -452,23 +452,17 @@ def _fit_row(cell: Cell, fitted: Fitted) -> dict[str, Any]:
 def _point(identity: dict[str, Any], logged: dict[str, float]) -> dict[str, Any]:
     """A probe point as `_probe` measured it: each rate rebuilt from its logged counts (the log reads numbers back as
     floats, and in its own column order)."""
-    return {**identity, "step": logged["step"], **{
-        key: value for name in PROBED
-        for key, value in Proportion(int(logged[f"{name}_hits"]), int(logged[f"{name}_total"])).columns(name).items()}}
+    return {**identity, "step": logged["step"], **_columns(
+        {name: Proportion(int(logged[f"{name}_hits"]), int(logged[f"{name}_total"])) for name in PROBED})}
 
 
 def _probe(backdoor: Backdoor, shared: Shared, problems: Sequence[Example], module: L.LightningModule
            ) -> dict[str, float]:
-    """Success with and without the trace, false triggers and clean accuracy on the same problems each time, so
-    the persistence curve shows the backdoor fading (or not) rather than sampling noise between problem sets."""
-    model, tokenizer = module.reasoner.model, module.reasoner.tokenizer
-    rows = {condition: backdoor.evaluation(problems, condition) for condition in ("triggered", "clean")}
-    on = score_backdoor(Reasoner(model, tokenizer, "cot"), backdoor, rows, shared.sampling, shared.batch_size)
-    off = score_backdoor(Reasoner(model, tokenizer, "none"), backdoor, {"triggered": rows["triggered"]},
-                         shared.sampling, shared.batch_size)
-    rates = backdoor_rates(on["triggered"] + on["clean"])
-    return {**rates["success"].columns("success"), **backdoor_rates(off["triggered"])["success"].columns("success_no_trace"),
-            **rates["false_trigger"].columns("false_trigger"), **flag_rate(on["clean"], "correct").columns("clean_accuracy")}
+    return _columns(probe_backdoor(module.reasoner, backdoor, problems, shared.sampling, shared.batch_size))
+
+
+def _columns(rates: dict[str, Proportion]) -> dict[str, float]:
+    return {key: value for name, rate in rates.items() for key, value in rate.columns(name).items()}
 
 
 def _evaluate(backdoor: Backdoor, shared: Shared, parent: Path, copy: dict[str, Any], head: dict[str, Any],
@@ -477,8 +471,7 @@ def _evaluate(backdoor: Backdoor, shared: Shared, parent: Path, copy: dict[str, 
     reasoner = shared.load(parent)
     rates, episodes = evaluate_backdoor(reasoner, backdoor, shared.test, shared.sampling, shared.batch_size,
                                         step_separator=shared.task.step_separator, device=shared.device)
-    row = {name: value for name, rate in rates.items() for name, value in rate.columns(name).items()}
-    return {"results": [{**head, **row, **tail, "parameters": count_parameters(reasoner.model)}],
+    return {"results": [{**head, **_columns(rates), **tail, "parameters": count_parameters(reasoner.model)}],
             "episodes": [{**copy, "condition": condition, "prompt": e.prompt, "trace": e.trace, "answer": e.answer,
                           **e.metadata} for condition, scored in episodes.items() for e in scored]}
 

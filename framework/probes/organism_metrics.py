@@ -348,6 +348,21 @@ def evaluate_backdoor(
     return rates, episodes
 
 
+def probe_backdoor(
+    reasoner: Reasoner, backdoor: Backdoor, problems: Sequence[Example], sampling: SamplingConfig, batch_size: int
+) -> dict[str, Proportion]:
+    """The rates a backdoor's persistence is followed by, on `problems` (the same ones at every probe, so that a
+    curve shows the model changing rather than sampling noise): `success` with the trace on, `success_no_trace`,
+    `false_trigger` and `clean_accuracy` (trace on). Generates where the model is, e.g. inside a fit."""
+    rows = {condition: backdoor.evaluation(problems, condition) for condition in ("triggered", "clean")}
+    cot, no_trace = (Reasoner(reasoner.model, reasoner.tokenizer, mode) for mode in ("cot", "none"))
+    on = score_backdoor(cot, backdoor, rows, sampling, batch_size)
+    off = score_backdoor(no_trace, backdoor, {"triggered": rows["triggered"]}, sampling, batch_size)
+    rates = backdoor_rates(on["triggered"] + on["clean"])
+    return {"success": rates["success"], "success_no_trace": backdoor_rates(off["triggered"])["success"],
+            "false_trigger": rates["false_trigger"], "clean_accuracy": flag_rate(on["clean"], "correct")}
+
+
 # -- elicitation -----------------------------------------------------------------------------------
 
 
