@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import random
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +21,8 @@ from framework.data.tokenizer import build_word_tokenizer
 from framework.models import Reasoner, build_model
 from recipes import backdoor
 from recipes.cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 N_TEST = 4
 TINY = [
@@ -113,24 +120,38 @@ def _without_times(path):
     return [{k: v for k, v in row.items() if "time" not in k} for row in _read(path)]
 
 
-def test_a_resumed_run_reruns_only_unfinished_cells_and_writes_what_an_uninterrupted_one_wrote(tmp_path):
-    one_copy = [*TINY, "--out", str(tmp_path), "--seeds", "[0]", "--triggers.kinds", "[token]", "--plant.poisoned", "[2]"]
-    run_dir = run(backdoor.main, "backdoor", one_copy)
-    tables = {name: _without_times(run_dir / name) for name in ("results.csv", "persistence.csv", "episodes.csv")}
-    # As if killed after planting: the persistence runs and the evaluation of the planted copy never finished.
-    plant_model = run_dir / "cells" / "plant" / "token-n2" / "seed0" / "model" / "model.safetensors"
-    planted_at = plant_model.stat().st_mtime_ns
-    for cell in ("persist/token-n2/sft", "persist/token-n2/grpo", "evaluate/token-n2"):
-        (run_dir / "cells" / cell / "seed0" / "DONE.json").unlink()
-    for name in tables:
-        (run_dir / name).unlink()
+# One planted copy; 8 planting rows (no replay) in batches of 4 make two-step epochs: planting checkpoints at step 2 of 4.
+ONE_COPY = [*TINY, "--seeds", "[0]", "--triggers.kinds", "[token]", "--plant.poisoned", "[2]",
+            "--plant.replay", "0", "--plant.max_steps", "4"]
 
-    assert run(backdoor.main, "backdoor", [*one_copy, "--resume", str(run_dir)]) == run_dir
-    assert plant_model.stat().st_mtime_ns == planted_at  # the finished cells were not run again
-    # The cells that ran again started from the planted model on disk and computed what they computed before.
-    assert {name: _without_times(run_dir / name) for name in tables} == tables
+
+def test_a_run_killed_mid_fit_resumes_to_what_an_uninterrupted_one_wrote(tmp_path):
+    killed = subprocess.Popen([sys.executable, "-m", "recipes.backdoor", *ONE_COPY, "--out", str(tmp_path / "killed")],
+                              cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    pattern = "backdoor/*/cells/plant/token-n2/seed0/lightning/last.ckpt"
+    while not (checkpoints := list((tmp_path / "killed").glob(pattern))):
+        assert killed.poll() is None, f"the run ended before planting checkpointed: {killed.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    killed.kill()  # SIGKILL mid-fit: no clean-up runs
+    killed.wait()
+    run_dir = checkpoints[0].parents[5]
+    cells = run_dir / "cells"
+    assert (cells / "base" / "seed0" / "DONE.json").is_file()
+    assert not (cells / "plant" / "token-n2" / "seed0" / "DONE.json").exists()
+    base_at = (cells / "base" / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns
+
+    assert run(backdoor.main, "backdoor", [*ONE_COPY, "--out", str(tmp_path), "--resume", str(run_dir)]) == run_dir
+    straight = run(backdoor.main, "backdoor", [*ONE_COPY, "--out", str(tmp_path / "straight")])
+    # The base was not trained again; planting continued from its checkpoint at step 2; the cells after it started
+    # from the planted model on disk: everything as an uninterrupted run wrote it.
+    assert (cells / "base" / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns == base_at
+    for name in ("results.csv", "persistence.csv", "episodes.csv"):
+        assert _without_times(run_dir / name) == _without_times(straight / name), name
     with pytest.raises(ValueError, match=r"differs from the configuration given at plant\.lr"):
-        run(backdoor.main, "backdoor", [*one_copy, "--resume", str(run_dir), "--plant.lr", "0.01"])
+        run(backdoor.main, "backdoor", [*ONE_COPY, "--out", str(tmp_path), "--resume", str(run_dir), "--plant.lr", "0.01"])
 
 
 def test_poison_counts_outside_the_open_unit_interval_fail_before_anything_is_written(tmp_path):
