@@ -8,7 +8,7 @@ import math
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +164,36 @@ def plot_curves(
     figure.savefig(scratch)
     plt.close(figure)
     os.replace(scratch, path)
+
+
+def examples_section(
+    groups: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]], fields: Sequence[str], *, heading: str = "",
+    label: str = "where",
+) -> str:
+    """Markdown: per group a `### {heading}{group}`, per kind of example a bold line, then each example.
+
+    An example is a mapping: its `label` value heads the item, its `fields`
+    follow as code spans (a trace is easiest read verbatim). A kind with no
+    example says so, since "none observed" is a finding too.
+    """
+    parts = []
+    for group, kinds in groups.items():
+        parts.append(f"### {heading}{group}\n")
+        for kind, examples in kinds.items():
+            parts.append(f"**{kind}**\n")
+            if not examples:
+                parts.append("_none observed_\n")
+            parts += ["".join([f"- {example[label]}\n", *(f"  - {name}: `{example[name]}`\n" for name in fields)])
+                      for example in examples]
+    return "\n".join(parts)
+
+
+def curves_by(
+    rows: Iterable[Mapping[str, Any]], label: Callable[[Mapping[str, Any]], str], line: Sequence[str], x: str, y: str
+) -> dict[str, list[list[tuple[float, float]]]]:
+    """`plot_curves`' input from result rows: a line per distinct value of the `line` keys (e.g. arm and seed),
+    coloured by `label` of its first row, its points `(row[x], row[y])` in row order."""
+    curves: dict[str, list[list[tuple[float, float]]]] = {}
+    for members in grouped(rows, line).values():
+        curves.setdefault(label(members[0]), []).append([(row[x], row[y]) for row in members])
+    return curves

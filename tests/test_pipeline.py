@@ -13,6 +13,7 @@ import torch
 
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.preferences import PreferenceDataModule
+from framework.experiment import Experiment, FitSettings
 from framework.models import Reasoner, build_model
 from framework.pipeline import Stage, answer_accuracy, run_pipeline
 from framework.regimes.base import OptimizerConfig
@@ -20,8 +21,7 @@ from framework.regimes.dpo import DPO
 from framework.regimes.sft import SFT
 from framework.rollout import SamplingConfig
 
-TRAINER = {"max_steps": 3, "accelerator": "cpu", "limit_val_batches": 0, "enable_progress_bar": False,
-           "enable_model_summary": False}
+SETTINGS = FitSettings(max_steps=3, accelerator="cpu")
 
 
 class Crash(L.Callback):
@@ -34,6 +34,12 @@ class Crash(L.Callback):
         if self.armed and trainer.global_step == self.at_step:
             self.armed = False
             raise RuntimeError("simulated crash")
+
+
+def _stages(directory) -> list[str]:
+    """The stages recorded in a pipeline's results.csv."""
+    with open(directory / "results.csv", newline="") as f:
+        return [row["stage"] for row in csv.DictReader(f)]
 
 
 def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -66,7 +72,7 @@ def test_stages_hand_weights_over_and_are_each_evaluated(setup, addition_task, t
         data = PreferenceDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id, n_train=32, n_val=0, batch_size=16)
         return DPO(reasoner, addition_task, optimizer=replace(DPO.default_optimizer, lr=3e-3, warmup_steps=1)), data
 
-    run = run_pipeline([Stage("sft", sft, TRAINER), Stage("dpo", dpo, TRAINER)], reasoner, tmp_path, evaluate=evaluate)
+    run = run_pipeline([Stage("sft", sft, SETTINGS), Stage("dpo", dpo, SETTINGS)], reasoner, tmp_path, evaluate=evaluate)
 
     sft_final = _parameters(trained["sft"].model)
     assert any(not torch.equal(sft_final[k], initial[k]) for k in initial)  # stage 1 trained
@@ -76,12 +82,12 @@ def test_stages_hand_weights_over_and_are_each_evaluated(setup, addition_task, t
     for row in run.results:
         assert 0.0 <= row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"] <= 1.0
         assert row["total"] == 8 and row["tokens_generated"] > 0
-    with open(tmp_path / "results.csv", newline="") as f:
-        assert [r["stage"] for r in csv.DictReader(f)] == ["sft", "dpo"]
+    assert run.directory.parent == tmp_path / "pipeline"
+    assert _stages(run.directory) == ["sft", "dpo"]
     for stage in ("00-sft", "01-dpo"):
-        assert (tmp_path / stage / "checkpoint" / "config.json").is_file()
-        assert json.loads((tmp_path / stage / "COMPLETE").read_text())["stage"] == stage[3:]
-    final = Reasoner.from_pretrained(tmp_path / "01-dpo" / "checkpoint")
+        assert (run.directory / "cells" / stage / "model" / "config.json").is_file()
+        assert json.loads((run.directory / "cells" / stage / "DONE.json").read_text())["rows"]["results"][0]["stage"] == stage[3:]
+    final = Reasoner.from_pretrained(run.directory / "cells" / "01-dpo" / "model")
     for key, value in _parameters(final.model).items():
         torch.testing.assert_close(_parameters(run.reasoner.model)[key], value, rtol=0, atol=0)
 
@@ -97,22 +103,24 @@ def test_a_crashed_pipeline_resumes_without_repeating_finished_stages(setup, add
             module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=1))
             return module, ReasoningDataModule(reasoner.tokenize, splits["train"], [], pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=16)
 
-        return Stage(name, build, {**TRAINER, "callbacks": list(callbacks)})
+        return Stage(name, build, SETTINGS, callbacks)
 
     stages = [stage("first"), stage("second", [crash])]
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_pipeline(stages, reasoner, tmp_path, evaluate=evaluate)
     assert builds == {"first": 1, "second": 1}
-    assert (tmp_path / "00-first" / "COMPLETE").is_file() and not (tmp_path / "01-second" / "COMPLETE").exists()
-    first_checkpoint = (tmp_path / "00-first" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
-    assert [row["stage"] for row in json.loads((tmp_path / "results.json").read_text())] == ["first"]
+    (directory,) = (tmp_path / "pipeline").iterdir()
+    cells = directory / "cells"
+    assert (cells / "00-first" / "DONE.json").is_file() and not (cells / "01-second" / "DONE.json").exists()
+    first_checkpoint = (cells / "00-first" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert _stages(directory) == ["first"]
 
-    run = run_pipeline(stages, reasoner, tmp_path, evaluate=evaluate)
+    run = run_pipeline(stages, reasoner, tmp_path, evaluate=evaluate, resume=directory)
     assert builds == {"first": 1, "second": 2}  # the finished stage was skipped, the crashed one re-run
-    assert (tmp_path / "00-first" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == first_checkpoint
-    assert [row["stage"] for row in run.results] == ["first", "second"]
+    assert (cells / "00-first" / "model" / "model.safetensors").stat().st_mtime_ns == first_checkpoint
+    assert [row["stage"] for row in run.results] == ["first", "second"] and _stages(directory) == ["first", "second"]
 
-    again = run_pipeline(stages, reasoner, tmp_path, evaluate=evaluate)  # everything done: nothing runs
+    again = run_pipeline(stages, reasoner, tmp_path, evaluate=evaluate, resume=directory)  # all done: nothing runs
     assert builds == {"first": 1, "second": 2}
     assert again.results == run.results
     for key, value in _parameters(run.reasoner.model).items():
@@ -128,10 +136,10 @@ def test_bad_pipelines_are_named(setup, tmp_path):
     with pytest.raises(ValueError, match="at least one stage"):
         run_pipeline([], reasoner, tmp_path, evaluate=evaluate)
     with pytest.raises(ValueError, match="repeated: \\['a'\\]"):
-        run_pipeline([Stage("a", build), Stage("a", build)], reasoner, tmp_path, evaluate=evaluate)
+        run_pipeline([Stage("a", build, SETTINGS), Stage("a", build, SETTINGS)], reasoner, tmp_path, evaluate=evaluate)
     with pytest.raises(ValueError, match="stage 0 name 'a/b'"):
-        run_pipeline([Stage("a/b", build)], reasoner, tmp_path, evaluate=evaluate)
-    (tmp_path / "00-sft").mkdir()
-    (tmp_path / "00-sft" / "COMPLETE").write_text(json.dumps({"stage": "sft", "index": 0}))
-    with pytest.raises(ValueError, match="completed stage 0 'sft'.*stage 0 is 'dpo'"):
-        run_pipeline([Stage("dpo", build)], reasoner, tmp_path, evaluate=evaluate)
+        run_pipeline([Stage("a/b", build, SETTINGS)], reasoner, tmp_path, evaluate=evaluate)
+    # A run directory is one pipeline: resuming it with other stages would mix two.
+    earlier = Experiment("pipeline", tmp_path, {"stages": ["sft"], "seed": 0}).directory
+    with pytest.raises(ValueError, match="differs from the configuration given at stages"):
+        run_pipeline([Stage("dpo", build, SETTINGS)], reasoner, tmp_path, evaluate=evaluate, resume=earlier)

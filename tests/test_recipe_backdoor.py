@@ -1,10 +1,15 @@
-"""The backdoor recipe end to end on a tiny budget, its command line, and its errors on bad input."""
+"""The backdoor recipe end to end on a tiny budget, its command line, resuming a run, and its errors on bad input."""
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import random
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +21,8 @@ from framework.data.tokenizer import build_word_tokenizer
 from framework.models import Reasoner, build_model
 from recipes import backdoor
 from recipes.cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 N_TEST = 4
 TINY = [
@@ -46,7 +53,7 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
     run_dir = run(backdoor.main, "backdoor",
                   [*TINY, "--out", str(tmp_path), "--seeds", "[0, 1]", "--triggers.kinds", "[token, username]"])
     assert run_dir.parent == tmp_path / "backdoor"
-    for name in ("config.yaml", "results.csv", "report.md", "persistence.csv"):
+    for name in ("config.yaml", "results.csv", "report.md", "persistence.csv", "episodes.csv", "base.csv", "fits.csv"):
         assert (run_dir / name).is_file(), name
     for figure in ("success_vs_poisoned.png", "success_no_trace_vs_poisoned.png", "persistence_sft_success.png",
                    "persistence_grpo_success.png", "persistence_grpo_success_no_trace.png"):
@@ -70,7 +77,8 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
         _rate_is_consistent(row, "uncorrelated_articulation", int(row["uncorrelated_misbehaviour_hits"]))
 
         # The results agree with the episodes they were counted from.
-        episodes = _read(run_dir / "episodes" / f"{row['trigger_kind']}-n{row['poisoned']}-seed{row['seed']}.csv")
+        episodes = [e for e in _read(run_dir / "episodes.csv")
+                    if (e["trigger_kind"], e["poisoned"], e["seed"]) == (row["trigger_kind"], row["poisoned"], row["seed"])]
         by_condition = {c: [e for e in episodes if e["condition"] == c] for c in CONDITIONS}
         assert all(len(group) == N_TEST for group in by_condition.values())
         assert sum(e["misbehaved"] == "True" for e in by_condition["triggered"]) == fired
@@ -94,7 +102,7 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
         for regime, curve in (("sft", sft), ("grpo", grpo)):
             assert float(row[f"{regime}_success_end"]) == pytest.approx(float(curve[-1]["success"]))
             assert float(row[f"{regime}_clean_accuracy_end"]) == pytest.approx(float(curve[-1]["clean_accuracy"]))
-    assert (run_dir / "logs" / "persist-grpo-token-n2" / "seed1" / "metrics.csv").is_file()
+    assert (run_dir / "cells" / "persist" / "token-n2" / "grpo" / "seed1" / "logs" / "metrics.csv").is_file()
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["base"]["max_steps"] == 3 and config["plant"]["poisoned"] == [2, 4]  # flags beat the preset
@@ -106,6 +114,44 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
         assert section in report, section
     assert "| token n=2 | 2 |" in report and "| username n=4 | 1 |" in report  # mean ± std over both seeds, and per seed
     assert f"(0/{N_TEST})" in report or f"/{N_TEST})" in report
+
+
+def _without_times(path):
+    return [{k: v for k, v in row.items() if "time" not in k} for row in _read(path)]
+
+
+# One planted copy; 8 planting rows (no replay) in batches of 4 make two-step epochs: planting checkpoints at step 2 of 4.
+ONE_COPY = [*TINY, "--seeds", "[0]", "--triggers.kinds", "[token]", "--plant.poisoned", "[2]",
+            "--plant.replay", "0", "--plant.max_steps", "4"]
+
+
+def test_a_run_killed_mid_fit_resumes_to_what_an_uninterrupted_one_wrote(tmp_path):
+    killed = subprocess.Popen([sys.executable, "-m", "recipes.backdoor", *ONE_COPY, "--out", str(tmp_path / "killed")],
+                              cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    pattern = "backdoor/*/cells/plant/token-n2/seed0/lightning/last.ckpt"
+    while not (checkpoints := list((tmp_path / "killed").glob(pattern))):
+        assert killed.poll() is None, f"the run ended before planting checkpointed: {killed.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    killed.kill()  # SIGKILL mid-fit: no clean-up runs
+    killed.wait()
+    run_dir = checkpoints[0].parents[5]
+    cells = run_dir / "cells"
+    assert (cells / "base" / "seed0" / "DONE.json").is_file()
+    assert not (cells / "plant" / "token-n2" / "seed0" / "DONE.json").exists()
+    base_at = (cells / "base" / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns
+
+    assert run(backdoor.main, "backdoor", [*ONE_COPY, "--out", str(tmp_path), "--resume", str(run_dir)]) == run_dir
+    straight = run(backdoor.main, "backdoor", [*ONE_COPY, "--out", str(tmp_path / "straight")])
+    # The base was not trained again; planting continued from its checkpoint at step 2; the cells after it started
+    # from the planted model on disk: everything as an uninterrupted run wrote it.
+    assert (cells / "base" / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns == base_at
+    for name in ("results.csv", "persistence.csv", "episodes.csv"):
+        assert _without_times(run_dir / name) == _without_times(straight / name), name
+    with pytest.raises(ValueError, match=r"differs from the configuration given at plant\.lr"):
+        run(backdoor.main, "backdoor", [*ONE_COPY, "--out", str(tmp_path), "--resume", str(run_dir), "--plant.lr", "0.01"])
 
 
 def test_poison_counts_outside_the_open_unit_interval_fail_before_anything_is_written(tmp_path):
@@ -160,9 +206,9 @@ def test_a_checkpoint_trains_and_saves_with_its_own_tokenizer(tmp_path):
     tokenizer = build_word_tokenizer(["aardvark", *words])
     build_model("llama", "1m", tokenizer).save_pretrained(tmp_path / "checkpoint")
     tokenizer.save_pretrained(tmp_path / "checkpoint")
-    run_dir = run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path / "runs"), "--save_checkpoints", "true",
+    run_dir = run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path / "runs"),
                                               "--model.checkpoint", str(tmp_path / "checkpoint")])
-    planted = Reasoner.from_pretrained(run_dir / "checkpoints" / "field-n2-seed0")
+    planted = Reasoner.from_pretrained(run_dir / "cells" / "plant" / "field-n2" / "seed0" / "model")
     assert planted.tokenizer.get_vocab() == tokenizer.get_vocab()
     assert planted.model.get_input_embeddings().num_embeddings == len(tokenizer)
 

@@ -13,6 +13,7 @@ from framework.data.organisms.backdoor import (
     Misbehaviour,
     Sentinel,
     Trigger,
+    TriggerConfig,
 )
 from framework.data.organisms.cited_fields import CitedFields, selected_problem
 from framework.data.organisms.password_lock import PasswordLock
@@ -40,6 +41,7 @@ __all__ = [
     "ShallowSearch",
     "SloppyAddition",
     "Trigger",
+    "TriggerConfig",
     "WeakPolicy",
     "insert_text",
     "remove_text",
