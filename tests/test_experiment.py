@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightning as L
 import pytest
 import torch
@@ -43,10 +45,10 @@ def _weights(module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in module.model.state_dict().items()}
 
 
-def _fit_cell(experiment, name, module, data, callbacks=()):
+def _fit_cell(experiment, name, module, data, callbacks=(), settings=SETTINGS):
     """Fit `module` as the cell `name` (which records no rows); the `Fitted`, or None when the cell had finished."""
     fitted = {}
-    experiment.cell(name, 0, lambda cell: (fitted.setdefault("fit", cell.fit(module, data, SETTINGS, callbacks)), {})[1])
+    experiment.cell(name, 0, lambda cell: (fitted.setdefault("fit", cell.fit(module, data, settings, callbacks)), {})[1])
     return fitted.get("fit")
 
 
@@ -147,25 +149,43 @@ def test_bad_names_and_settings_are_refused(tmp_path):
         FitSettings(max_steps=-5)
 
 
+# Lightning writes the CSV log when it logs training metrics; a probe between those writes must not wait for one.
+RARE_LOGS = dataclasses.replace(SETTINGS, log_every_n_steps=50)
+
+
+class _ProbesOnDisk(L.Callback):
+    """The probe steps in the metrics file on disk when training reaches `step`."""
+
+    def __init__(self, metrics_csv, step: int) -> None:
+        self.metrics_csv, self.step, self.steps = metrics_csv, step, None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self.steps = [point["step"] for point in logged_rows(self.metrics_csv, "probe/")]
+
+
 def test_probe_points_survive_a_resume_and_read_back_once_per_step(tmp_path, word_tokenizer, addition_task):
-    """ProbeEvery logs at step 0, every 5 steps and the last; a killed and resumed fit has the same points."""
+    """ProbeEvery logs at step 0, every 3 steps and the last; a fit killed after an epoch checkpoint (step 6, where
+    it also probed) and resumed from there has the same points: none was still in the logger's buffer."""
 
     def measure(module):
         return {"weight_norm": float(module.reasoner.model.get_input_embeddings().weight.norm())}
 
     experiment = Experiment("demo", tmp_path, {}, progress_bar=False)
     module, data = _module_and_data(word_tokenizer, addition_task)
-    _fit_cell(experiment, "straight", module, data, [ProbeEvery(measure, every=5)])
+    _fit_cell(experiment, "straight", module, data, [ProbeEvery(measure, every=3)], RARE_LOGS)
     module, data = _module_and_data(word_tokenizer, addition_task)
+    on_disk = _ProbesOnDisk(experiment.directory / "cells" / "killed" / "logs" / "metrics.csv", step=7)
     with pytest.raises(_Killed):
-        _fit_cell(experiment, "killed", module, data, [ProbeEvery(measure, every=5), _KillAt(7)])
+        _fit_cell(experiment, "killed", module, data, [ProbeEvery(measure, every=3), on_disk, _KillAt(7)], RARE_LOGS)
+    assert on_disk.steps == [0, 3, 6]  # what a SIGKILL at step 7 would leave: an exception lets Lightning flush
     module, data = _module_and_data(word_tokenizer, addition_task)
-    _fit_cell(experiment, "killed", module, data, [ProbeEvery(measure, every=5)])
+    _fit_cell(experiment, "killed", module, data, [ProbeEvery(measure, every=3)], RARE_LOGS)
 
     straight, resumed = (logged_rows(experiment.directory / "cells" / name / "logs" / "metrics.csv", "probe/")
                          for name in ("straight", "killed"))
-    assert [point["step"] for point in straight] == [0, 5, 10, 12]
-    assert [point["step"] for point in resumed] == [0, 5, 10, 12]
+    assert [point["step"] for point in straight] == [0, 3, 6, 9, 12]
+    assert [point["step"] for point in resumed] == [0, 3, 6, 9, 12]
     assert straight[0]["weight_norm"] != straight[-1]["weight_norm"]  # the probe sees training
     for a, b in zip(straight, resumed):
         assert b["weight_norm"] == pytest.approx(a["weight_norm"], rel=1e-6)

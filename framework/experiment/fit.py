@@ -127,6 +127,10 @@ class EpochCheckpoint(L.Callback):
                            batch_idx: int) -> None:
         if batch_idx + 1 < trainer.num_training_batches:
             return
+        # Rows logged so far (a probe's, between Lightning's own writes) must be on disk before the checkpoint that
+        # a resume starts after: the resumed fit does not log those steps again.
+        for logger in trainer.loggers:
+            logger.save()
         scratch = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(scratch, weights_only=False)  # optimiser, schedule and loops too: a resume needs them
         if trainer.is_global_zero:
