@@ -1,0 +1,43 @@
+"""Generation over many examples in batches: the same rows as one batch, on the device asked for, in eval mode."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from framework.models import LatentConfig, Reasoner, build_model
+from framework.rollout import SamplingConfig, generate, generate_batched, rollout_latent, rollout_latent_batched
+
+GREEDY = SamplingConfig(max_new_tokens=6)
+
+
+def _examples(task, n=5):
+    return [task.generate(random.Random(seed)) for seed in range(n)]
+
+
+def test_generate_batched_equals_one_batch_and_restores_train_mode(word_tokenizer, addition_task):
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    examples = _examples(addition_task)
+    reasoner.model.train()
+    batched = generate_batched(reasoner, examples, GREEDY, batch_size=2, device="cpu")
+    assert reasoner.model.training  # eval mode only while generating
+    with torch.no_grad():
+        reasoner.model.eval()
+        assert batched == generate(reasoner, examples, GREEDY)
+    assert generate_batched(reasoner, [], GREEDY, batch_size=2) == []
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        generate_batched(reasoner, examples, GREEDY, batch_size=0)
+
+
+def test_rollout_latent_batched_joins_the_batches_with_their_thoughts(word_tokenizer, addition_task):
+    config = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=addition_task.step_separator)
+    reasoner = Reasoner(build_model("qwen3", "1m", word_tokenizer, seed=0), word_tokenizer, "latent", latent=config)
+    examples = _examples(addition_task)
+    batched = rollout_latent_batched(reasoner, examples, GREEDY, batch_size=2, return_thoughts=True)
+    whole = rollout_latent(reasoner, examples, GREEDY, return_thoughts=True)
+    assert batched.completions == whole.completions and batched.num_thoughts == whole.num_thoughts == [2] * 5
+    for row, thoughts in zip(batched.thoughts, whole.thoughts):
+        torch.testing.assert_close(row, thoughts)
+    assert rollout_latent_batched(reasoner, examples, GREEDY, batch_size=3).thoughts is None
