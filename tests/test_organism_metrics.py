@@ -110,6 +110,9 @@ def test_recovery_by_hand():
     assert recovery.interval == pytest.approx(((0.46181 - 0.2) / 0.7, (0.72392 - 0.2) / 0.7), abs=1e-4)
     row = recovery.as_dict()
     assert row["recovery"] == recovery.value and row["elicited_hits"] == 30 and row["unlocked_total"] == 50
+    assert row["elicited"] == 0.6 and row["locked"] == 0.2  # Proportion.columns: the rate under the bare name
+    assert recovery.columns("r") == {"r": recovery.value, "r_ci_low": recovery.interval[0],
+                                     "r_ci_high": recovery.interval[1]}
     # Elicited below the lock: negative recovery; above the unlocked model: more than 1.
     assert elicitation_recovery(Proportion(5, 50), Proportion(10, 50), Proportion(45, 50)).value == pytest.approx(-1 / 7)
     assert elicitation_recovery(Proportion(50, 50), Proportion(10, 50), Proportion(45, 50)).value > 1

@@ -250,11 +250,16 @@ class Recovery:
         low, high = ((bound - self.locked.rate) / self.gap for bound in self.elicited.interval)
         return min(low, high), max(low, high)
 
-    def as_dict(self) -> dict[str, float]:
+    def columns(self, name: str = "recovery") -> dict[str, float]:
+        """Results columns `name`, `name_ci_low`, `name_ci_high` (the value and its mapped interval)."""
         low, high = self.interval
-        row = {"recovery": self.value, "recovery_ci_low": low, "recovery_ci_high": high, "gap": self.gap}
+        return {name: self.value, f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+    def as_dict(self) -> dict[str, float]:
+        """Recovery, the gap, and the three accuracies as `Proportion.columns` (`elicited`, `elicited_hits`, …)."""
+        row = {**self.columns(), "gap": self.gap}
         for name in ("elicited", "locked", "unlocked"):
-            row |= {f"{name}_{key}": value for key, value in getattr(self, name).as_dict().items()}
+            row |= getattr(self, name).columns(name)
         return row
 
 
