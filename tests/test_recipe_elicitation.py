@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,6 +22,7 @@ from framework.data.tokenizer import wrap_tokenizer
 from recipes import elicitation
 from recipes.cli import parse, run
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--preset", "smoke",
     "--train.max_steps", "3", "--train.batch_size", "8", "--train.max_new_tokens", "12",
@@ -71,7 +77,7 @@ def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
     for kind in ("cot", "latent"):
         assert (run_dir / f"recovery_vs_n_{kind}.png").stat().st_size > 1000
     for log in ("grpo-cot-n2", "grpo-latent-n1", "expert_iteration-latent-n1"):
-        assert (run_dir / "logs" / log / "seed0" / "metrics.csv").is_file()
+        assert (run_dir / "cells" / log / "seed0" / "logs" / "metrics.csv").is_file()
 
 
 def test_the_latent_curriculum_locks_on_weak_rows_that_skipped_every_step(tmp_path):
@@ -87,7 +93,7 @@ def test_the_latent_curriculum_locks_on_weak_rows_that_skipped_every_step(tmp_pa
         "--demos", "[1]", "--latent.curriculum", "true", "--train.max_steps", "4", "--lock.weak_error_rate", "1.0",
     ])
     assert [r["reasoner"] for r in _rows(run_dir / "locked.csv")] == ["latent"]
-    stages = {row["train/stage"] for row in _rows(run_dir / "logs" / "lock-latent" / "seed0" / "metrics.csv")
+    stages = {row["train/stage"] for row in _rows(run_dir / "cells" / "lock-latent" / "seed0" / "logs" / "metrics.csv")
               if row.get("train/stage")}
     assert len(stages) > 1  # the curriculum ran through its stages
 
@@ -122,3 +128,46 @@ def test_a_password_the_tokenizer_splits_into_nothing_is_an_error_at_start(tmp_p
     with pytest.raises(ValueError, match="password 'xx' tokenizes to nothing"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--lock.password", "xx"])
     assert not (tmp_path / "elicitation").exists()
+
+
+# One lock cell, then one elicitation cell of 8 one-batch epochs (2 demonstrations in batches of 2): it checkpoints
+# after every step, so a kill lands mid-fit.
+RESUMABLE = [*TINY, "--reasoners", "[cot]", "--arms.cot", "[sft_full_trace]", "--demos", "[2]", "--elicit.steps", "8"]
+
+
+def _start(out: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "recipes.elicitation", *RESUMABLE, "--out", str(out), *flags],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> None:
+    _, errors = process.communicate(timeout=300)
+    assert process.returncode == 0, errors
+
+
+def _timeless(path: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if "time" not in k} for row in _rows(path)]
+
+
+def test_a_run_killed_in_an_elicitation_fit_resumes_from_the_saved_lock_to_the_uninterrupted_results(tmp_path):
+    straight, killed = _start(tmp_path / "straight"), _start(tmp_path / "killed")
+    deadline = time.monotonic() + 300
+    pattern = "*/*/cells/sft_full_trace-cot-n2/seed0/lightning/last.ckpt"
+    while not (checkpoints := list((tmp_path / "killed").glob(pattern))):
+        assert killed.poll() is None, "the run ended before its elicitation cell wrote a checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    killed.kill()  # SIGKILL: no clean-up runs
+    killed.wait()
+    run_dir = checkpoints[0].parents[4]
+    assert (run_dir / "cells" / "lock-cot" / "seed0" / "DONE.json").is_file()
+    assert (run_dir / "cells" / "lock-cot" / "seed0" / "model" / "config.json").is_file()
+
+    _finish(_start(tmp_path / "killed", "--resume", str(run_dir)))
+    _finish(straight)
+    straight_dir = next((tmp_path / "straight" / "elicitation").iterdir())
+    for table in ("locked.csv", "results.csv"):
+        assert _timeless(run_dir / table) == _timeless(straight_dir / table) != []
+    with pytest.raises(ValueError, match=r"differs from the configuration given at elicit\.lr;"):
+        run(elicitation.main, "elicitation", [*RESUMABLE, "--resume", str(run_dir), "--elicit.lr", "0.01"])
