@@ -1,17 +1,13 @@
-"""The elicitation recipe end to end on a tiny budget, its command line, and its bad-input errors."""
+"""The elicitation recipe end to end on a tiny budget, its command line, its bad-input errors, and resuming it."""
 
 from __future__ import annotations
 
 import csv
 import math
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import yaml
+from _recipe_runs import finish, kill_at, start, timeless_rows
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 import recipes.models
@@ -22,7 +18,6 @@ from framework.data.tokenizer import wrap_tokenizer
 from recipes import elicitation
 from recipes.cli import parse, run
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--preset", "smoke",
     "--train.max_steps", "3", "--train.batch_size", "8", "--train.max_new_tokens", "12",
@@ -135,39 +130,17 @@ def test_a_password_the_tokenizer_splits_into_nothing_is_an_error_at_start(tmp_p
 RESUMABLE = [*TINY, "--reasoners", "[cot]", "--arms.cot", "[sft_full_trace]", "--demos", "[2]", "--elicit.steps", "8"]
 
 
-def _start(out: Path, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recipes.elicitation", *RESUMABLE, "--out", str(out), *flags],
-                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _finish(process: subprocess.Popen) -> None:
-    _, errors = process.communicate(timeout=300)
-    assert process.returncode == 0, errors
-
-
-def _timeless(path: Path) -> list[dict[str, str]]:
-    return [{k: v for k, v in row.items() if "time" not in k} for row in _rows(path)]
-
-
 def test_a_run_killed_in_an_elicitation_fit_resumes_from_the_saved_lock_to_the_uninterrupted_results(tmp_path):
-    straight, killed = _start(tmp_path / "straight"), _start(tmp_path / "killed")
-    deadline = time.monotonic() + 300
-    pattern = "*/*/cells/sft_full_trace-cot-n2/seed0/lightning/last.ckpt"
-    while not (checkpoints := list((tmp_path / "killed").glob(pattern))):
-        assert killed.poll() is None, "the run ended before its elicitation cell wrote a checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    killed.kill()  # SIGKILL: no clean-up runs
-    killed.wait()
-    run_dir = checkpoints[0].parents[4]
+    straight, killed = (start("elicitation", tmp_path / name, *RESUMABLE) for name in ("straight", "killed"))
+    checkpoint = kill_at(killed, tmp_path / "killed", "*/*/cells/sft_full_trace-cot-n2/seed0/lightning/last.ckpt")
+    run_dir = checkpoint.parents[4]
     assert (run_dir / "cells" / "lock-cot" / "seed0" / "DONE.json").is_file()
     assert (run_dir / "cells" / "lock-cot" / "seed0" / "model" / "config.json").is_file()
 
-    _finish(_start(tmp_path / "killed", "--resume", str(run_dir)))
-    _finish(straight)
+    finish(start("elicitation", tmp_path / "killed", *RESUMABLE, "--resume", str(run_dir)))
+    finish(straight)
     straight_dir = next((tmp_path / "straight" / "elicitation").iterdir())
     for table in ("locked.csv", "results.csv"):
-        assert _timeless(run_dir / table) == _timeless(straight_dir / table) != []
+        assert timeless_rows(run_dir / table) == timeless_rows(straight_dir / table) != []
     with pytest.raises(ValueError, match=r"differs from the configuration given at elicit\.lr;"):
         run(elicitation.main, "elicitation", [*RESUMABLE, "--resume", str(run_dir), "--elicit.lr", "0.01"])
