@@ -96,7 +96,7 @@ from framework.io import atomic_write_text
 from framework.models import LatentConfig, Reasoner
 from framework.probes.organism_metrics import AnswerAndProcedure, Proportion, answer_and_procedure, elicitation_recovery
 from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT, OptimizerConfig
-from framework.report import grouped, interval_cell, mean_std_cell, per_seed_table, plot_curves
+from framework.report import grouped, interval_cell, mean_std_cell, per_seed_table, plot_curves, summary_table
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.models import ModelConfig, model_for, tokenizer_for
@@ -222,10 +222,7 @@ def main(
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
     plan = _plan(reasoners, arms, demos)
-    _check_elicit(elicit, plan)
-    if "latent" in plan and latent.curriculum and latent.steps_per_stage(train.max_steps) < 1:
-        raise ValueError(f"train.max_steps={train.max_steps} cannot hold the latent curriculum's "
-                         f"{latent.max_stage + 2} stages (latent.max_stage={latent.max_stage}, plus 0 and the final)")
+    _check_settings(plan, train, latent, elicit)
     the_task = make_task(task.name, **task.options)
     organism = PasswordLock(
         the_task, password=lock.password, wrong_passwords=tuple(lock.wrong_passwords),
@@ -293,8 +290,12 @@ def _plan(reasoners: Sequence[str], arms: Arms, demos: Sequence[int]) -> dict[st
     return {kind: list(getattr(arms, kind)) for kind in reasoners}
 
 
-def _check_elicit(elicit: ElicitConfig, plan: dict[str, list[str]]) -> None:
-    """The sampling arms' settings, checked before anything trains (GRPO would only fail after locking)."""
+def _check_settings(plan: dict[str, list[str]], train: TrainConfig, latent: LatentArmConfig,
+                    elicit: ElicitConfig) -> None:
+    """The curriculum's and the sampling arms' settings, checked before anything trains (GRPO's after locking)."""
+    if "latent" in plan and latent.curriculum and latent.steps_per_stage(train.max_steps) < 1:
+        raise ValueError(f"train.max_steps={train.max_steps} cannot hold the latent curriculum's "
+                         f"{latent.max_stage + 2} stages (latent.max_stage={latent.max_stage}, plus 0 and the final)")
     arms = {arm for kind_arms in plan.values() for arm in kind_arms}
     if "grpo" in arms and elicit.num_generations < 2:
         raise ValueError(f"elicit.num_generations must be >= 2 (GRPO compares samples within a group), "
@@ -351,7 +352,7 @@ def _elicit(
     sft = {"optimizer": OptimizerConfig(lr=elicit.lr, warmup_steps=elicit.warmup_steps)}
     rl_optimizer = {"lr": elicit.rl_lr, "warmup_steps": elicit.warmup_steps}
     rollout = SamplingConfig(max_new_tokens=train.max_new_tokens, do_sample=True, temperature=elicit.temperature)
-    steps = elicit.steps
+    steps = elicit.rl_steps if arm in ("grpo", "expert_iteration") else elicit.steps
     if arm == "sft_full_trace":
         module: L.LightningModule = SFT(reasoner, task, mask="train_on_completion", **sft)
     elif arm == "sft_empty_trace":
@@ -368,11 +369,9 @@ def _elicit(
     elif arm == "grpo":
         module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=elicit.num_generations,
                       sampling=rollout, optimizer=replace(GRPO.default_optimizer, **rl_optimizer))
-        steps = elicit.rl_steps
     elif arm == "expert_iteration":  # keeps finished completions with a right answer (reward 1.0, the threshold)
         module = ExpertIteration(reasoner, task, reward_funcs=AnswerCorrectness(task), num_samples=elicit.num_samples,
                                  rollout=rollout, optimizer=replace(ExpertIteration.default_optimizer, **rl_optimizer))
-        steps = elicit.rl_steps
     else:
         raise ValueError(f"unknown arm {arm!r}")
     fitted = cell.fit(module, _data(reasoner, demos, elicit.batch_size), _settings(steps, train))
@@ -423,11 +422,7 @@ def _report(
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     before_columns = [("with password", "unlocked_accuracy"), ("without password", "locked_accuracy"),
                       ("procedure with", "unlocked_procedure"), ("procedure without", "locked_procedure")]
-    before_table = "\n".join(
-        f"| {kind} | {len(rows)} | "
-        + " | ".join(mean_std_cell(r[name] for r in rows) for _, name in before_columns) + " |"
-        for (kind,), rows in grouped(before, ["reasoner"]).items()
-    )
+    rates = [name for _, name in before_columns]
     after_table = "\n".join(
         f"| {kind} | {arm} | {n} | {len(rows)} | {mean_std_cell(r['elicited_accuracy'] for r in rows)} | "
         f"{mean_std_cell((r['recovery'] for r in rows), percent=False)} | "
@@ -454,17 +449,13 @@ locked for {train.max_steps} steps of {train.batch_size} rows. Latent reasoner: 
 step, {curriculum}. Elicitation: SFT arms {elicit.steps} steps (lr {elicit.lr}); GRPO and expert iteration
 {elicit.rl_steps} steps (lr {elicit.rl_lr}, {elicit.num_generations} generations / {elicit.num_samples} samples per problem).
 
-"Procedure" is, for the cot reasoner, the share of test episodes whose generated trace has every reference step
-and passes the task's step checker; for the latent reasoner, the share of continuous thoughts whose logit-lens
-top token is a word the reference trace computes (not in the prompt). Rates in %, mean ± std over seeds;
+"Procedure": the share of test episodes whose trace passes every reference step (cot), or of continuous thoughts
+whose logit-lens top token is a value the reference trace computes (latent). Rates in %, mean ± std over seeds;
 per-seed rows give the 95% Wilson interval and the counts.
 
 ## Before elicitation: the locked models
 
-| reasoner | seeds | {" | ".join(title for title, _ in before_columns)} |
-|---|---|---|---|---|---|
-{before_table}
-
+{summary_table(before, "reasoner", rates, percent=rates)}
 {per_seed_table(before, ["reasoner", "seed"], before_columns)}
 ## After elicitation: accuracy without password and recovery per arm × reasoner × n
 

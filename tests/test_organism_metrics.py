@@ -4,6 +4,7 @@ recall at FPR."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from framework.data.collate import collate
 from framework.data.organisms import Trigger
 from framework.data.sample import Example
-from framework.models import Reasoner, build_model
+from framework.models import LatentConfig, Reasoner, build_model
 from framework.probes import (
     AnswerAccuracy,
     ArticulationRate,
@@ -28,6 +29,7 @@ from framework.probes import (
     remove_trigger_from_prompt,
     wilson_interval,
 )
+from framework.probes.organism_metrics import answer_and_procedure
 from framework.rollout import SamplingConfig
 
 # Ten episodes: four triggered, of which three misbehave; one untriggered misbehaves.
@@ -116,6 +118,22 @@ def test_recovery_by_hand():
     # Elicited below the lock: negative recovery; above the unlocked model: more than 1.
     assert elicitation_recovery(Proportion(5, 50), Proportion(10, 50), Proportion(45, 50)).value == pytest.approx(-1 / 7)
     assert elicitation_recovery(Proportion(50, 50), Proportion(10, 50), Proportion(45, 50)).value > 1
+
+
+def test_answer_and_procedure_judges_each_episode_of_a_trace_and_each_thought_of_a_latent_reasoner(
+    word_tokenizer, addition_task
+):
+    examples = [addition_task.generate(random.Random(seed)) for seed in range(5)]
+    greedy = SamplingConfig(max_new_tokens=8)
+    cot = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    score = answer_and_procedure(cot, examples, addition_task, greedy, batch_size=2, device="cpu")
+    assert score.accuracy.total == score.procedure.total == 5
+    assert set(score.columns("x")) == {f"x_{rate}{key}" for rate in ("accuracy", "procedure")
+                                       for key in ("", "_hits", "_total", "_ci_low", "_ci_high")}
+    config = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=addition_task.step_separator)
+    latent = Reasoner(build_model("qwen3", "1m", word_tokenizer, seed=0), word_tokenizer, "latent", latent=config)
+    score = answer_and_procedure(latent, examples, addition_task, greedy, batch_size=2)
+    assert score.accuracy.total == 5 and score.procedure.total == 5 * 2  # two thoughts each, pooled
 
 
 def test_recovery_of_a_lock_that_did_not_lock_is_nan():
