@@ -91,7 +91,7 @@ from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
-from framework.experiment import Cell, Experiment, FitSettings, Rows
+from framework.experiment import Cell, Experiment, FitSettings, Fitted, Rows
 from framework.io import atomic_write_text
 from framework.models import LatentConfig, Reasoner
 from framework.probes.organism_metrics import AnswerAndProcedure, Proportion, answer_and_procedure, elicitation_recovery
@@ -328,7 +328,7 @@ def _lock(
                   else {"curriculum": False})
         module = LatentSFT(reasoner, task, seed=seed, **stages, **options)
     rows = organism.apply(problems, seed=seed)
-    fitted = cell.fit(module, _data(reasoner, rows, train.batch_size), _settings(train.max_steps, train))
+    fitted = _fit(cell, module, reasoner, rows, train.batch_size, train.max_steps, train)
     if reasoner.latent is not None:
         reasoner.stage = reasoner.latent.final_stage  # measured and elicited at the final stage
     reasoner.save_pretrained(cell.model_dir)
@@ -374,7 +374,7 @@ def _elicit(
                                  rollout=rollout, optimizer=replace(ExpertIteration.default_optimizer, **rl_optimizer))
     else:
         raise ValueError(f"unknown arm {arm!r}")
-    fitted = cell.fit(module, _data(reasoner, demos, elicit.batch_size), _settings(steps, train))
+    fitted = _fit(cell, module, reasoner, demos, elicit.batch_size, steps, train)
     elicited, unlocked_after = measure(reasoner, tests["locked"]), measure(reasoner, tests["unlocked"])
     recovery = elicitation_recovery(
         elicited.accuracy, *(Proportion(locked[f"{name}_accuracy_hits"], locked[f"{name}_accuracy_total"])
@@ -388,17 +388,14 @@ def _elicit(
     }]}
 
 
-def _data(reasoner: Reasoner, examples: Sequence[Example], batch_size: int) -> ReasoningDataModule:
-    """`examples` to train on (repeated as the steps need), no validation split."""
-    return ReasoningDataModule(reasoner.tokenize, examples, [], pad_token_id=reasoner.tokenizer.pad_token_id,
+def _fit(cell: Cell, module: L.LightningModule, reasoner: Reasoner, examples: Sequence[Example], batch_size: int,
+         max_steps: int, train: TrainConfig) -> Fitted:
+    """Train on `examples` (repeated as the steps need; no validation) for `max_steps`, and at most as many epochs:
+    a bound that holds whatever a regime's `training_step` returns. Short runs still log their curve."""
+    data = ReasoningDataModule(reasoner.tokenize, examples, [], pad_token_id=reasoner.tokenizer.pad_token_id,
                                batch_size=min(batch_size, len(examples)))
-
-
-def _settings(max_steps: int, train: TrainConfig) -> FitSettings:
-    """`max_steps`, and at most as many epochs: a bound that holds whatever a regime's `training_step` returns."""
-    return FitSettings(max_steps=max_steps, max_epochs=max_steps, accelerator=train.accelerator,
-                       precision=train.precision,
-                       log_every_n_steps=max(1, min(10, max_steps // 20)))  # short runs still log their curve
+    return cell.fit(module, data, FitSettings(max_steps=max_steps, max_epochs=max_steps, accelerator=train.accelerator,
+                                              precision=train.precision, log_every_n_steps=max(1, min(10, max_steps // 20))))
 
 
 def _plot(results: list[dict[str, Any]], experiment: Experiment) -> list[str]:
