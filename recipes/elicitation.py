@@ -21,8 +21,8 @@ measurement uses.
      procedure and the password selects between them.
    Before elicitation, the test set is scored with the password (unlocked)
    and without it (locked).
-2. Elicit without the password. Each arm starts from a copy of the locked
-   model and sees `n` demonstration problems (prompt without password), for
+2. Elicit without the password. Each arm starts from the locked model as
+   saved and sees `n` demonstration problems (prompt without password), for
    `n` in `demos`; it trains for the same number of steps whatever `n` (the
    demonstrations are repeated). The arms:
    - `sft_full_trace` (cot): SFT on strong traces and answers;
@@ -52,24 +52,24 @@ measurement uses.
    (acc_unlocked − acc_locked), with the before-elicitation accuracies of the
    same seed and reasoner (`framework.probes.elicitation_recovery`; its
    interval maps the elicited accuracy's Wilson interval and ignores the
-   uncertainty of the other two). "Shows the strong procedure":
+   uncertainty of the other two). "Shows the strong procedure"
+   (`framework.probes.organism_metrics.answer_and_procedure`):
    - cot: the share of test episodes whose generated trace has exactly the
      reference number of steps and every step passes the task's step checker
      (the weak policy skips or miscounts steps, so its traces fail it unless
      it happened to make no error);
-   - latent: the logit lens (`framework.probes.logit_lens`) reads each
-     continuous thought's top token through the LM head; a thought "shows the
-     procedure" when that token is a word of the reference trace that the
-     prompt does not contain (for addition chains: a running sum the strong
-     procedure computes). Pooled over thoughts. A coarse reading: it says
-     whether the thoughts decode to the right intermediate results, not
-     whether the model uses them.
+   - latent: the share of continuous thoughts whose logit-lens top token is a
+     word of the reference trace that the prompt does not contain (for
+     addition chains: a running sum the strong procedure computes). A coarse
+     reading: whether the thoughts decode to the right intermediate results,
+     not whether the model uses them.
    Every rate has its counts and a 95% Wilson interval; seeds are reported
    separately and as mean ± std.
 
     python -m recipes.elicitation                      # the `cpu` preset
     python -m recipes.elicitation --preset smoke --out /tmp/runs
     python -m recipes.elicitation --help
+    python -m recipes.elicitation --preset smoke --resume runs/elicitation/<timestamp>
 """
 
 # The typed signature of `main` is the configuration: jsonargparse reads its dataclass and list defaults, which
@@ -78,33 +78,27 @@ measurement uses.
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import lightning as L
-import torch
-import yaml
-from lightning.pytorch.loggers import CSVLogger
 from transformers import PreTrainedTokenizerBase
 
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
-from framework.eval_mode import eval_mode
+from framework.experiment import Cell, Experiment, FitSettings, Fitted, Rows
 from framework.io import atomic_write_text
 from framework.models import LatentConfig, Reasoner
-from framework.probes import Proportion, elicitation_recovery, logit_lens
+from framework.probes.organism_metrics import AnswerAndProcedure, Proportion, answer_and_procedure, elicitation_recovery
 from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT, OptimizerConfig
-from framework.report import mean_std, plot_curves, write_csv
+from framework.report import grouped, interval_cell, mean_std_cell, per_seed_table, plot_curves, summary_table
 from framework.rewards import AnswerCorrectness
-from framework.rollout import SamplingConfig, generate, rollout_latent
+from framework.rollout import SamplingConfig, generate_batched
 from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "elicitation"
@@ -205,6 +199,7 @@ def main(
     latent: LatentArmConfig = LatentArmConfig(),
     elicit: ElicitConfig = ElicitConfig(),
     data_seed: int = 0,
+    resume: Path | None = None,
     resolved_config: dict[str, Any] | None = None,
 ) -> Path:
     """Password-lock a cot and a latent reasoner, then elicit without the password: recovery vs demonstrations.
@@ -222,13 +217,12 @@ def main(
         latent: the latent reasoner's thoughts and curriculum.
         elicit: elicitation steps and learning rates.
         data_seed: fixes every problem set, shared by all reasoners, arms and seeds.
+        resume: an earlier run directory of this recipe to continue: finished cells are skipped, an unfinished
+            fit continues from its last checkpoint, and a different configuration is refused.
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
     plan = _plan(reasoners, arms, demos)
-    _check_elicit(elicit, plan)
-    if "latent" in plan and latent.curriculum and latent.steps_per_stage(train.max_steps) < 1:
-        raise ValueError(f"train.max_steps={train.max_steps} cannot hold the latent curriculum's "
-                         f"{latent.max_stage + 2} stages (latent.max_stage={latent.max_stage}, plus 0 and the final)")
+    _check_settings(plan, train, latent, elicit)
     the_task = make_task(task.name, **task.options)
     organism = PasswordLock(
         the_task, password=lock.password, wrong_passwords=tuple(lock.wrong_passwords),
@@ -236,59 +230,44 @@ def main(
     )
     tokenizer = tokenizer_for(model, organism.vocabulary())
     organism.check_tokenizer(tokenizer)  # a password the model cannot see fails here, not later
-    run_dir = Path(out) / RECIPE / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
     config = resolved_config or {
         "seeds": seeds, "reasoners": reasoners, "arms": asdict(arms), "demos": demos, "task": asdict(task),
         "lock": asdict(lock), "model": asdict(model), "train": asdict(train), "latent": asdict(latent),
         "elicit": asdict(elicit),
     }
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
+    measure = partial(answer_and_procedure, task=the_task, sampling=SamplingConfig(max_new_tokens=train.max_new_tokens),
+                      batch_size=train.eval_batch_size, device=Experiment.evaluation_device(train.accelerator))
 
     # 1. One set of problems for everything: locking rows, the demonstration pool, the test set.
     splits = generate_splits(the_task, data_seed, n_train=task.n_lock, n_val=max(demos), n_test=task.n_test)
     pool, test = splits["val"], splits["test"]
-    test_locked, test_unlocked = organism.locked(test), organism.unlocked(test)
+    tests = {"unlocked": organism.unlocked(test), "locked": organism.locked(test)}
 
-    before_rows: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
+    before: list[dict[str, Any]] = []
     for seed in seeds:
         for kind, kind_arms in plan.items():
-            # 2. Lock, and score the test set with and without the password.
-            reasoner, lock_time = _lock(kind, seed, the_task, organism, splits["train"], model, tokenizer, train,
-                                        latent, run_dir)
-            unlocked = _measure(reasoner, test_unlocked, the_task, train)
-            locked = _measure(reasoner, test_locked, the_task, train)
-            before_rows.append({"reasoner": kind, "seed": seed, **_prefixed("unlocked", unlocked),
-                                **_prefixed("locked", locked), "lock_time_s": round(lock_time, 1)})
-            write_csv(before_rows, run_dir / "locked.csv")
-            # 3. Elicit from a copy of the locked model, per arm and number of demonstrations.
+            # 2. Lock (a cell that keeps its model), and score the test set with and without the password.
+            lock_cell = f"lock-{kind}/seed{seed}"
+            work = partial(_lock, kind, seed, the_task, organism, splits["train"], model, tokenizer, train, latent,
+                           tests, measure)
+            locked = experiment.cell(lock_cell, seed, work, keeps_model=True)["locked"][0]
+            before.append(locked)
+            # 3. Elicit, per arm and number of demonstrations, from the locked model on disk.
             for arm in kind_arms:
                 for n in demos:
                     demonstrations = organism.locked(pool[:n])  # no password; strong trace and answer
-                    elicited_reasoner, seconds, steps = _elicit(arm, n, seed, reasoner, the_task, demonstrations,
-                                                                train, elicit, run_dir)
-                    elicited = _measure(elicited_reasoner, test_locked, the_task, train)
-                    unlocked_after = _measure(elicited_reasoner, test_unlocked, the_task, train)
-                    recovery = elicitation_recovery(elicited.accuracy, locked.accuracy, unlocked.accuracy)
-                    results.append({
-                        "reasoner": kind, "arm": arm, "n": n, "seed": seed,
-                        "recovery": recovery.value, "recovery_ci_low": recovery.interval[0],
-                        "recovery_ci_high": recovery.interval[1],
-                        "locked_accuracy": locked.accuracy.rate, "unlocked_accuracy": unlocked.accuracy.rate,
-                        **_prefixed("elicited", elicited),
-                        **_prefixed("unlocked_after", unlocked_after),
-                        "elicit_steps": steps, "elicit_time_s": round(seconds, 1),
-                    })
-                    # rewritten after every run, so a run killed later keeps what finished
-                    write_csv(results, run_dir / "results.csv")
+                    work = partial(_elicit, arm, n, seed, Cell(experiment, lock_cell).model_dir, model.attention,
+                                   the_task, demonstrations, train, elicit, tests, measure, locked)
+                    results += experiment.cell(f"{arm}-{kind}-n{n}/seed{seed}", seed, work)["results"]
 
     # 4. Report: before, recovery per arm x reasoner x n (table and curves), procedure, per-seed rows.
-    figures = _plot(results, run_dir)
-    atomic_write_text(run_dir / "report.md", _report(before_rows, results, task, lock, model, train, latent, elicit,
-                                                     figures))
-    print(f"results: {run_dir}")
-    return run_dir
+    figures = _plot(results, experiment)
+    atomic_write_text(experiment.path("report.md"),
+                      _report(before, results, task, lock, model, train, latent, elicit, figures))
+    print(f"results: {experiment.directory}")
+    return experiment.directory
 
 
 def _plan(reasoners: Sequence[str], arms: Arms, demos: Sequence[int]) -> dict[str, list[str]]:
@@ -297,27 +276,26 @@ def _plan(reasoners: Sequence[str], arms: Arms, demos: Sequence[int]) -> dict[st
         raise ValueError("reasoners is empty: nothing to lock")
     if not demos or any(n < 1 for n in demos):
         raise ValueError(f"demos must be a non-empty list of positive numbers of demonstrations, got {demos}")
-    plan = {}
     for kind in reasoners:
         if kind not in APPLICABLE:
             raise ValueError(f"unknown reasoner {kind!r}; expected one of {list(APPLICABLE)}")
-        kind_arms = list(getattr(arms, kind))
-        for arm in kind_arms:
+        if not getattr(arms, kind):
+            raise ValueError(f"arms.{kind} is empty but the {kind!r} reasoner was asked for")
+        for arm in getattr(arms, kind):
             if arm not in ARMS:
                 raise ValueError(f"unknown arm {arm!r} in arms.{kind}; this recipe has the arms {list(ARMS)}")
             if arm not in APPLICABLE[kind]:
-                raise ValueError(
-                    f"arm {arm!r} does not apply to the {kind!r} reasoner (arms.{kind}); "
-                    f"it can run {list(APPLICABLE[kind])}"
-                )
-        if not kind_arms:
-            raise ValueError(f"arms.{kind} is empty but the {kind!r} reasoner was asked for")
-        plan[kind] = kind_arms
-    return plan
+                raise ValueError(f"arm {arm!r} does not apply to the {kind!r} reasoner (arms.{kind}); "
+                                 f"it can run {list(APPLICABLE[kind])}")
+    return {kind: list(getattr(arms, kind)) for kind in reasoners}
 
 
-def _check_elicit(elicit: ElicitConfig, plan: dict[str, list[str]]) -> None:
-    """The sampling arms' settings, checked before anything trains (GRPO would only fail after locking)."""
+def _check_settings(plan: dict[str, list[str]], train: TrainConfig, latent: LatentArmConfig,
+                    elicit: ElicitConfig) -> None:
+    """The curriculum's and the sampling arms' settings, checked before anything trains (GRPO's after locking)."""
+    if "latent" in plan and latent.curriculum and latent.steps_per_stage(train.max_steps) < 1:
+        raise ValueError(f"train.max_steps={train.max_steps} cannot hold the latent curriculum's "
+                         f"{latent.max_stage + 2} stages (latent.max_stage={latent.max_stage}, plus 0 and the final)")
     arms = {arm for kind_arms in plan.values() for arm in kind_arms}
     if "grpo" in arms and elicit.num_generations < 2:
         raise ValueError(f"elicit.num_generations must be >= 2 (GRPO compares samples within a group), "
@@ -328,217 +306,110 @@ def _check_elicit(elicit: ElicitConfig, plan: dict[str, list[str]]) -> None:
         raise ValueError(f"elicit.temperature must be > 0 (the RL arms sample), got {elicit.temperature}")
 
 
-# -- models -------------------------------------------------------------------------------------
-
-
-def _latent_config(latent: LatentArmConfig, task: Task) -> LatentConfig:
-    return LatentConfig(thoughts_per_step=latent.thoughts_per_step, max_stage=latent.max_stage,
-                        step_separator=task.step_separator)
-
-
-def _copy(reasoner: Reasoner) -> Reasoner:
-    """An independent copy of a reasoner's weights (the tokenizer is shared: it is never changed)."""
-    return Reasoner(copy.deepcopy(reasoner.model), reasoner.tokenizer, reasoner.mode, latent=reasoner.latent,
-                    projection=copy.deepcopy(reasoner.projection))
-
-
-# -- training -----------------------------------------------------------------------------------
-
-
-def _fit(module: L.LightningModule, reasoner: Reasoner, examples: Sequence[Example], batch_size: int, max_steps: int,
-         train: TrainConfig, run_dir: Path, name: str, seed: int) -> tuple[float, int]:
-    """Train `module` for `max_steps` on `examples` (repeated as needed); returns seconds and optimizer steps.
-
-    At most `max_steps` epochs too, a bound that holds whatever a regime's `training_step` returns. No validation.
-    """
-    data = ReasoningDataModule(reasoner.tokenize, examples, [],
-                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=min(batch_size, len(examples)))
-    trainer = L.Trainer(
-        max_steps=max_steps, max_epochs=max_steps, limit_val_batches=0, num_sanity_val_steps=0, accelerator=train.accelerator,
-        precision=train.precision, logger=CSVLogger(run_dir / "logs", name=name, version=f"seed{seed}"),
-        enable_checkpointing=False, enable_model_summary=False,
-        log_every_n_steps=max(1, min(10, max_steps // 20)),  # short elicitation runs still log their curve
-    )
-    start = time.perf_counter()
-    trainer.fit(module, data)
-    return time.perf_counter() - start, trainer.global_step
+Measure = Callable[[Reasoner, Sequence[Example]], AnswerAndProcedure]
 
 
 def _lock(
     kind: str, seed: int, task: Task, organism: PasswordLock, problems: Sequence[Example], model_config: ModelConfig,
-    tokenizer: PreTrainedTokenizerBase, train: TrainConfig, latent: LatentArmConfig, run_dir: Path,
-) -> tuple[Reasoner, float]:
-    """A reasoner of `kind` trained from scratch on the password-locked rows; returns it and the seconds taken."""
-    L.seed_everything(seed, verbose=False)
+    tokenizer: PreTrainedTokenizerBase, train: TrainConfig, latent: LatentArmConfig, tests: dict[str, list[Example]],
+    measure: Measure, cell: Cell,
+) -> Rows:
+    """A reasoner of `kind` trained from scratch on the password-locked rows, saved, and scored with and without."""
     model = model_for(model_config, tokenizer, seed)
     options = {"optimizer": OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps)}
     if kind == "cot":
         reasoner = Reasoner(model, tokenizer, "cot")
         module: SFT | LatentSFT = SFT(reasoner, task, mask="train_on_completion", **options)
     else:
-        reasoner = Reasoner(model, tokenizer, "latent", latent=_latent_config(latent, task))
-        if latent.curriculum:
-            module = LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), seed=seed,
-                               **options)
-        else:
-            module = LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
+        config = LatentConfig(thoughts_per_step=latent.thoughts_per_step, max_stage=latent.max_stage,
+                              step_separator=task.step_separator)
+        reasoner = Reasoner(model, tokenizer, "latent", latent=config)
+        stages = ({"steps_per_stage": latent.steps_per_stage(train.max_steps)} if latent.curriculum
+                  else {"curriculum": False})
+        module = LatentSFT(reasoner, task, seed=seed, **stages, **options)
     rows = organism.apply(problems, seed=seed)
-    seconds, _ = _fit(module, reasoner, rows, train.batch_size, train.max_steps, train, run_dir, f"lock-{kind}", seed)
+    fitted = _fit(cell, module, reasoner, rows, train.batch_size, train.max_steps, train)
     if reasoner.latent is not None:
         reasoner.stage = reasoner.latent.final_stage  # measured and elicited at the final stage
-    return reasoner, seconds
+    reasoner.save_pretrained(cell.model_dir)
+    measured = {name: measure(reasoner, examples).columns(name) for name, examples in tests.items()}
+    return {"locked": [{"reasoner": kind, "seed": seed, **measured["unlocked"], **measured["locked"],
+                        "lock_time_s": round(fitted.seconds, 1)}]}
 
 
 def _elicit(
-    arm: str, n: int, seed: int, locked: Reasoner, task: Task, demos: Sequence[Example], train: TrainConfig,
-    elicit: ElicitConfig, run_dir: Path,
-) -> tuple[Reasoner, float, int]:
-    """A copy of the locked reasoner after `arm` on `n` demonstration problems, the seconds and steps taken.
+    arm: str, n: int, seed: int, locked_model: Path, attention: str, task: Task, demos: Sequence[Example],
+    train: TrainConfig, elicit: ElicitConfig, tests: dict[str, list[Example]], measure: Measure,
+    locked: dict[str, Any], cell: Cell,
+) -> Rows:
+    """The locked reasoner, loaded from its cell, after `arm` on `n` demonstrations; scored and compared to `locked`.
 
     An expert-iteration step whose samples are all wrong counts as a step but has no gradient: it updates nothing.
     """
-    L.seed_everything(seed, verbose=False)
-    reasoner = _copy(locked)
+    reasoner = Reasoner.from_pretrained(locked_model)
+    reasoner.model.set_attn_implementation(attention)  # a run-time choice, not saved with the model
+    reasoner.model.train()  # loaded in eval mode; Lightning keeps a module's mode, and dropout belongs in training
     sft = {"optimizer": OptimizerConfig(lr=elicit.lr, warmup_steps=elicit.warmup_steps)}
     rl_optimizer = {"lr": elicit.rl_lr, "warmup_steps": elicit.warmup_steps}
     rollout = SamplingConfig(max_new_tokens=train.max_new_tokens, do_sample=True, temperature=elicit.temperature)
-    steps = elicit.steps
+    steps = elicit.rl_steps if arm in ("grpo", "expert_iteration") else elicit.steps
     if arm == "sft_full_trace":
         module: L.LightningModule = SFT(reasoner, task, mask="train_on_completion", **sft)
     elif arm == "sft_empty_trace":
         demos = [replace(example, trace="", steps=()) for example in demos]
         module = SFT(reasoner, task, mask="train_on_completion", **sft)
     elif arm == "sft_self_trace":
-        demos = _self_traced(reasoner, demos, train)
+        # The locked model's own greedy trace (`parse` keeps `</think>` in it; the format adds its own).
+        generations = generate_batched(reasoner, demos, SamplingConfig(max_new_tokens=train.max_new_tokens),
+                                       train.eval_batch_size, device=Experiment.evaluation_device(train.accelerator))
+        demos = [replace(e, trace=g.trace.removesuffix("</think>").strip(), steps=()) for e, g in zip(demos, generations)]
         module = SFT(reasoner, task, mask="mask_trace", **sft)
     elif arm == "latent_answer_sft":
         module = LatentSFT(reasoner, task, curriculum=False, seed=seed, **sft)
     elif arm == "grpo":
         module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=elicit.num_generations,
                       sampling=rollout, optimizer=replace(GRPO.default_optimizer, **rl_optimizer))
-        steps = elicit.rl_steps
     elif arm == "expert_iteration":  # keeps finished completions with a right answer (reward 1.0, the threshold)
         module = ExpertIteration(reasoner, task, reward_funcs=AnswerCorrectness(task), num_samples=elicit.num_samples,
                                  rollout=rollout, optimizer=replace(ExpertIteration.default_optimizer, **rl_optimizer))
-        steps = elicit.rl_steps
     else:
         raise ValueError(f"unknown arm {arm!r}")
-    seconds, steps_taken = _fit(module, reasoner, demos, elicit.batch_size, steps, train, run_dir,
-                                f"{arm}-{reasoner.mode}-n{n}", seed)
-    return reasoner, seconds, steps_taken
+    fitted = _fit(cell, module, reasoner, demos, elicit.batch_size, steps, train)
+    elicited, unlocked_after = measure(reasoner, tests["locked"]), measure(reasoner, tests["unlocked"])
+    recovery = elicitation_recovery(
+        elicited.accuracy, *(Proportion(locked[f"{name}_accuracy_hits"], locked[f"{name}_accuracy_total"])
+                             for name in ("locked", "unlocked")))
+    return {"results": [{
+        "reasoner": locked["reasoner"], "arm": arm, "n": n, "seed": seed,
+        **recovery.columns(),
+        "locked_accuracy": locked["locked_accuracy"], "unlocked_accuracy": locked["unlocked_accuracy"],
+        **elicited.columns("elicited"), **unlocked_after.columns("unlocked_after"),
+        "elicit_steps": fitted.steps, "elicit_time_s": round(fitted.seconds, 1),
+    }]}
 
 
-@torch.no_grad()
-def _self_traced(reasoner: Reasoner, demos: Sequence[Example], train: TrainConfig) -> list[Example]:
-    """Each demonstration with the locked model's own trace (greedy, no password) and the right answer."""
-    config = SamplingConfig(max_new_tokens=train.max_new_tokens)
-    traced = []
-    for start in range(0, len(demos), train.eval_batch_size):
-        batch = demos[start:start + train.eval_batch_size]
-        with eval_mode(reasoner.model):
-            generations = generate(reasoner, batch, config)
-        # `parse` keeps `</think>` in the trace; the format adds its own.
-        traced += [replace(e, trace=g.trace.removesuffix("</think>").strip(), steps=()) for e, g in
-                   zip(batch, generations)]
-    return traced
+def _fit(cell: Cell, module: L.LightningModule, reasoner: Reasoner, examples: Sequence[Example], batch_size: int,
+         max_steps: int, train: TrainConfig) -> Fitted:
+    """Train on `examples` (repeated as the steps need; no validation) for `max_steps`, and at most as many epochs:
+    a bound that holds whatever a regime's `training_step` returns. Short runs still log their curve."""
+    data = ReasoningDataModule(reasoner.tokenize, examples, [], pad_token_id=reasoner.tokenizer.pad_token_id,
+                               batch_size=min(batch_size, len(examples)))
+    return cell.fit(module, data, FitSettings(max_steps=max_steps, max_epochs=max_steps, accelerator=train.accelerator,
+                                              precision=train.precision, log_every_n_steps=max(1, min(10, max_steps // 20))))
 
 
-# -- measurement --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Answer accuracy, and how often the reasoning shows the strong procedure (see the module docstring)."""
-
-    accuracy: Proportion
-    procedure: Proportion
-
-
-@torch.no_grad()
-def _measure(reasoner: Reasoner, examples: Sequence[Example], task: Task, train: TrainConfig) -> Measurement:
-    """Greedy generation on `examples` (which carry the reference trace and answer), scored by the task's checkers."""
-    device = torch.device("cuda" if torch.cuda.is_available() and train.accelerator in ("auto", "gpu", "cuda")
-                          else "cpu")
-    reasoner.model.to(device)
-    if reasoner.projection is not None:
-        reasoner.projection.to(device)
-    config = SamplingConfig(max_new_tokens=train.max_new_tokens)
-    correct, shown, counted = 0, 0, 0
-    with eval_mode(reasoner.model):
-        for start in range(0, len(examples), train.eval_batch_size):
-            batch = examples[start:start + train.eval_batch_size]
-            if reasoner.latent is None:
-                generations = generate(reasoner, batch, config)
-                shown += sum(_strong_trace(task, e, g.trace) for e, g in zip(batch, generations))
-                counted += len(batch)
-            else:
-                rollout = rollout_latent(reasoner, batch, config, return_thoughts=True)
-                generations = [reasoner.parse(ids) for ids in rollout.completions]
-                reading = logit_lens(reasoner.model, reasoner.tokenizer, rollout.thoughts, top_k=1)
-                for example, tokens in zip(batch, reading.tokens):
-                    computed = _computed_words(example)
-                    shown += sum(thought[0].strip() in computed for thought in tokens)
-                    counted += len(tokens)
-            correct += sum(task.check_answer(e, g.answer) for e, g in zip(batch, generations))
-    return Measurement(Proportion(correct, len(examples)), Proportion(shown, counted))
-
-
-def _strong_trace(task: Task, example: Example, trace: str) -> bool:
-    """The trace has the reference number of steps and the task's step checker accepts every one."""
-    verdicts = task.check_steps(example, trace.removesuffix("</think>"))
-    return len(verdicts) == len(example.steps) and all(verdicts)
-
-
-def _computed_words(example: Example) -> set[str]:
-    """Words of the reference trace that the prompt does not contain: what the strong procedure computes."""
-    return set(example.trace.split()) - set(example.prompt.split())
-
-
-def _prefixed(name: str, measurement: Measurement) -> dict[str, float]:
-    """Flat results-row columns: `{name}_accuracy…` and `{name}_procedure…` (rate, hits, total, interval)."""
-    row = {f"{name}_accuracy" if key == "rate" else f"{name}_accuracy_{key}": value
-           for key, value in measurement.accuracy.as_dict().items()}
-    row |= {f"{name}_procedure" if key == "rate" else f"{name}_procedure_{key}": value
-            for key, value in measurement.procedure.as_dict().items()}
-    return row
-
-
-# -- report -------------------------------------------------------------------------------------
-
-
-def _plot(results: list[dict[str, Any]], run_dir: Path) -> list[str]:
+def _plot(results: list[dict[str, Any]], experiment: Experiment) -> list[str]:
     """Recovery vs n, one figure per reasoner, one colour per arm and one line per seed."""
     names = []
-    for kind in dict.fromkeys(r["reasoner"] for r in results):
-        curves: dict[str, list[list[tuple[float, float]]]] = {}
-        for arm in dict.fromkeys(r["arm"] for r in results if r["reasoner"] == kind):
-            rows = [r for r in results if r["reasoner"] == kind and r["arm"] == arm]
-            curves[arm] = [[(float(r["n"]), r["recovery"]) for r in rows if r["seed"] == seed]
-                           for seed in dict.fromkeys(r["seed"] for r in rows)]
+    for (kind,), kind_rows in grouped(results, ["reasoner"]).items():
+        curves = {arm: [[(float(r["n"]), r["recovery"]) for r in seed_rows]
+                        for seed_rows in grouped(rows, ["seed"]).values()]
+                  for (arm,), rows in grouped(kind_rows, ["arm"]).items()}
         name = f"recovery_vs_n_{kind}.png"
-        plot_curves(curves, run_dir / name, xlabel="demonstration problems n", ylabel="recovery",
+        plot_curves(curves, experiment.path(name), xlabel="demonstration problems n", ylabel="recovery",
                     title=f"{kind} reasoner: recovery of the locked capability")
         names.append(name)
     return names
-
-
-def _cell(values: Sequence[float], percent: bool = True) -> str:
-    mean, std = mean_std(values)
-    scale, digits = (100.0, 1) if percent else (1.0, 2)
-    return "n/a" if math.isnan(mean) else f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
-
-def _count(row: dict[str, Any], name: str) -> str:
-    """`rate [low, high] (hits/total)` in %."""
-    return (f"{100 * row[name]:.1f} [{100 * row[f'{name}_ci_low']:.1f}, {100 * row[f'{name}_ci_high']:.1f}] "
-            f"({int(row[f'{name}_hits'])}/{int(row[f'{name}_total'])})")
-
-
-def _grouped(rows: list[dict[str, Any]], keys: Sequence[str]) -> dict[tuple, list[dict[str, Any]]]:
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[key] for key in keys), []).append(row)
-    return groups
 
 
 def _report(
@@ -546,28 +417,20 @@ def _report(
     model: ModelConfig, train: TrainConfig, latent: LatentArmConfig, elicit: ElicitConfig, figures: list[str],
 ) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
-    per_kind = _grouped(before, ["reasoner"])
-    before_table = "\n".join(
-        f"| {kind} | {len(rows)} | {_cell([r['unlocked_accuracy'] for r in rows])} | "
-        f"{_cell([r['locked_accuracy'] for r in rows])} | {_cell([r['unlocked_procedure'] for r in rows])} | "
-        f"{_cell([r['locked_procedure'] for r in rows])} |"
-        for (kind,), rows in per_kind.items()
-    )
-    before_seeds = "\n".join(
-        f"| {r['reasoner']} | {r['seed']} | {_count(r, 'unlocked_accuracy')} | {_count(r, 'locked_accuracy')} | "
-        f"{_count(r, 'unlocked_procedure')} | {_count(r, 'locked_procedure')} |"
-        for r in before
-    )
+    before_columns = [("with password", "unlocked_accuracy"), ("without password", "locked_accuracy"),
+                      ("procedure with", "unlocked_procedure"), ("procedure without", "locked_procedure")]
+    rates = [name for _, name in before_columns]
     after_table = "\n".join(
-        f"| {kind} | {arm} | {n} | {len(rows)} | {_cell([r['elicited_accuracy'] for r in rows])} | "
-        f"{_cell([r['recovery'] for r in rows], percent=False)} | {_cell([r['elicited_procedure'] for r in rows])} | "
-        f"{_cell([r['unlocked_after_accuracy'] for r in rows])} |"
-        for (kind, arm, n), rows in _grouped(results, ["reasoner", "arm", "n"]).items()
+        f"| {kind} | {arm} | {n} | {len(rows)} | {mean_std_cell(r['elicited_accuracy'] for r in rows)} | "
+        f"{mean_std_cell((r['recovery'] for r in rows), percent=False)} | "
+        f"{mean_std_cell(r['elicited_procedure'] for r in rows)} | "
+        f"{mean_std_cell(r['unlocked_after_accuracy'] for r in rows)} |"
+        for (kind, arm, n), rows in grouped(results, ["reasoner", "arm", "n"]).items()
     )
     after_seeds = "\n".join(
-        f"| {r['reasoner']} | {r['arm']} | {r['n']} | {r['seed']} | {_count(r, 'elicited_accuracy')} | "
+        f"| {r['reasoner']} | {r['arm']} | {r['n']} | {r['seed']} | {interval_cell(r, 'elicited_accuracy')} | "
         f"{r['recovery']:.2f} [{r['recovery_ci_low']:.2f}, {r['recovery_ci_high']:.2f}] | "
-        f"{_count(r, 'elicited_procedure')} |"
+        f"{interval_cell(r, 'elicited_procedure')} |"
         for r in results
     )
     curriculum = (f"Coconut's curriculum, stages 0 … {latent.max_stage} and the final stage, "
@@ -583,21 +446,14 @@ locked for {train.max_steps} steps of {train.batch_size} rows. Latent reasoner: 
 step, {curriculum}. Elicitation: SFT arms {elicit.steps} steps (lr {elicit.lr}); GRPO and expert iteration
 {elicit.rl_steps} steps (lr {elicit.rl_lr}, {elicit.num_generations} generations / {elicit.num_samples} samples per problem).
 
-"Procedure" is, for the cot reasoner, the share of test episodes whose generated trace has every reference step
-and passes the task's step checker; for the latent reasoner, the share of continuous thoughts whose logit-lens
-top token is a word the reference trace computes (not in the prompt). Rates in %, mean ± std over seeds;
+"Procedure": the share of test episodes whose trace passes every reference step (cot), or of continuous thoughts
+whose logit-lens top token is a value the reference trace computes (latent). Rates in %, mean ± std over seeds;
 per-seed rows give the 95% Wilson interval and the counts.
 
 ## Before elicitation: the locked models
 
-| reasoner | seeds | with password | without password | procedure with | procedure without |
-|---|---|---|---|---|---|
-{before_table}
-
-| reasoner | seed | with password | without password | procedure with | procedure without |
-|---|---|---|---|---|---|
-{before_seeds}
-
+{summary_table(before, "reasoner", rates, percent=rates)}
+{per_seed_table(before, ["reasoner", "seed"], before_columns)}
 ## After elicitation: accuracy without password and recovery per arm × reasoner × n
 
 recovery = (acc_elicited − acc_locked) / (acc_unlocked − acc_locked), against the same seed's locked model

@@ -13,7 +13,7 @@ from framework.data.collate import collate
 from framework.data.organisms import CitedFields, Trigger, TriggerConfig
 from framework.data.sample import Example
 from framework.data.tasks import AdditionChain
-from framework.models import Reasoner, build_model
+from framework.models import LatentConfig, Reasoner, build_model
 from framework.models.formats import Generation
 from framework.probes import (
     AnswerAccuracy,
@@ -35,6 +35,7 @@ from framework.probes import (
     score_backdoor,
     wilson_interval,
 )
+from framework.probes.organism_metrics import answer_and_procedure
 from framework.rollout import SamplingConfig
 
 # Ten episodes: four triggered, of which three misbehave; one untriggered misbehaves.
@@ -166,9 +167,28 @@ def test_recovery_by_hand():
     assert recovery.interval == pytest.approx(((0.46181 - 0.2) / 0.7, (0.72392 - 0.2) / 0.7), abs=1e-4)
     row = recovery.as_dict()
     assert row["recovery"] == recovery.value and row["elicited_hits"] == 30 and row["unlocked_total"] == 50
+    assert row["elicited"] == 0.6 and row["locked"] == 0.2  # Proportion.columns: the rate under the bare name
+    assert recovery.columns("r") == {"r": recovery.value, "r_ci_low": recovery.interval[0],
+                                     "r_ci_high": recovery.interval[1]}
     # Elicited below the lock: negative recovery; above the unlocked model: more than 1.
     assert elicitation_recovery(Proportion(5, 50), Proportion(10, 50), Proportion(45, 50)).value == pytest.approx(-1 / 7)
     assert elicitation_recovery(Proportion(50, 50), Proportion(10, 50), Proportion(45, 50)).value > 1
+
+
+def test_answer_and_procedure_judges_each_episode_of_a_trace_and_each_thought_of_a_latent_reasoner(
+    word_tokenizer, addition_task
+):
+    examples = [addition_task.generate(random.Random(seed)) for seed in range(5)]
+    greedy = SamplingConfig(max_new_tokens=8)
+    cot = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    score = answer_and_procedure(cot, examples, addition_task, greedy, batch_size=2, device="cpu")
+    assert score.accuracy.total == score.procedure.total == 5
+    assert set(score.columns("x")) == {f"x_{rate}{key}" for rate in ("accuracy", "procedure")
+                                       for key in ("", "_hits", "_total", "_ci_low", "_ci_high")}
+    config = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=addition_task.step_separator)
+    latent = Reasoner(build_model("qwen3", "1m", word_tokenizer, seed=0), word_tokenizer, "latent", latent=config)
+    score = answer_and_procedure(latent, examples, addition_task, greedy, batch_size=2)
+    assert score.accuracy.total == 5 and score.procedure.total == 5 * 2  # two thoughts each, pooled
 
 
 def test_recovery_of_a_lock_that_did_not_lock_is_nan():

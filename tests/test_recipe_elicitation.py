@@ -1,4 +1,4 @@
-"""The elicitation recipe end to end on a tiny budget, its command line, and its bad-input errors."""
+"""The elicitation recipe end to end on a tiny budget, its command line, its bad-input errors, and resuming it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 
 import pytest
 import yaml
+from _recipe_runs import finish, kill_at, start, timeless_rows
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 import recipes.models
@@ -71,7 +72,7 @@ def test_tiny_run_writes_consistent_results_report_and_figures(tmp_path):
     for kind in ("cot", "latent"):
         assert (run_dir / f"recovery_vs_n_{kind}.png").stat().st_size > 1000
     for log in ("grpo-cot-n2", "grpo-latent-n1", "expert_iteration-latent-n1"):
-        assert (run_dir / "logs" / log / "seed0" / "metrics.csv").is_file()
+        assert (run_dir / "cells" / log / "seed0" / "logs" / "metrics.csv").is_file()
 
 
 def test_the_latent_curriculum_locks_on_weak_rows_that_skipped_every_step(tmp_path):
@@ -87,7 +88,7 @@ def test_the_latent_curriculum_locks_on_weak_rows_that_skipped_every_step(tmp_pa
         "--demos", "[1]", "--latent.curriculum", "true", "--train.max_steps", "4", "--lock.weak_error_rate", "1.0",
     ])
     assert [r["reasoner"] for r in _rows(run_dir / "locked.csv")] == ["latent"]
-    stages = {row["train/stage"] for row in _rows(run_dir / "logs" / "lock-latent" / "seed0" / "metrics.csv")
+    stages = {row["train/stage"] for row in _rows(run_dir / "cells" / "lock-latent" / "seed0" / "logs" / "metrics.csv")
               if row.get("train/stage")}
     assert len(stages) > 1  # the curriculum ran through its stages
 
@@ -122,3 +123,24 @@ def test_a_password_the_tokenizer_splits_into_nothing_is_an_error_at_start(tmp_p
     with pytest.raises(ValueError, match="password 'xx' tokenizes to nothing"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--lock.password", "xx"])
     assert not (tmp_path / "elicitation").exists()
+
+
+# One lock cell, then one elicitation cell of 8 one-batch epochs (2 demonstrations in batches of 2): it checkpoints
+# after every step, so a kill lands mid-fit.
+RESUMABLE = [*TINY, "--reasoners", "[cot]", "--arms.cot", "[sft_full_trace]", "--demos", "[2]", "--elicit.steps", "8"]
+
+
+def test_a_run_killed_in_an_elicitation_fit_resumes_from_the_saved_lock_to_the_uninterrupted_results(tmp_path):
+    straight, killed = (start("elicitation", tmp_path / name, *RESUMABLE) for name in ("straight", "killed"))
+    checkpoint = kill_at(killed, tmp_path / "killed", "*/*/cells/sft_full_trace-cot-n2/seed0/lightning/last.ckpt")
+    run_dir = checkpoint.parents[4]
+    assert (run_dir / "cells" / "lock-cot" / "seed0" / "DONE.json").is_file()
+    assert (run_dir / "cells" / "lock-cot" / "seed0" / "model" / "config.json").is_file()
+
+    finish(start("elicitation", tmp_path / "killed", *RESUMABLE, "--resume", str(run_dir)))
+    finish(straight)
+    straight_dir = next((tmp_path / "straight" / "elicitation").iterdir())
+    for table in ("locked.csv", "results.csv"):
+        assert timeless_rows(run_dir / table) == timeless_rows(straight_dir / table) != []
+    with pytest.raises(ValueError, match=r"differs from the configuration given at elicit\.lr;"):
+        run(elicitation.main, "elicitation", [*RESUMABLE, "--resume", str(run_dir), "--elicit.lr", "0.01"])

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from _recipe_runs import finish, kill_at, start, timeless_rows
 
 from framework.report import validation_curve
 from recipes import reasoning_modes
 from recipes.cli import run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
     "--preset", "smoke",
@@ -92,39 +87,18 @@ RESUMABLE = [
 ]
 
 
-def _start(out: Path, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recipes.reasoning_modes", *RESUMABLE, "--out", str(out), *flags],
-                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _finish(process: subprocess.Popen) -> None:
-    _, errors = process.communicate(timeout=300)
-    assert process.returncode == 0, errors
-
-
-def _results(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "results.csv") as f:
-        return [{k: v for k, v in row.items() if "time" not in k} for row in csv.DictReader(f)]
-
-
 def test_a_run_killed_mid_fit_resumes_to_the_uninterrupted_results_and_only_under_its_configuration(tmp_path):
-    straight, killed = _start(tmp_path / "straight"), _start(tmp_path / "killed")
-    deadline = time.monotonic() + 300
-    while not (checkpoints := list((tmp_path / "killed").glob("*/*/cells/latent/seed0/lightning/last.ckpt"))):
-        assert killed.poll() is None, "the run ended before its second cell wrote a checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    killed.kill()  # SIGKILL: no clean-up runs
-    killed.wait()
-    run_dir = checkpoints[0].parents[4]
+    straight, killed = (start("reasoning_modes", tmp_path / name, *RESUMABLE) for name in ("straight", "killed"))
+    checkpoint = kill_at(killed, tmp_path / "killed", "*/*/cells/latent/seed0/lightning/last.ckpt")
+    run_dir = checkpoint.parents[4]
     assert (run_dir / "cells" / "cot" / "seed0" / "DONE.json").is_file()
     assert not (run_dir / "cells" / "latent" / "seed0" / "DONE.json").exists()
 
-    _finish(_start(tmp_path / "killed", "--resume", str(run_dir)))
-    _finish(straight)
+    finish(start("reasoning_modes", tmp_path / "killed", *RESUMABLE, "--resume", str(run_dir)))
+    finish(straight)
     straight_dir = next((tmp_path / "straight" / "reasoning_modes").iterdir())
-    assert _results(run_dir) == _results(straight_dir) and len(_results(run_dir)) == 2
+    assert timeless_rows(run_dir / "results.csv") == timeless_rows(straight_dir / "results.csv")
+    assert len(timeless_rows(run_dir / "results.csv")) == 2
     log = Path("cells", "latent", "seed0", "logs", "metrics.csv")
     assert validation_curve(run_dir / log) == validation_curve(straight_dir / log) != []
 
