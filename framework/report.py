@@ -7,7 +7,6 @@ import io
 import math
 import os
 import statistics
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,14 @@ def mean_std_cell(values: Iterable[float], *, percent: bool = True, digits: int 
 
 
 def interval_cell(row: Mapping[str, Any], name: str) -> str:
-    """`rate% [low, high] (hits/total)` from the columns `Proportion.columns(name)` wrote; "n/a (0/0)" without counts."""
+    """`rate% [low, high] (hits/total)` from the columns `Proportion.columns(name)` wrote; "n/a (0/0)" without counts.
+
+    A value with an interval but no counts (`name`, `name_ci_low`, `name_ci_high`, e.g. a recovery) shows as
+    `value [low, high]`, not in %.
+    """
+    if f"{name}_total" not in row:
+        value, low, high = (float(row[key]) for key in (name, f"{name}_ci_low", f"{name}_ci_high"))
+        return "n/a" if math.isnan(value) else f"{value:.2f} [{low:.2f}, {high:.2f}]"
     total = int(row[f"{name}_total"])
     if not total:
         return "n/a (0/0)"
@@ -110,30 +116,31 @@ def per_seed_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], colum
 
 def summary_table(
     rows: Sequence[Mapping[str, object]],
-    group_by: str,
-    metrics: Sequence[str],
+    group_by: str | Sequence[str],
+    metrics: Sequence[str | tuple[str, str]],
     *,
     percent: Sequence[str] = (),
     extra_columns: Mapping[str, Mapping[object, object]] | None = None,
 ) -> str:
-    """Markdown table of mean ± std of `metrics` per value of `group_by` (in first-seen order).
+    """Markdown table of mean ± std of `metrics` per group of rows (groups in first-seen order).
 
+    `group_by`: one key or several (e.g. reasoner, arm, n). A metric is a
+    column name or (title, column name); those in `percent` show in %.
     `extra_columns` adds given values per group after the metrics (e.g. the
     published numbers beside the measured ones); a group without one shows "—".
     """
+    keys = [group_by] if isinstance(group_by, str) else list(group_by)
+    titled = [(metric, metric) if isinstance(metric, str) else metric for metric in metrics]
     extra_columns = extra_columns or {}
-    groups: dict[object, list[Mapping[str, object]]] = defaultdict(list)
-    for row in rows:
-        groups[row[group_by]].append(row)
     lines = [
-        "| " + " | ".join([group_by, "seeds", *metrics, *extra_columns]) + " |",
-        "|" + "---|" * (len(metrics) + len(extra_columns) + 2),
+        "| " + " | ".join([*keys, "seeds", *(title for title, _ in titled), *extra_columns]) + " |",
+        "|" + "---|" * (len(keys) + len(titled) + len(extra_columns) + 1),
     ]
-    for group, members in groups.items():
-        cells = [str(group), str(len(members))]
-        cells += [mean_std_cell((member.get(metric) for member in members), percent=metric in percent, digits=1)
-                  for metric in metrics]
-        cells += [str(column.get(group, "—")) for column in extra_columns.values()]
+    for group, members in grouped(rows, keys).items():
+        cells = [*map(str, group), str(len(members))]
+        cells += [mean_std_cell((member.get(name) for member in members), percent=name in percent)
+                  for _, name in titled]
+        cells += [str(column.get(group[0] if len(group) == 1 else group, "—")) for column in extra_columns.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

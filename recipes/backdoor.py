@@ -84,10 +84,6 @@ parent's model on disk: `base/seed<s>` â†’ `plant/<kind>-n<poisoned>/seed<s>` â†
     python -m recipes.backdoor --preset smoke --resume runs/backdoor/<timestamp>
 """
 
-# The typed signature of `main` is the configuration: jsonargparse reads its dataclass and list defaults, which
-# main never mutates.
-# ruff: noqa: B006, B008
-
 from __future__ import annotations
 
 from collections.abc import Sequence

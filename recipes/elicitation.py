@@ -72,10 +72,6 @@ measurement uses.
     python -m recipes.elicitation --preset smoke --resume runs/elicitation/<timestamp>
 """
 
-# The typed signature of `main` is the configuration: jsonargparse reads its dataclass and list defaults, which
-# main never mutates.
-# ruff: noqa: B006, B008
-
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

@@ -182,8 +182,8 @@ def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, trai
                 latent: LatentArmConfig) -> SFT | LatentSFT:
     """The reasoner of an arm, built from `seed`, inside the regime that trains it."""
     model, tokenizer = model_and_tokenizer(model_config, task.vocabulary(), seed)
-    options = dict(optimizer=OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps),
-                   eval_sampling=SamplingConfig(max_new_tokens=train.max_new_tokens))
+    options = {"optimizer": OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps),
+               "eval_sampling": SamplingConfig(max_new_tokens=train.max_new_tokens)}
     if arm not in LATENT_ARMS:
         reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm)
         return SFT(reasoner, task, mask="train_on_completion", **options)
