@@ -14,6 +14,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -93,12 +94,24 @@ def convert_gguf(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     source = PRETRAINED[name]
     gguf_dir = _package_dir(name, source)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=source.gguf_file)
+    if tokenizer.pad_token is None:  # transformers < 5.24 does not read the GGUF's padding token; the file has it
+        pad_id = _gguf_field(gguf_dir / source.gguf_file, "tokenizer.ggml.padding_token_id")
+        if pad_id is not None:
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(pad_id))
     missing = [what for what, value in (("chat template", tokenizer.chat_template), ("EOS token", tokenizer.eos_token),
                                         ("pad token", tokenizer.pad_token)) if not value]
     if missing:
         raise ValueError(f"{name}: the tokenizer converted from {source.gguf_file} has no {', '.join(missing)}")
     quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=source.gguf_file)
     return _plain_copy(quantized), tokenizer
+
+
+def _gguf_field(path: Path, key: str) -> Any:
+    """A scalar metadata field of a GGUF file, or None if the file has no such field."""
+    from gguf import GGUFReader  # the optional `real` extra; _package_dir checked that it is installed
+
+    field = GGUFReader(path).fields.get(key)
+    return None if field is None else field.parts[field.data[0]][0]
 
 
 def _package_dir(name: str, source: PretrainedSource) -> Path:
