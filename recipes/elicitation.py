@@ -87,12 +87,13 @@ from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
+from framework.errors import ConfigError
 from framework.experiment import Cell, Experiment, FitSettings, Fitted, Rows
 from framework.io import atomic_write_text
 from framework.models import LatentConfig, Reasoner
 from framework.probes.organism_metrics import AnswerAndProcedure, Proportion, answer_and_procedure, elicitation_recovery
 from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT, OptimizerConfig
-from framework.report import grouped, interval_cell, mean_std_cell, per_seed_table, plot_curves, summary_table
+from framework.report import grouped, per_seed_table, plot_curves, summary_table
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.models import ModelConfig, model_for, tokenizer_for
@@ -269,19 +270,19 @@ def main(
 def _plan(reasoners: Sequence[str], arms: Arms, demos: Sequence[int]) -> dict[str, list[str]]:
     """The arms of each requested reasoner, checked before anything trains."""
     if not reasoners:
-        raise ValueError("reasoners is empty: nothing to lock")
+        raise ConfigError("reasoners is empty: nothing to lock")
     if not demos or any(n < 1 for n in demos):
-        raise ValueError(f"demos must be a non-empty list of positive numbers of demonstrations, got {demos}")
+        raise ConfigError(f"demos must be a non-empty list of positive numbers of demonstrations, got {demos}")
     for kind in reasoners:
         if kind not in APPLICABLE:
-            raise ValueError(f"unknown reasoner {kind!r}; expected one of {list(APPLICABLE)}")
+            raise ConfigError(f"unknown reasoner {kind!r}; expected one of {list(APPLICABLE)}")
         if not getattr(arms, kind):
-            raise ValueError(f"arms.{kind} is empty but the {kind!r} reasoner was asked for")
+            raise ConfigError(f"arms.{kind} is empty but the {kind!r} reasoner was asked for")
         for arm in getattr(arms, kind):
             if arm not in ARMS:
-                raise ValueError(f"unknown arm {arm!r} in arms.{kind}; this recipe has the arms {list(ARMS)}")
+                raise ConfigError(f"unknown arm {arm!r} in arms.{kind}; this recipe has the arms {list(ARMS)}")
             if arm not in APPLICABLE[kind]:
-                raise ValueError(f"arm {arm!r} does not apply to the {kind!r} reasoner (arms.{kind}); "
+                raise ConfigError(f"arm {arm!r} does not apply to the {kind!r} reasoner (arms.{kind}); "
                                  f"it can run {list(APPLICABLE[kind])}")
     return {kind: list(getattr(arms, kind)) for kind in reasoners}
 
@@ -290,16 +291,16 @@ def _check_settings(plan: dict[str, list[str]], train: TrainConfig, latent: Late
                     elicit: ElicitConfig) -> None:
     """The curriculum's and the sampling arms' settings, checked before anything trains (GRPO's after locking)."""
     if "latent" in plan and latent.curriculum and latent.steps_per_stage(train.max_steps) < 1:
-        raise ValueError(f"train.max_steps={train.max_steps} cannot hold the latent curriculum's "
+        raise ConfigError(f"train.max_steps={train.max_steps} cannot hold the latent curriculum's "
                          f"{latent.max_stage + 2} stages (latent.max_stage={latent.max_stage}, plus 0 and the final)")
     arms = {arm for kind_arms in plan.values() for arm in kind_arms}
     if "grpo" in arms and elicit.num_generations < 2:
-        raise ValueError(f"elicit.num_generations must be >= 2 (GRPO compares samples within a group), "
+        raise ConfigError(f"elicit.num_generations must be >= 2 (GRPO compares samples within a group), "
                          f"got {elicit.num_generations}")
     if "expert_iteration" in arms and elicit.num_samples < 1:
-        raise ValueError(f"elicit.num_samples must be >= 1, got {elicit.num_samples}")
+        raise ConfigError(f"elicit.num_samples must be >= 1, got {elicit.num_samples}")
     if arms & {"grpo", "expert_iteration"} and elicit.temperature <= 0:
-        raise ValueError(f"elicit.temperature must be > 0 (the RL arms sample), got {elicit.temperature}")
+        raise ConfigError(f"elicit.temperature must be > 0 (the RL arms sample), got {elicit.temperature}")
 
 
 Measure = Callable[[Reasoner, Sequence[Example]], AnswerAndProcedure]
@@ -369,7 +370,7 @@ def _elicit(
         module = ExpertIteration(reasoner, task, reward_funcs=AnswerCorrectness(task), num_samples=elicit.num_samples,
                                  rollout=rollout, optimizer=replace(ExpertIteration.default_optimizer, **rl_optimizer))
     else:
-        raise ValueError(f"unknown arm {arm!r}")
+        raise ConfigError(f"unknown arm {arm!r}")
     fitted = _fit(cell, module, reasoner, demos, elicit.batch_size, steps, train)
     elicited, unlocked_after = measure(reasoner, tests["locked"]), measure(reasoner, tests["unlocked"])
     recovery = elicitation_recovery(
@@ -416,19 +417,9 @@ def _report(
     before_columns = [("with password", "unlocked_accuracy"), ("without password", "locked_accuracy"),
                       ("procedure with", "unlocked_procedure"), ("procedure without", "locked_procedure")]
     rates = [name for _, name in before_columns]
-    after_table = "\n".join(
-        f"| {kind} | {arm} | {n} | {len(rows)} | {mean_std_cell(r['elicited_accuracy'] for r in rows)} | "
-        f"{mean_std_cell((r['recovery'] for r in rows), percent=False)} | "
-        f"{mean_std_cell(r['elicited_procedure'] for r in rows)} | "
-        f"{mean_std_cell(r['unlocked_after_accuracy'] for r in rows)} |"
-        for (kind, arm, n), rows in grouped(results, ["reasoner", "arm", "n"]).items()
-    )
-    after_seeds = "\n".join(
-        f"| {r['reasoner']} | {r['arm']} | {r['n']} | {r['seed']} | {interval_cell(r, 'elicited_accuracy')} | "
-        f"{r['recovery']:.2f} [{r['recovery_ci_low']:.2f}, {r['recovery_ci_high']:.2f}] | "
-        f"{interval_cell(r, 'elicited_procedure')} |"
-        for r in results
-    )
+    after_columns = [("without password", "elicited_accuracy"), ("recovery", "recovery"),
+                     ("procedure", "elicited_procedure"), ("with password after", "unlocked_after_accuracy")]
+    percent = ["elicited_accuracy", "elicited_procedure", "unlocked_after_accuracy"]
     curriculum = (f"Coconut's curriculum, stages 0 … {latent.max_stage} and the final stage, "
                   f"{latent.steps_per_stage(train.max_steps)} steps each" if latent.curriculum
                   else "no curriculum (the final stage from the first step)")
@@ -457,10 +448,7 @@ recovery = (acc_elicited − acc_locked) / (acc_unlocked − acc_locked), agains
 with the password than without (no gap: nothing to recover). "with password after" checks that elicitation kept
 the unlocked capability.
 
-| reasoner | arm | n | seeds | without password | recovery | procedure | with password after |
-|---|---|---|---|---|---|---|---|
-{after_table}
-
+{summary_table(results, ["reasoner", "arm", "n"], after_columns, percent=percent)}
 {plots}
 
 ## Per seed
@@ -468,10 +456,7 @@ the unlocked capability.
 Recovery's interval maps the elicited accuracy's Wilson interval; it ignores the uncertainty of the locked and
 unlocked accuracies.
 
-| reasoner | arm | n | seed | without password | recovery | procedure |
-|---|---|---|---|---|---|---|
-{after_seeds}
-"""
+{per_seed_table(results, ["reasoner", "arm", "n", "seed"], after_columns[:3])}"""
 
 
 if __name__ == "__main__":
