@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")  # figures are files; never ask for a display
 import matplotlib.pyplot as plt
@@ -204,3 +205,8 @@ def curves_by(
     for members in grouped(rows, line).values():
         curves.setdefault(label(members[0]), []).append([(row[x], row[y]) for row in members])
     return curves
+
+
+def settings_section(config: Mapping[str, Any]) -> str:
+    """Markdown: the run's resolved configuration as YAML, so a report states exactly what produced it."""
+    return f"## Settings\n\nAs resolved (also in `config.yaml`):\n\n```yaml\n{yaml.safe_dump(dict(config), sort_keys=False)}```\n"

@@ -6,8 +6,10 @@ Precedence, lowest first: `main`'s defaults, the preset (`--preset`, default
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,13 @@ def _line_of(path: Path, dotted: str) -> int:
         key, node = found[0]
         line = key.start_mark.line + 1
     return line
+
+
+def config_of(main: Callable[..., Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """`main`'s settings as YAML-ready data from its `arguments` (its `locals()`): for a call that bypassed the CLI,
+    which passes what it resolved as `resolved_config` instead."""
+    names = [name for name in inspect.signature(main).parameters if name != "resolved_config"]
+    return {name: asdict(arguments[name]) if is_dataclass(arguments[name]) else arguments[name] for name in names}
 
 
 def run(main: Callable[..., Any], recipe: str, argv: Sequence[str] | None = None, default_preset: str = "cpu") -> Any:

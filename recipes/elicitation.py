@@ -75,7 +75,7 @@ measurement uses.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -87,26 +87,25 @@ from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
-from framework.errors import ConfigError
+from framework.errors import ConfigError, require_positive
 from framework.experiment import Cell, Experiment, FitSettings, Fitted, Rows
 from framework.io import atomic_write_text
-from framework.models import LatentConfig, Reasoner
+from framework.models import Reasoner
 from framework.probes.organism_metrics import AnswerAndProcedure, Proportion, answer_and_procedure, elicitation_recovery
 from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT, OptimizerConfig
-from framework.report import grouped, per_seed_table, plot_curves, summary_table
+from framework.report import curves_by, grouped, per_seed_table, plot_curves, settings_section, summary_table
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
+from recipes.cli import config_of
+from recipes.latent import LatentCurriculum
 from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "elicitation"
 ReasonerKind = Literal["cot", "latent"]
-Arm = Literal["sft_full_trace", "sft_empty_trace", "sft_self_trace", "latent_answer_sft", "grpo", "expert_iteration"]
-ARMS: tuple[str, ...] = get_args(Arm)
-# Which arms each reasoner can run (see the module docstring for why).
-APPLICABLE: dict[str, tuple[str, ...]] = {
-    "cot": ("sft_full_trace", "sft_empty_trace", "sft_self_trace", "grpo", "expert_iteration"),
-    "latent": ("latent_answer_sft", "grpo", "expert_iteration"),
-}
+# The arms each reasoner can run (trace SFT needs a trace: see the module docstring).
+CotArm = Literal["sft_full_trace", "sft_empty_trace", "sft_self_trace", "grpo", "expert_iteration"]
+LatentArm = Literal["latent_answer_sft", "grpo", "expert_iteration"]
+APPLICABLE: dict[str, tuple[str, ...]] = {"cot": get_args(CotArm), "latent": get_args(LatentArm)}
 
 
 @dataclass
@@ -146,18 +145,19 @@ class TrainConfig:
     accelerator: str = "auto"
     precision: str = "32-true"
 
+    def __post_init__(self) -> None:
+        require_positive("train", self, "max_steps", "batch_size", "lr", "eval_batch_size", "max_new_tokens")
+
 
 @dataclass
-class LatentArmConfig:
+class LatentArmConfig(LatentCurriculum):
     """The latent reasoner's thoughts and curriculum."""
 
-    thoughts_per_step: int = 1
-    max_stage: int = 2
     curriculum: bool = True  # False: lock straight at the final stage (cheaper, usually less accurate)
 
-    def steps_per_stage(self, max_steps: int) -> int:
-        """Stages 0 … max_stage and the final one share the locking budget."""
-        return max_steps // (self.max_stage + 2)
+    def check(self, max_steps: int) -> None:
+        if self.curriculum:
+            super().check(max_steps)
 
 
 @dataclass
@@ -174,13 +174,19 @@ class ElicitConfig:
     num_samples: int = 4  # expert iteration's samples per problem
     temperature: float = 1.0  # RL and expert-iteration sampling
 
+    def __post_init__(self) -> None:
+        require_positive("elicit", self, "steps", "batch_size", "lr", "rl_steps", "rl_lr", "num_samples", "temperature")
+        if self.num_generations < 2:
+            raise ConfigError(f"elicit.num_generations must be >= 2 (GRPO compares a group's samples), "
+                              f"got {self.num_generations}")
+
 
 @dataclass
 class Arms:
     """The arms each reasoner runs; an arm the reasoner cannot run is an error."""
 
-    cot: list[Arm] = field(default_factory=lambda: list(APPLICABLE["cot"]))
-    latent: list[Arm] = field(default_factory=lambda: list(APPLICABLE["latent"]))
+    cot: list[CotArm] = field(default_factory=lambda: list(APPLICABLE["cot"]))
+    latent: list[LatentArm] = field(default_factory=lambda: list(APPLICABLE["latent"]))
 
 
 def main(
@@ -219,7 +225,8 @@ def main(
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
     plan = _plan(reasoners, arms, demos)
-    _check_settings(plan, train, latent, elicit)
+    if "latent" in plan:
+        latent.check(train.max_steps)
     the_task = make_task(task.name, **task.options)
     organism = PasswordLock(
         the_task, password=lock.password, wrong_passwords=tuple(lock.wrong_passwords),
@@ -227,11 +234,7 @@ def main(
     )
     tokenizer = tokenizer_for(model, organism.vocabulary())
     organism.check_tokenizer(tokenizer)  # a password the model cannot see fails here, not later
-    config = resolved_config or {
-        "seeds": seeds, "reasoners": reasoners, "arms": asdict(arms), "demos": demos, "task": asdict(task),
-        "lock": asdict(lock), "model": asdict(model), "train": asdict(train), "latent": asdict(latent),
-        "elicit": asdict(elicit),
-    }
+    config = resolved_config or config_of(main, locals())
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
     measure = partial(answer_and_procedure, task=the_task, sampling=SamplingConfig(max_new_tokens=train.max_new_tokens),
                       batch_size=train.eval_batch_size, device=Experiment.evaluation_device(train.accelerator))
@@ -262,45 +265,20 @@ def main(
     # 4. Report: before, recovery per arm x reasoner x n (table and curves), procedure, per-seed rows.
     figures = _plot(results, experiment)
     atomic_write_text(experiment.path("report.md"),
-                      _report(before, results, task, lock, model, train, latent, elicit, figures))
+                      _report(before, results, task.name, experiment.config, figures))
     print(f"results: {experiment.directory}")
     return experiment.directory
 
 
 def _plan(reasoners: Sequence[str], arms: Arms, demos: Sequence[int]) -> dict[str, list[str]]:
-    """The arms of each requested reasoner, checked before anything trains."""
-    if not reasoners:
-        raise ConfigError("reasoners is empty: nothing to lock")
-    if not demos or any(n < 1 for n in demos):
-        raise ConfigError(f"demos must be a non-empty list of positive numbers of demonstrations, got {demos}")
+    """The arms of each requested reasoner, checked before anything trains (on the command line, types check them)."""
+    if not reasoners or not demos or any(n < 1 for n in demos):
+        raise ConfigError(f"reasoners and demos must be non-empty and demos positive, got {reasoners} and {demos}")
     for kind in reasoners:
-        if kind not in APPLICABLE:
-            raise ConfigError(f"unknown reasoner {kind!r}; expected one of {list(APPLICABLE)}")
-        if not getattr(arms, kind):
-            raise ConfigError(f"arms.{kind} is empty but the {kind!r} reasoner was asked for")
-        for arm in getattr(arms, kind):
-            if arm not in ARMS:
-                raise ConfigError(f"unknown arm {arm!r} in arms.{kind}; this recipe has the arms {list(ARMS)}")
-            if arm not in APPLICABLE[kind]:
-                raise ConfigError(f"arm {arm!r} does not apply to the {kind!r} reasoner (arms.{kind}); "
-                                 f"it can run {list(APPLICABLE[kind])}")
+        if not getattr(arms, kind) or set(getattr(arms, kind)) - set(APPLICABLE[kind]):
+            raise ConfigError(f"arms.{kind}={getattr(arms, kind)}: the {kind!r} reasoner runs one or more of "
+                              f"{list(APPLICABLE[kind])}")
     return {kind: list(getattr(arms, kind)) for kind in reasoners}
-
-
-def _check_settings(plan: dict[str, list[str]], train: TrainConfig, latent: LatentArmConfig,
-                    elicit: ElicitConfig) -> None:
-    """The curriculum's and the sampling arms' settings, checked before anything trains (GRPO's after locking)."""
-    if "latent" in plan and latent.curriculum and latent.steps_per_stage(train.max_steps) < 1:
-        raise ConfigError(f"train.max_steps={train.max_steps} cannot hold the latent curriculum's "
-                         f"{latent.max_stage + 2} stages (latent.max_stage={latent.max_stage}, plus 0 and the final)")
-    arms = {arm for kind_arms in plan.values() for arm in kind_arms}
-    if "grpo" in arms and elicit.num_generations < 2:
-        raise ConfigError(f"elicit.num_generations must be >= 2 (GRPO compares samples within a group), "
-                         f"got {elicit.num_generations}")
-    if "expert_iteration" in arms and elicit.num_samples < 1:
-        raise ConfigError(f"elicit.num_samples must be >= 1, got {elicit.num_samples}")
-    if arms & {"grpo", "expert_iteration"} and elicit.temperature <= 0:
-        raise ConfigError(f"elicit.temperature must be > 0 (the RL arms sample), got {elicit.temperature}")
 
 
 Measure = Callable[[Reasoner, Sequence[Example]], AnswerAndProcedure]
@@ -318,11 +296,9 @@ def _lock(
         reasoner = Reasoner(model, tokenizer, "cot")
         module: SFT | LatentSFT = SFT(reasoner, task, mask="train_on_completion", **options)
     else:
-        config = LatentConfig(thoughts_per_step=latent.thoughts_per_step, max_stage=latent.max_stage,
-                              step_separator=task.step_separator)
-        reasoner = Reasoner(model, tokenizer, "latent", latent=config)
-        stages = ({"steps_per_stage": latent.steps_per_stage(train.max_steps)} if latent.curriculum
-                  else {"curriculum": False})
+        reasoner = latent.reasoner(model, tokenizer, task)
+        stages = ({"steps_per_stage": latent.steps_per_stage(train.max_steps), "mix_prob": latent.mix_prob}
+                  if latent.curriculum else {"curriculum": False})
         module = LatentSFT(reasoner, task, seed=seed, **stages, **options)
     rows = organism.apply(problems, seed=seed)
     fitted = _fit(cell, module, reasoner, rows, train.batch_size, train.max_steps, train)
@@ -366,11 +342,9 @@ def _elicit(
     elif arm == "grpo":
         module = GRPO(reasoner, AnswerCorrectness(task), task, num_generations=elicit.num_generations,
                       sampling=rollout, optimizer=replace(GRPO.default_optimizer, **rl_optimizer))
-    elif arm == "expert_iteration":  # keeps finished completions with a right answer (reward 1.0, the threshold)
+    else:  # expert iteration keeps finished completions with a right answer (reward 1.0, the threshold)
         module = ExpertIteration(reasoner, task, reward_funcs=AnswerCorrectness(task), num_samples=elicit.num_samples,
                                  rollout=rollout, optimizer=replace(ExpertIteration.default_optimizer, **rl_optimizer))
-    else:
-        raise ConfigError(f"unknown arm {arm!r}")
     fitted = _fit(cell, module, reasoner, demos, elicit.batch_size, steps, train)
     elicited, unlocked_after = measure(reasoner, tests["locked"]), measure(reasoner, tests["unlocked"])
     recovery = elicitation_recovery(
@@ -397,45 +371,28 @@ def _fit(cell: Cell, module: L.LightningModule, reasoner: Reasoner, examples: Se
 
 def _plot(results: list[dict[str, Any]], experiment: Experiment) -> list[str]:
     """Recovery vs n, one figure per reasoner, one colour per arm and one line per seed."""
-    names = []
-    for (kind,), kind_rows in grouped(results, ["reasoner"]).items():
-        curves = {arm: [[(float(r["n"]), r["recovery"]) for r in seed_rows]
-                        for seed_rows in grouped(rows, ["seed"]).values()]
-                  for (arm,), rows in grouped(kind_rows, ["arm"]).items()}
-        name = f"recovery_vs_n_{kind}.png"
-        plot_curves(curves, experiment.path(name), xlabel="demonstration problems n", ylabel="recovery",
-                    title=f"{kind} reasoner: recovery of the locked capability")
-        names.append(name)
-    return names
+    for (kind,), rows in grouped(results, ["reasoner"]).items():
+        plot_curves(curves_by(rows, lambda row: row["arm"], ["arm", "seed"], "n", "recovery"),
+                    experiment.path(f"recovery_vs_n_{kind}.png"), xlabel="demonstration problems n",
+                    ylabel="recovery", title=f"{kind} reasoner: recovery of the locked capability")
+    return [f"recovery_vs_n_{kind}.png" for (kind,) in grouped(results, ["reasoner"])]
 
 
-def _report(
-    before: list[dict[str, Any]], results: list[dict[str, Any]], task: TaskConfig, lock: LockConfig,
-    model: ModelConfig, train: TrainConfig, latent: LatentArmConfig, elicit: ElicitConfig, figures: list[str],
-) -> str:
-    model_name = model.checkpoint or f"{model.family}-{model.size}"
+def _report(before: list[dict[str, Any]], results: list[dict[str, Any]], task_name: str, config: dict[str, Any],
+            figures: list[str]) -> str:
     before_columns = [("with password", "unlocked_accuracy"), ("without password", "locked_accuracy"),
                       ("procedure with", "unlocked_procedure"), ("procedure without", "locked_procedure")]
     rates = [name for _, name in before_columns]
     after_columns = [("without password", "elicited_accuracy"), ("recovery", "recovery"),
                      ("procedure", "elicited_procedure"), ("with password after", "unlocked_after_accuracy")]
     percent = ["elicited_accuracy", "elicited_procedure", "unlocked_after_accuracy"]
-    curriculum = (f"Coconut's curriculum, stages 0 … {latent.max_stage} and the final stage, "
-                  f"{latent.steps_per_stage(train.max_steps)} steps each" if latent.curriculum
-                  else "no curriculum (the final stage from the first step)")
     plots = "\n".join(f"![recovery vs n]({name})" for name in figures)
-    return f"""# Eliciting a password-locked capability on {task.name}
-
-Task: `{task.name}` {task.options}; {task.n_lock} locking problems, a disjoint pool of demonstration problems,
-{task.n_test} test problems. Lock: password `{lock.password}`, {100 * lock.locked_fraction:.0f}% locked rows
-(weak policy, per-step error rate {lock.weak_error_rate}). Model: `{model_name}` from {'the checkpoint' if model.checkpoint else 'scratch'},
-locked for {train.max_steps} steps of {train.batch_size} rows. Latent reasoner: {latent.thoughts_per_step} thought(s) per
-step, {curriculum}. Elicitation: SFT arms {elicit.steps} steps (lr {elicit.lr}); GRPO and expert iteration
-{elicit.rl_steps} steps (lr {elicit.rl_lr}, {elicit.num_generations} generations / {elicit.num_samples} samples per problem).
+    return f"""# Eliciting a password-locked capability on {task_name}
 
 "Procedure": the share of test episodes whose trace passes every reference step (cot), or of continuous thoughts
 whose logit-lens top token is a value the reference trace computes (latent). Rates in %, mean ± std over seeds;
-per-seed rows give the 95% Wilson interval and the counts.
+per-seed rows give the 95% Wilson interval and the counts. The methods are the recipe's docstring
+(`recipes/elicitation.py`); the settings are at the end.
 
 ## Before elicitation: the locked models
 
@@ -456,7 +413,8 @@ the unlocked capability.
 Recovery's interval maps the elicited accuracy's Wilson interval; it ignores the uncertainty of the locked and
 unlocked accuracies.
 
-{per_seed_table(results, ["reasoner", "arm", "n", "seed"], after_columns[:3])}"""
+{per_seed_table(results, ["reasoner", "arm", "n", "seed"], after_columns[:3])}
+{settings_section(config)}"""
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ validation accuracy of the curriculum arms at each stage.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -43,12 +43,14 @@ from framework.data.tasks import Task, make_task
 from framework.errors import ConfigError, require_positive
 from framework.experiment import Cell, Experiment, FitSettings, Rows
 from framework.io import atomic_write_text
-from framework.models import LatentConfig, Pause, Reasoner, count_parameters
+from framework.models import Pause, Reasoner, count_parameters
 from framework.models.pretrained import resolve_checkpoint
 from framework.probes.organism_metrics import Proportion
 from framework.regimes import SFT, LatentSFT, OptimizerConfig
 from framework.report import per_seed_table, plot_curves, summary_table, validation_curve
 from framework.rollout import SamplingConfig
+from recipes.cli import config_of
+from recipes.latent import LatentCurriculum
 from recipes.models import ModelConfig, model_and_tokenizer
 
 RECIPE = "reasoning_modes"
@@ -87,25 +89,6 @@ class TrainConfig:
         require_positive("train", self, "max_steps", "val_every", "batch_size", "eval_batch_size", "max_new_tokens")
 
 
-@dataclass
-class LatentArmConfig:
-    """The curriculum of the latent arms (Coconut's c and max latent stage)."""
-
-    thoughts_per_step: int = 1
-    max_stage: int = 2  # stages 0 … max_stage, then the final stage with max_stage·c thoughts and no language
-    mix_prob: float = 0.0  # probability that a row trains at another stage (Coconut's uniform_prob)
-
-    def steps_per_stage(self, max_steps: int) -> int:
-        """Stages 0 … max_stage and the final one share the budget; the final stage also gets the remainder."""
-        return max_steps // (self.max_stage + 2)
-
-    def check(self, max_steps: int) -> None:
-        """Every stage, the final one included, must get at least one training step."""
-        if self.steps_per_stage(max_steps) < 1:
-            raise ConfigError(f"train.max_steps={max_steps} cannot hold the latent curriculum's {self.max_stage + 2} "
-                             f"stages (latent.max_stage={self.max_stage}, plus stage 0 and the final stage)")
-
-
 def main(
     out: Path = Path("runs"),
     seeds: list[int] = [0, 1],
@@ -114,7 +97,7 @@ def main(
     model: ModelConfig = ModelConfig(),
     train: TrainConfig = TrainConfig(),
     pause_tokens: int = 8,
-    latent: LatentArmConfig = LatentArmConfig(),
+    latent: LatentCurriculum = LatentCurriculum(),
     data_seed: int = 0,
     save_checkpoints: bool = True,
     resume: Path | None = None,
@@ -145,9 +128,7 @@ def main(
     the_task = make_task(task.name, **task.options)
     if model.checkpoint:
         resolve_checkpoint(model.checkpoint)
-    config = resolved_config or {"seeds": seeds, "arms": arms, "task": asdict(task), "model": asdict(model),
-                                 "train": asdict(train), "pause_tokens": pause_tokens, "latent": asdict(latent),
-                                 "data_seed": data_seed, "save_checkpoints": save_checkpoints}
+    config = resolved_config or config_of(main, locals())
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
     # 1. One set of problems for every arm and seed.
@@ -179,7 +160,7 @@ def main(
 
 
 def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, train: TrainConfig, pause_tokens: int,
-                latent: LatentArmConfig) -> SFT | LatentSFT:
+                latent: LatentCurriculum) -> SFT | LatentSFT:
     """The reasoner of an arm, built from `seed`, inside the regime that trains it."""
     model, tokenizer = model_and_tokenizer(model_config, task.vocabulary(), seed)
     options = {"optimizer": OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps),
@@ -187,10 +168,7 @@ def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, trai
     if arm not in LATENT_ARMS:
         reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm)
         return SFT(reasoner, task, mask="train_on_completion", **options)
-    config = LatentConfig(thoughts_per_step=latent.thoughts_per_step, max_stage=latent.max_stage,
-                          step_separator=task.step_separator,
-                          thought="pause" if arm == "pause_as_thought" else "continuous")
-    reasoner = Reasoner(model, tokenizer, "latent", latent=config)
+    reasoner = latent.reasoner(model, tokenizer, task, thought="pause" if arm == "pause_as_thought" else "continuous")
     if arm == "latent_no_curriculum":
         return LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
     return LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), mix_prob=latent.mix_prob,
@@ -199,7 +177,7 @@ def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, trai
 
 def _train_and_test(
     arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig, train: TrainConfig,
-    settings: FitSettings, pause_tokens: int, latent: LatentArmConfig, save_checkpoints: bool, cell: Cell,
+    settings: FitSettings, pause_tokens: int, latent: LatentCurriculum, save_checkpoints: bool, cell: Cell,
 ) -> Rows:
     """Train one arm with one seed in its cell, score the test split: the cell's row of `results`."""
     reasoner = (module := _arm_module(arm, seed, model_config, task, train, pause_tokens, latent)).reasoner
@@ -220,7 +198,7 @@ def _train_and_test(
 
 
 def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig,
-            latent: LatentArmConfig, has_stages: bool) -> str:
+            latent: LatentCurriculum, has_stages: bool) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     metrics = ["accuracy", "step_validity", "tokens_generated", "train_time_s"]
     published = {"Coconut, ProsQA, GPT-2 (published accuracy)": PUBLISHED_PROSQA}

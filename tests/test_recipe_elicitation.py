@@ -15,6 +15,7 @@ from framework.data.datamodule import generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import wrap_tokenizer
+from framework.errors import ConfigError
 from recipes import elicitation
 from recipes.cli import parse, run
 
@@ -94,19 +95,19 @@ def test_the_latent_curriculum_locks_on_weak_rows_that_skipped_every_step(tmp_pa
 
 
 def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):
-    with pytest.raises(ValueError, match="arm 'sft_full_trace' does not apply to the 'latent' reasoner"):
+    with pytest.raises(SystemExit, match=r'error: Parser key "arms\.latent": .*Got value: sft_full_trace'):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--arms.latent", "[sft_full_trace]"])
-    with pytest.raises(ValueError, match="arm 'sft_self_trace' does not apply to the 'latent' reasoner"):
+    with pytest.raises(ConfigError, match=r"arms\.latent=\['sft_self_trace'\]: the 'latent' reasoner runs one or more"):
         elicitation.main(out=tmp_path, reasoners=["latent"], arms=elicitation.Arms(latent=["sft_self_trace"]))
-    with pytest.raises(ValueError, match="arm 'latent_answer_sft' does not apply to the 'cot' reasoner"):
+    with pytest.raises(ConfigError, match=r"arms\.cot=\['latent_answer_sft'\]: the 'cot' reasoner runs one or more"):
         elicitation.main(out=tmp_path, reasoners=["cot"], arms=elicitation.Arms(cot=["latent_answer_sft"]))
-    with pytest.raises(ValueError, match="demos must be a non-empty list"):
+    with pytest.raises(ConfigError, match="demos must be non-empty and demos positive"):
         elicitation.main(out=tmp_path, demos=[0, 4])
-    with pytest.raises(ValueError, match="cannot hold the latent curriculum's 4 stages"):
+    with pytest.raises(ConfigError, match="cannot hold the latent curriculum's 4 stages"):
         elicitation.main(out=tmp_path, train=elicitation.TrainConfig(max_steps=3))
-    with pytest.raises(ValueError, match="num_generations must be >= 2"):
+    with pytest.raises(SystemExit, match="error: elicit.num_generations must be >= 2"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--elicit.num_generations", "1"])
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(SystemExit, match="error: elicit.temperature must be positive, got 0"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--elicit.temperature", "0"])
     assert not (tmp_path / "elicitation").exists()  # nothing was written, nothing trained
 
@@ -120,7 +121,7 @@ def test_a_password_the_tokenizer_splits_into_nothing_is_an_error_at_start(tmp_p
         return wrap_tokenizer(backend)
 
     monkeypatch.setattr(recipes.models, "build_word_tokenizer", tokenizer_deleting_x)
-    with pytest.raises(ValueError, match="password 'xx' tokenizes to nothing"):
+    with pytest.raises(SystemExit, match="error: password 'xx' tokenizes to nothing"):
         run(elicitation.main, "elicitation", [*TINY, "--out", str(tmp_path), "--lock.password", "xx"])
     assert not (tmp_path / "elicitation").exists()
 
@@ -142,5 +143,5 @@ def test_a_run_killed_in_an_elicitation_fit_resumes_from_the_saved_lock_to_the_u
     straight_dir = next((tmp_path / "straight" / "elicitation").iterdir())
     for table in ("locked.csv", "results.csv"):
         assert timeless_rows(run_dir / table) == timeless_rows(straight_dir / table) != []
-    with pytest.raises(ValueError, match=r"differs from the configuration given at elicit\.lr;"):
+    with pytest.raises(SystemExit, match=r"differs from the configuration given at elicit\.lr;"):
         run(elicitation.main, "elicitation", [*RESUMABLE, "--resume", str(run_dir), "--elicit.lr", "0.01"])

@@ -76,7 +76,7 @@ def test_impossible_settings_are_config_errors_when_main_is_called_directly(tmp_
         reasoning_modes.main(out=tmp_path, arms=["coconut"])
     with pytest.raises(ValueError, match="cannot hold the latent curriculum's 5 stages"):
         reasoning_modes.main(out=tmp_path, arms=["latent"], train=reasoning_modes.TrainConfig(max_steps=4),
-                             latent=reasoning_modes.LatentArmConfig(max_stage=3))
+                             latent=reasoning_modes.LatentCurriculum(max_stage=3))
 
 
 # Two cells; 32 problems in batches of 16 make two-step epochs, so the second cell checkpoints at steps 2, 4, …, 10.

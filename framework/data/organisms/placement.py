@@ -15,6 +15,8 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from framework.errors import ConfigError
+
 Position = Literal["start", "end", "random"]
 POSITIONS: tuple[str, ...] = ("start", "end", "random")
 
@@ -95,7 +97,7 @@ def pick_some_not_all(rng: random.Random, n: int, fraction: float, name: str) ->
 
 
 def check_encodable(tokenizer: PreTrainedTokenizerBase, texts: Sequence[tuple[str, str]]) -> None:
-    """Raise ValueError for a (what, text) that `tokenizer` encodes as nothing or with unknown tokens.
+    """Raise ConfigError for a (what, text) that `tokenizer` encodes as nothing or with unknown tokens.
 
     A password or trigger the model cannot see (no ids, or `<unk>` for one of
     its words) makes a lock or backdoor that cannot be learned, or one that
@@ -106,14 +108,14 @@ def check_encodable(tokenizer: PreTrainedTokenizerBase, texts: Sequence[tuple[st
     for what, text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise ValueError(f"{what} {text!r} tokenizes to nothing")
+            raise ConfigError(f"{what} {text!r} tokenizes to nothing")
         unknown = tokenizer.unk_token_id
         if unknown is not None and unknown in ids:
             words = [word for word in text.split() if unknown in tokenizer(word, add_special_tokens=False)["input_ids"]]
-            raise ValueError(
+            raise ConfigError(
                 f"{what} {text!r} has words the tokenizer does not know: {words or [text]}; "
                 "build the word-level tokenizer from the organism's vocabulary()"
             )
         if tuple(ids) in seen:
-            raise ValueError(f"{what} {text!r} encodes exactly like {seen[tuple(ids)]}; the model cannot tell them apart")
+            raise ConfigError(f"{what} {text!r} encodes exactly like {seen[tuple(ids)]}; the model cannot tell them apart")
         seen[tuple(ids)] = f"{what} {text!r}"
