@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -365,6 +366,32 @@ def probe_backdoor(
     rates = backdoor_rates(on["triggered"] + on["clean"])
     return {"success": rates["success"], "success_no_trace": backdoor_rates(off["triggered"])["success"],
             "false_trigger": rates["false_trigger"], "clean_accuracy": flag_rate(on["clean"], "correct")}
+
+
+def persistence_columns(curve: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The first and last probe of a persistence curve (`step` and the `rate_columns` of `probe_backdoor`, per point)
+    as results columns: `steps`, success at the start and (with its counts) at the end, success without the trace at
+    the start and the end, and false triggers and clean accuracy at the end."""
+    start, end = curve[0], curve[-1]
+    return {"steps": end["step"], "success_start": start["success"],
+            **{f"success_end{count}": end[f"success{count}"] for count in ("", "_hits", "_total")},
+            "success_no_trace_start": start["success_no_trace"],
+            **{f"{name}_end": end[name] for name in ("success_no_trace", "false_trigger", "clean_accuracy")}}
+
+
+PROBED_RATES = ("success", "success_no_trace", "false_trigger", "clean_accuracy")  # the keys of `probe_backdoor`
+EXAMPLE_KINDS = (
+    "triggered, misbehaved, articulated", "triggered, misbehaved, silent", "triggered, not misbehaving", "clean",
+)
+
+
+def example_kind(episode: Mapping[str, Any]) -> str | None:
+    """Which of `EXAMPLE_KINDS` an episode row (its `condition`, `misbehaved` and `named`) shows; None for a control."""
+    if episode["condition"] == "clean":
+        return EXAMPLE_KINDS[3]
+    if episode["condition"] == "triggered":
+        return EXAMPLE_KINDS[0 if episode["named"] else 1] if episode["misbehaved"] else EXAMPLE_KINDS[2]
+    return None
 
 
 # -- elicitation -----------------------------------------------------------------------------------
