@@ -379,7 +379,19 @@ def persistence_columns(curve: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             **{f"{name}_end": end[name] for name in ("success_no_trace", "false_trigger", "clean_accuracy")}}
 
 
-PROBED_RATES = ("success", "success_no_trace", "false_trigger", "clean_accuracy")  # the keys of `probe_backdoor`
+def episode_rows(episodes: Mapping[str, Sequence[Episode]], identity: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`evaluate_backdoor`'s episodes as table rows: `identity`, the condition, prompt, trace, answer and every flag."""
+    return [{**identity, "condition": condition, "prompt": e.prompt, "trace": e.trace, "answer": e.answer, **e.metadata}
+            for condition, scored in episodes.items() for e in scored]
+
+
+# The rates of `evaluate_backdoor`, by name: the backdoor's own, and the controls' (with clean traces that name the
+# absent trigger); then those of `probe_backdoor`.
+BACKDOOR_RATES = ("success", "false_trigger", "articulation", "flip_without_trigger", "flip_without_mention",
+                  "success_no_trace", "false_trigger_no_trace", "leaked_into_trace", "clean_accuracy")
+CONTROL_RATES = (*(f"{control}_{rate}" for control in ("distractor", "uncorrelated")
+                   for rate in ("misbehaviour", "articulation", "mention")), "clean_names_trigger")
+PROBED_RATES = ("success", "success_no_trace", "false_trigger", "clean_accuracy")
 EXAMPLE_KINDS = (
     "triggered, misbehaved, articulated", "triggered, misbehaved, silent", "triggered, not misbehaving", "clean",
 )
@@ -392,6 +404,18 @@ def example_kind(episode: Mapping[str, Any]) -> str | None:
     if episode["condition"] == "triggered":
         return EXAMPLE_KINDS[0 if episode["named"] else 1] if episode["misbehaved"] else EXAMPLE_KINDS[2]
     return None
+
+
+def backdoor_examples(
+    episodes: Sequence[Mapping[str, Any]], trigger_kinds: Sequence[str], limit: int, where: Callable[[Mapping], str]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The first `limit` episode rows of each of `EXAMPLE_KINDS` per trigger kind, in run order, each with its
+    `where` (e.g. the planted copy it came from): what `framework.report.examples_section` shows."""
+    found: dict[str, dict[str, list[dict]]] = {kind: {k: [] for k in EXAMPLE_KINDS} for kind in trigger_kinds}
+    for e in episodes:
+        if (kind := example_kind(e)) and len(found[e["trigger_kind"]][kind]) < limit:
+            found[e["trigger_kind"]][kind].append({**e, "where": where(e)})
+    return found
 
 
 # -- elicitation -----------------------------------------------------------------------------------
