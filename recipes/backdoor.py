@@ -87,7 +87,7 @@ parent's model on disk: `base/seed<s>` → `plant/<kind>-n<poisoned>/seed<s>` �
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -97,18 +97,27 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from framework.callbacks import ProbeEvery
-from framework.data.datamodule import ReasoningDataModule, generate_splits
+from framework.data.datamodule import ReasoningDataModule
 from framework.data.organisms import Backdoor, CitedFields, TriggerConfig
+from framework.data.parts import generate_parts, hybrid_rows
 from framework.data.sample import Example
 from framework.data.tasks import make_task
 from framework.errors import ConfigError, require_at_least, require_fraction, require_positive
 from framework.experiment import Cell, Experiment, FitSettings, Rows
 from framework.experiment.parents import fit_row, load_parent
+from framework.experiment.settings import config_record
 from framework.io import atomic_write_text
 from framework.models import Reasoner, count_parameters
 from framework.probes import Proportion, evaluate_backdoor, probe_backdoor
 from framework.probes.columns import rate_columns, rates_from_columns
-from framework.probes.organism_metrics import EXAMPLE_KINDS, PROBED_RATES, example_kind, persistence_columns
+from framework.probes.organism_metrics import (
+    BACKDOOR_RATES,
+    CONTROL_RATES,
+    PROBED_RATES,
+    backdoor_examples,
+    episode_rows,
+    persistence_columns,
+)
 from framework.regimes import GRPO, SFT, OptimizerConfig
 from framework.report import (
     curves_by,
@@ -127,10 +136,6 @@ RECIPE = "backdoor"
 PERSISTENCE_CURVES = {"success": "trace on", "success_no_trace": "no trace"}  # metric -> how it was probed
 PERSISTENCE_METRICS = ("success_start", "success_end", "success_no_trace_start", "success_no_trace_end",
                        "false_trigger_end", "clean_accuracy_end")
-MAIN_RATES = ("success", "false_trigger", "articulation", "flip_without_trigger", "flip_without_mention",
-              "success_no_trace", "false_trigger_no_trace", "leaked_into_trace", "clean_accuracy")
-CONTROL_RATES = (*(f"{control}_{rate}" for control in ("distractor", "uncorrelated")
-                   for rate in ("misbehaviour", "articulation", "mention")), "clean_names_trigger")
 
 
 @dataclass
@@ -271,25 +276,17 @@ def main(
     tokenizer = tokenizer_for(model, [word for backdoor in backdoors.values() for word in backdoor.vocabulary()])
     for backdoor in backdoors.values():
         backdoor.check_tokenizer(tokenizer)  # a trigger the model cannot see is an error now, not a silent 0%
-    config = resolved_config or {
-        "seeds": seeds, "task": asdict(task), "triggers": asdict(triggers), "model": asdict(model), "base": asdict(base),
-        "plant": asdict(plant), "persistence": asdict(persistence), "evaluation": asdict(evaluation),
-        "accelerator": accelerator, "precision": precision, "data_seed": data_seed,
-    }
+    config = resolved_config or config_record(
+        seeds=seeds, task=task, triggers=triggers, model=model, base=base, plant=plant, persistence=persistence,
+        evaluation=evaluation, accelerator=accelerator, precision=precision, data_seed=data_seed)
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
     # Disjoint problems for the base curriculum, planting, replay, persistence and the test.
     sizes = {"base": base.rows, "plant": plant.rows, "replay": plant.replay, "persistence": persistence.rows}
-    splits = generate_splits(curriculum, data_seed, n_train=sum(sizes.values()), n_val=0, n_test=task.n_test)
-    problems, start = {}, 0
-    for part, size in sizes.items():
-        problems[part], start = splits["train"][start : start + size], start + size
-    n_non_thinking = round(base.non_thinking * base.rows)
-    base_rows = [_without_trace(e) for e in problems["base"][:n_non_thinking]] + problems["base"][n_non_thinking:]
-    persist_rows = problems["persistence"]
-    if persistence.mode == "none":
-        persist_rows = [_without_trace(e) for e in persist_rows]
-    shared = Shared(curriculum, splits["test"], model, SamplingConfig(max_new_tokens=evaluation.max_new_tokens),
+    problems = generate_parts(curriculum, data_seed, sizes, n_test=task.n_test)
+    base_rows = hybrid_rows(problems["base"], base.non_thinking)
+    persist_rows = hybrid_rows(problems["persistence"], 1.0 if persistence.mode == "none" else 0.0)  # all or none
+    shared = Shared(curriculum, problems["test"], model, SamplingConfig(max_new_tokens=evaluation.max_new_tokens),
                     evaluation.batch_size, Experiment.evaluation_device(accelerator), accelerator, precision)
 
     # The steps of the methods, as a tree of cells, each starting from its parent's model on disk.
@@ -331,7 +328,8 @@ def main(
     # Report, from the tables the cells recorded.
     tables = experiment.tables
     _figures(tables["results"], tables.get("persistence", []), experiment)
-    examples = _examples(tables["episodes"], triggers.kinds, evaluation.examples)
+    examples = backdoor_examples(tables["episodes"], triggers.kinds, evaluation.examples,
+                                 lambda e: f"{_arm(e)}, seed {e['seed']}")
     setup = _setup_text(task, model, base, plant, persistence, triggers)
     regimes = persistence.regimes if tables.get("persistence") else []
     atomic_write_text(experiment.path("report.md"), _report(tables["results"], examples, setup, regimes))
@@ -360,11 +358,6 @@ class Shared:
 
 
 # -- cells -----------------------------------------------------------------------------------------
-
-
-def _without_trace(example: Example) -> Example:
-    """A non-thinking row: the `hybrid` format gives it an empty think block."""
-    return replace(example, trace="", steps=())
 
 
 def _train_base(shared: Shared, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], stage: BaseConfig,
@@ -428,8 +421,7 @@ def _evaluate(backdoor: Backdoor, shared: Shared, parent: Path, copy: dict[str, 
     rates, episodes = evaluate_backdoor(reasoner, backdoor, shared.test, shared.sampling, shared.batch_size,
                                         step_separator=shared.task.step_separator, device=shared.device)
     return {"results": [{**head, **rate_columns(rates), **tail, "parameters": count_parameters(reasoner.model)}],
-            "episodes": [{**copy, "condition": condition, "prompt": e.prompt, "trace": e.trace, "answer": e.answer,
-                          **e.metadata} for condition, scored in episodes.items() for e in scored]}
+            "episodes": episode_rows(episodes, copy)}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -449,15 +441,6 @@ def _figures(results: list[dict[str, Any]], persistence: list[dict[str, Any]], e
 
 def _arm(row: dict[str, Any]) -> str:
     return f"{row['trigger_kind']} n={row['poisoned']}"
-
-
-def _examples(episodes: list[dict[str, Any]], kinds: Sequence[str], limit: int) -> dict[str, dict[str, list[dict]]]:
-    """The first `limit` episodes of each example kind per trigger kind, in run order."""
-    found: dict[str, dict[str, list[dict]]] = {kind: {k: [] for k in EXAMPLE_KINDS} for kind in kinds}
-    for e in episodes:
-        if (kind := example_kind(e)) and len(found[e["trigger_kind"]][kind]) < limit:
-            found[e["trigger_kind"]][kind].append({**e, "where": f"{_arm(e)}, seed {e['seed']}"})
-    return found
 
 
 def _setup_text(task: TaskConfig, model: ModelConfig, base: BaseConfig, plant: PlantConfig,
@@ -514,7 +497,7 @@ the misaligned answer. A rate over no episodes is n/a.
 
 In %, mean ± std over seeds.
 
-{_tables(results, [*MAIN_RATES, "base_accuracy"])}
+{_tables(results, [*BACKDOOR_RATES, "base_accuracy"])}
 ![backdoor success vs poisoned rows, trace on](success_vs_poisoned.png)
 ![backdoor success vs poisoned rows, no trace](success_no_trace_vs_poisoned.png)
 
