@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from framework.data.organisms import CONDITIONS, CitedFields
+from framework.data.parts import without_trace
 from framework.data.sample import Role
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import build_word_tokenizer
@@ -150,7 +151,7 @@ def test_a_run_killed_mid_fit_resumes_to_what_an_uninterrupted_one_wrote(tmp_pat
     assert (cells / "base" / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns == base_at
     for name in ("results.csv", "persistence.csv", "episodes.csv"):
         assert _without_times(run_dir / name) == _without_times(straight / name), name
-    with pytest.raises(ValueError, match=r"differs from the configuration given at plant\.lr"):
+    with pytest.raises(SystemExit, match=r"differs from the configuration given at plant\.lr"):  # a ConfigError
         run(backdoor.main, "backdoor", [*ONE_COPY, "--out", str(tmp_path), "--resume", str(run_dir), "--plant.lr", "0.01"])
 
 
@@ -224,7 +225,7 @@ def test_the_hybrid_reasoner_formats_rows_without_a_trace_as_the_non_thinking_mo
     model = build_model("llama", "1m", tokenizer)
     hybrid = Reasoner(model, tokenizer, "hybrid")
     thinking = curriculum.generate(random.Random(0))
-    non_thinking = backdoor._without_trace(thinking)
+    non_thinking = without_trace(thinking)
     for row, mode in ((thinking, "cot"), (non_thinking, "none")):
         assert hybrid.tokenize(row) == Reasoner(model, tokenizer, mode).tokenize(row)
     # Non-thinking: the empty think block is prompt, only the answer (and EOS) is trained on; thinking has a trace.
