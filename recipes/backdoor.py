@@ -105,7 +105,6 @@ from framework.data.tasks import make_task
 from framework.errors import ConfigError, require_at_least, require_fraction, require_positive
 from framework.experiment import Cell, Experiment, FitSettings, Rows
 from framework.experiment.parents import fit_row, load_parent
-from framework.experiment.settings import config_record
 from framework.io import atomic_write_text
 from framework.models import Reasoner, count_parameters
 from framework.probes import Proportion, evaluate_backdoor, probe_backdoor
@@ -130,6 +129,7 @@ from framework.report import (
 )
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
+from recipes.cli import config_of
 from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "backdoor"
@@ -276,9 +276,7 @@ def main(
     tokenizer = tokenizer_for(model, [word for backdoor in backdoors.values() for word in backdoor.vocabulary()])
     for backdoor in backdoors.values():
         backdoor.check_tokenizer(tokenizer)  # a trigger the model cannot see is an error now, not a silent 0%
-    config = resolved_config or config_record(
-        seeds=seeds, task=task, triggers=triggers, model=model, base=base, plant=plant, persistence=persistence,
-        evaluation=evaluation, accelerator=accelerator, precision=precision, data_seed=data_seed)
+    config = resolved_config or config_of(main, locals())
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
     # Disjoint problems for the base curriculum, planting, replay, persistence and the test.

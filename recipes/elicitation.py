@@ -89,6 +89,7 @@ from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
 from framework.errors import ConfigError, require_positive
 from framework.experiment import Cell, Experiment, FitSettings, Fitted, Rows
+from framework.experiment.parents import load_parent
 from framework.io import atomic_write_text
 from framework.models import Reasoner
 from framework.probes.organism_metrics import AnswerAndProcedure, Proportion, answer_and_procedure, elicitation_recovery
@@ -319,9 +320,7 @@ def _elicit(
 
     An expert-iteration step whose samples are all wrong counts as a step but has no gradient: it updates nothing.
     """
-    reasoner = Reasoner.from_pretrained(locked_model)
-    reasoner.model.set_attn_implementation(attention)  # a run-time choice, not saved with the model
-    reasoner.model.train()  # loaded in eval mode; Lightning keeps a module's mode, and dropout belongs in training
+    reasoner = load_parent(locked_model, attention)
     sft = {"optimizer": OptimizerConfig(lr=elicit.lr, warmup_steps=elicit.warmup_steps)}
     rl_optimizer = {"lr": elicit.rl_lr, "warmup_steps": elicit.warmup_steps}
     rollout = SamplingConfig(max_new_tokens=train.max_new_tokens, do_sample=True, temperature=elicit.temperature)

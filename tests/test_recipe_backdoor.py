@@ -199,7 +199,7 @@ def test_a_checkpoint_whose_tokenizer_cannot_see_the_trigger_is_an_error_at_star
     tokenizer = build_word_tokenizer(curriculum.vocabulary())
     build_model("llama", "1m", tokenizer).save_pretrained(tmp_path / "checkpoint")
     tokenizer.save_pretrained(tmp_path / "checkpoint")
-    with pytest.raises(ValueError, match="trigger text 'country : singapore' has words the tokenizer does not know"):
+    with pytest.raises(SystemExit, match="error: trigger text 'country : singapore' has words the tokenizer does not know"):
         run(backdoor.main, "backdoor",
             [*TINY, "--out", str(tmp_path / "runs"), "--model.checkpoint", str(tmp_path / "checkpoint")])
     assert not (tmp_path / "runs").exists()
