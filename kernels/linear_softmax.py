@@ -18,7 +18,8 @@ The Triton version of the same primitive is ``linear_softmax_triton``.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -107,8 +108,10 @@ def sweep(
     mean_out = torch.empty_like(lse_out) if want_stats and mean_logit else None
     need_h, need_w, need_b = needs if want_grads else (False, False, False)
     d_hidden = torch.empty_like(hidden) if need_h else None
-    d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-    d_bias = torch.zeros(vocab, dtype=acc, device=weight.device) if need_b and bias is not None else None
+    # The first chunk writes the [V, H] accumulators instead of adding into zeros: no zero-fill when rows exist.
+    blank = torch.zeros if n == 0 else torch.empty
+    d_weight = blank(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    d_bias = blank(vocab, dtype=acc, device=weight.device) if need_b and bias is not None else None
 
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
@@ -155,9 +158,12 @@ def sweep(
             p.mul_(inv_temperature)
         if need_h:
             d_hidden[rows] = p.to(hidden.dtype) @ weight
+        first = start == 0
         if need_w:
-            d_weight.addmm_(p.T, h.to(acc))
-        if d_bias is not None:
+            d_weight.addmm_(p.T, h.to(acc), beta=0.0 if first else 1.0)
+        if d_bias is not None and first:
+            torch.sum(p, 0, out=d_bias)
+        elif d_bias is not None:
             d_bias += p.sum(0)
 
     stats = RowStats(lse_out, target_out, mean_out) if want_stats else None
