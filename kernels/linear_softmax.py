@@ -242,6 +242,8 @@ def stats_and_grads(
     coefficients: Callable[[RowStats, slice], Coefficients],
     *,
     softcap: float | None = None,
+    inv_temperature: float = 1.0,
+    mean_logit: bool = False,
     needs: tuple[bool, bool, bool] = (True, True, True),
     chunk_rows: int | None = None,
 ) -> tuple[RowStats, Grads]:
@@ -251,9 +253,20 @@ def stats_and_grads(
     """
     row_stats, row_grads = sweep(
         hidden.index_select(0, rows.index), weight, bias, labels.index_select(0, rows.index),
-        softcap=softcap, coefficients=coefficients, needs=needs, chunk_rows=chunk_rows,
+        softcap=softcap, inv_temperature=inv_temperature, mean_logit=mean_logit, coefficients=coefficients,
+        needs=needs, chunk_rows=chunk_rows,
     )
     return row_stats, _scatter_hidden(row_grads, hidden, rows)
+
+
+def scaled_grad(grad: torch.Tensor | None, grad_out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A gradient taken in the forward pass, times the scalar upstream gradient (in place: the buffer is the op's),
+    cast to its input's dtype."""
+    if grad is None:
+        return None
+    if grad_out is not None:
+        grad.mul_(grad_out)
+    return grad.to(dtype)
 
 
 def _scatter_hidden(row_grads: Grads, hidden: torch.Tensor, rows: Rows) -> Grads:
