@@ -20,6 +20,7 @@ from framework.models import Reasoner, build_model, tiny_config
 from framework.regimes.base import OptimizerConfig
 from framework.regimes.grpo import GRPO
 from framework.regimes.grpo_loss import aggregate_loss, clipped_token_loss, group_advantages, k3_kl, token_weights
+from framework.regimes.loss import FusedPolicyLoss, fused_policy_loss
 from framework.regimes.policy import TokenPolicy
 from framework.regimes.sft import SFT
 from framework.rewards import AnswerCorrectness, Rewards, reward_columns, think_format
@@ -236,6 +237,10 @@ def test_one_iteration_takes_its_loss_in_one_head_pass_with_autograds_gradient(w
     loss.backward()
     fused = torch.cat([p.grad.flatten() for p in module.model.parameters()])
     assert (fused.double() - naive.double()).abs().max() <= rounding_tolerance(naive, gold)
+    with fused_policy_loss(FusedPolicyLoss(advantages[:, None].expand_as(weights), weights)):
+        module.policy.logprobs(module.model, rollout.inputs)
+        with pytest.raises(RuntimeError, match="twice"):
+            module.policy.logprobs(module.model, rollout.inputs)
 
 
 def test_truncated_completions_can_be_left_out_of_the_loss(word_tokenizer, addition_task):

@@ -12,7 +12,10 @@ One Lightning training step takes one batch of prompts and:
 
 As in TRL, `trainer.global_step` counts optimizer steps: a rollout batch
 yields `num_iterations` of them. Log-probs come from `kernels.linear_token_logprobs`
-over backbone hidden states, never from `[tokens, vocab]` logits.
+over backbone hidden states, never from `[tokens, vocab]` logits. With one
+iteration the ratio is 1 and each token's gradient coefficient is known before
+scoring, so the loss comes from `kernels.linear_policy_loss`, which takes the
+head's gradients in its forward pass instead of recomputing the logits.
 
 Under DDP each rank samples and normalises its own prompts' groups (groups
 never straddle ranks; `scale_rewards="batch"` uses the rank's batch std).
@@ -210,12 +213,12 @@ class GRPO(Regime):
         for _ in range(self.hparams.num_iterations):
             for rows in self._micro_batches(len(rollout)):
                 part_mask = mask[rows]
-                weights = token_weights(
+                loss_weights = token_weights(
                     part_mask, self.hparams.loss_type, max_completion_length=self.sampling.max_new_tokens,
                     num_sequences=num_sequences, num_tokens=num_tokens,
                 )
                 loss, entropy, terms = self._micro_batch_loss(
-                    rollout.rows(rows).inputs, advantages[rows], weights,
+                    rollout.rows(rows).inputs, advantages[rows], loss_weights,
                     None if old is None else old[rows], None if ref is None else ref[rows],
                 )
                 self.manual_backward(loss)
