@@ -136,11 +136,12 @@ class _LinearPolicyLoss(torch.autograd.Function):
         else:
             stats = backend.stats(hidden, weight, None, labels, rows, **options)
             grads = None
-            if any(needs):
+            if any(needs):  # two passes (statistics, then gradients), both in the forward
                 coefficients = _coefficients(stats.target_logit - stats.lse, row_a, row_w, beta, row_ref)
                 grads = backend.grads(hidden, weight, None, labels, rows, stats.lse, coefficients,
                                       inv_temperature=inv_temperature, needs=needs)
         row_logprobs = stats.target_logit - stats.lse
+        gain = _coefficients(row_logprobs, row_a, row_w, beta, row_ref)[2]  # dLoss/dlogprob per row
         term = -row_a
         if beta != 0.0:
             delta = row_ref - row_logprobs
@@ -152,16 +153,25 @@ class _LinearPolicyLoss(torch.autograd.Function):
         entropy = zeros.index_copy(0, rows.index, torch.where(counted, stats.lse - stats.mean_logit, 0.0)) \
             if with_entropy else zeros
         ctx.mark_non_differentiable(logprobs, entropy)
-        # Kept on ctx, not saved: the backward scales them in place and hands them over (no [V, H] copy).
+        # Kept on ctx, not saved: the first backward scales them in place and hands them over (no [V, H] copy).
+        # A later backward through the same graph (retain_graph=True) recomputes from the inputs.
         ctx.grads, ctx.dtypes = grads, (hidden.dtype, weight.dtype)
+        ctx.rows_count, ctx.inv_temperature, ctx.path, ctx.needs = rows.count, inv_temperature, path, needs
+        ctx.save_for_backward(hidden, weight, labels, rows.index, stats.lse, gain)
         return loss, logprobs, entropy
 
     @staticmethod
     def backward(ctx, grad_loss, grad_logprobs, grad_entropy):
-        if ctx.grads is None:
-            raise RuntimeError("linear_policy_loss took its gradients in the forward pass and hands them over once: "
-                               "backward through it a second time (retain_graph) is not supported")
-        (d_hidden, d_weight, _), ctx.grads = ctx.grads, None
+        if ctx.grads is not None:
+            (d_hidden, d_weight, _), ctx.grads = ctx.grads, None
+        else:
+            hidden, weight, labels, index, lse, gain = ctx.saved_tensors
+            scaled = gain * grad_loss
+            d_hidden, d_weight, _ = primitive(ctx.path).grads(
+                hidden, weight, None, labels, linear_softmax.Rows(index, ctx.rows_count), lse, (-scaled, None, scaled),
+                inv_temperature=ctx.inv_temperature, needs=ctx.needs,
+            )
+            grad_loss = None  # already folded into the coefficients
         return (
             linear_softmax.scaled_grad(d_hidden, grad_loss, ctx.dtypes[0]),
             linear_softmax.scaled_grad(d_weight, grad_loss, ctx.dtypes[1]),
