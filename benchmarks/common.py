@@ -1,4 +1,5 @@
-"""Providers, inputs and measurements shared by the pytest-benchmark suite and ``report.py``.
+"""Providers, inputs and measurements shared by the pytest-benchmark suite and ``report.py``; and the step clock,
+subprocess runs and command line of the training-step comparisons with TRL (``grpo.py``, ``sft.py``).
 
 Every provider runs forward + backward of a token cross-entropy over a linear
 head on the same inputs. Time is wall clock around the call, with
@@ -25,11 +26,13 @@ import ctypes
 import gc
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -180,10 +183,7 @@ def _peak_here(name: str, shape: Shape, masked: float) -> int:
         return torch.cuda.max_memory_allocated() - before
     # Return memory the allocator kept from the warm-up to the system, so the
     # baseline is live memory only and the call's own allocations show up.
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # reset VmHWM to the current resident size
-    before = rss_kib("VmRSS")
+    before = reset_peak_rss()
     step(fn, inputs)
     return (rss_kib("VmHWM") - before) * 1024
 
@@ -194,6 +194,92 @@ def peak_bytes(name: str, shape: Shape, masked: float) -> int:
         [shape.n, shape.h, shape.v, str(shape.dtype).removeprefix("torch."), shape.device]), str(masked)]
     done = subprocess.run(args, capture_output=True, text=True, check=True)
     return int(done.stdout.strip().splitlines()[-1])
+
+
+def reset_peak_rss() -> int:
+    """Reset the process's ``VmHWM`` to its resident size after returning freed memory to the system; that size, KiB."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # reset VmHWM to the current resident size
+    return rss_kib("VmRSS")
+
+
+class StepClock:
+    """Training-step times and the peak extra resident memory after the warm-up (first) step."""
+
+    def __init__(self) -> None:
+        self.step_s: list[float] = []
+        self.rollout_s: list[float] = []
+        self._start = 0.0
+        self._baseline_kib = 0
+
+    def begin(self) -> None:
+        self._start = time.perf_counter()
+
+    def end(self, rollout_s: float = 0.0) -> None:
+        self.step_s.append(time.perf_counter() - self._start)
+        self.rollout_s.append(rollout_s)
+        if len(self.step_s) == 1:  # the warm-up step: measure memory from here on
+            self._baseline_kib = reset_peak_rss()
+
+    def result(self) -> dict[str, float]:
+        """Medians over the steps after the warm-up: step, rollout and update (step - rollout) seconds; peak MiB."""
+        steps, rollouts = self.step_s[1:], self.rollout_s[1:]
+        updates = [s - r for s, r in zip(steps, rollouts)]
+        return {
+            "step_s": statistics.median(steps),
+            "rollout_s": statistics.median(rollouts),
+            "update_s": statistics.median(updates),
+            "peak_mib": (rss_kib("VmHWM") - self._baseline_kib) / 1024,
+        }
+
+
+def padded_word_tokenizer(words: Sequence[str], vocab: int):
+    """A word tokenizer over ``words``, padded with filler words to about ``vocab`` entries, so the LM head weighs
+    what it does in a real model."""
+    from framework.data.tokenizer import build_word_tokenizer
+
+    return build_word_tokenizer(list(words) + [f"w{i}" for i in range(vocab - len(words) - 10)])
+
+
+Setting = TypeVar("Setting")
+
+
+def measure_in_subprocess(module: str, provider: str, setting: Any) -> dict[str, float]:
+    """``python -m module --provider P --json`` with ``setting``'s fields, in a fresh interpreter (so the provider's
+    peak memory is its own); its last line of output, as JSON."""
+    args = [sys.executable, "-m", module, "--provider", provider, "--json"]
+    for field in fields(setting):
+        args += [f"--{field.name}", str(getattr(setting, field.name))]
+    done = subprocess.run(args, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{provider} benchmark failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def interleaved_medians(
+    measure: Callable[[str, Any], dict[str, float]], providers: Sequence[str], setting: Any, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Each provider ``repeats`` times, in turn (a shared machine's drifts then land on all of them), and the median
+    of each measured quantity over those runs."""
+    runs: dict[str, list[dict[str, float]]] = {p: [] for p in providers}
+    for _ in range(repeats):
+        for provider, measured in runs.items():
+            measured.append(measure(provider, setting))
+    return {p: {key: statistics.median(run[key] for run in rs) for key in rs[0]} for p, rs in runs.items()}
+
+
+def parse_setting(description: str, providers: Sequence[str], kind: type[Setting]) -> tuple[argparse.Namespace, Setting]:
+    """The comparisons' command line: ``--provider``, ``--json``, ``--repeats`` and one option per setting field."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--provider", choices=providers, help="run one provider here (default: each in a subprocess)")
+    parser.add_argument("--json", action="store_true", help="print one provider's result as JSON")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per provider, interleaved (median reported)")
+    for field in fields(kind):
+        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    ns = parser.parse_args()
+    return ns, kind(**{field.name: getattr(ns, field.name) for field in fields(kind)})
 
 
 if __name__ == "__main__":

@@ -25,24 +25,23 @@ The machine's speed drifts when it is shared, so the providers run in turn,
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import gc
 import importlib.util
 import json
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from benchmarks.common import rss_kib
+from benchmarks.common import (
+    StepClock,
+    interleaved_medians,
+    measure_in_subprocess,
+    padded_word_tokenizer,
+    parse_setting,
+)
 from framework.data.datamodule import generate_splits
 from framework.data.tasks import AdditionChain
-from framework.data.tokenizer import build_word_tokenizer
 from framework.models import Reasoner, build_model
 
 PROVIDERS = ("thoughtlab", "trl")
@@ -68,46 +67,12 @@ def exact_answer(completions: list[str], answer: list[str], **kwargs) -> list[fl
 
 def _setup(setting: Setting):
     task = AdditionChain(n_terms=3, max_operand=9)
-    words = task.vocabulary()
-    tokenizer = build_word_tokenizer(words + [f"w{i}" for i in range(setting.vocab - len(words) - 10)])
+    tokenizer = padded_word_tokenizer(task.vocabulary(), setting.vocab)
     model = build_model(setting.family, setting.size, tokenizer, seed=setting.seed)
     reasoner = Reasoner(model, tokenizer, "cot")
     n_prompts = setting.prompts * (setting.steps + 1)
     examples = generate_splits(task, setting.seed, n_train=n_prompts, n_val=0, n_test=0)["train"]
     return reasoner, examples
-
-
-class _Clock:
-    """Step times and the peak extra resident memory after the warm-up step."""
-
-    def __init__(self) -> None:
-        self.step_s: list[float] = []
-        self.rollout_s: list[float] = []
-        self._start = 0.0
-        self._baseline_kib = 0
-
-    def begin(self) -> None:
-        self._start = time.perf_counter()
-
-    def end(self, rollout_s: float) -> None:
-        self.step_s.append(time.perf_counter() - self._start)
-        self.rollout_s.append(rollout_s)
-        if len(self.step_s) == 1:  # the warm-up step: measure memory from here on
-            gc.collect()
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")  # reset VmHWM to the current resident size
-            self._baseline_kib = rss_kib("VmRSS")
-
-    def result(self) -> dict[str, float]:
-        steps, rollouts = self.step_s[1:], self.rollout_s[1:]
-        updates = [s - r for s, r in zip(steps, rollouts)]
-        return {
-            "step_s": statistics.median(steps),
-            "rollout_s": statistics.median(rollouts),
-            "update_s": statistics.median(updates),
-            "peak_mib": (rss_kib("VmHWM") - self._baseline_kib) / 1024,
-        }
 
 
 def run_thoughtlab(setting: Setting) -> dict[str, float]:
@@ -117,7 +82,7 @@ def run_thoughtlab(setting: Setting) -> dict[str, float]:
     from framework.rollout import SamplingConfig
 
     reasoner, examples = _setup(setting)
-    clock = _Clock()
+    clock = StepClock()
 
     class Timing(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -150,7 +115,7 @@ def run_trl(setting: Setting) -> dict[str, float]:
     data = Dataset.from_list(
         [{"prompt": "".join(s.text for s in reasoner.prompt_segments(e)), "answer": e.answer} for e in examples]
     )
-    clock = _Clock()
+    clock = StepClock()
     rollout = {"s": 0.0}
 
     class Timing(TrainerCallback):
@@ -194,35 +159,18 @@ def available(provider: str) -> bool:
 
 def measure(provider: str, setting: Setting) -> dict[str, float]:
     """Run one provider in a fresh interpreter (so its peak memory is its own) and return its medians."""
-    args = [sys.executable, "-m", "benchmarks.grpo", "--provider", provider, "--json"]
-    for field in fields(Setting):
-        args += [f"--{field.name}", str(getattr(setting, field.name))]
-    done = subprocess.run(args, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{provider} benchmark failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return measure_in_subprocess("benchmarks.grpo", provider, setting)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--provider", choices=PROVIDERS, help="run one provider here (default: each in a subprocess)")
-    parser.add_argument("--json", action="store_true", help="print one provider's result as JSON")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per provider, interleaved (median reported)")
-    for field in fields(Setting):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-    ns = parser.parse_args()
-    setting = Setting(**{field.name: getattr(ns, field.name) for field in fields(Setting)})
+    ns, setting = parse_setting(__doc__.splitlines()[0], PROVIDERS, Setting)
     if ns.provider:
         result = (run_thoughtlab if ns.provider == "thoughtlab" else run_trl)(setting)
         print(json.dumps(result) if ns.json else result)
         return
     print(f"{asdict(setting)}; torch {torch.__version__}, {torch.get_num_threads()} threads; medians over "
           f"{setting.steps} steps after one warm-up, then over {ns.repeats} interleaved runs per provider")
-    runs: dict[str, list[dict[str, float]]] = {p: [] for p in PROVIDERS if available(p)}
-    for _ in range(ns.repeats):
-        for provider, measured in runs.items():
-            measured.append(measure(provider, setting))
-    results = {p: {key: statistics.median(run[key] for run in rs) for key in rs[0]} for p, rs in runs.items()}
+    results = interleaved_medians(measure, [p for p in PROVIDERS if available(p)], setting, ns.repeats)
     print("| provider | rollout s | update s | step s | steps/s | x TRL steps/s | peak MiB | x TRL peak |")
     print("|---|---|---|---|---|---|---|---|")
     trl = results.get("trl")

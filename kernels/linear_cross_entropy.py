@@ -146,20 +146,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             )
             grad_out = None  # already folded into the coefficients
         return (
-            _finish(d_hidden, grad_out, ctx.dtype),
-            _finish(d_weight, grad_out, ctx.dtype),
-            _finish(d_bias, grad_out, ctx.dtype),
+            linear_softmax.scaled_grad(d_hidden, grad_out, ctx.dtype),
+            linear_softmax.scaled_grad(d_weight, grad_out, ctx.dtype),
+            linear_softmax.scaled_grad(d_bias, grad_out, ctx.dtype),
             None, None, None, None, None, None, None, None,
         )
-
-
-def _finish(grad: torch.Tensor | None, grad_out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Apply the scalar upstream gradient kept out of the fused pass (in place: the buffer is ours), then cast."""
-    if grad is None:
-        return None
-    if grad_out is not None:
-        grad.mul_(grad_out)
-    return grad.to(dtype)
 
 
 def linear_cross_entropy_reference(

@@ -18,7 +18,8 @@ The Triton version of the same primitive is ``linear_softmax_triton``.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -107,8 +108,10 @@ def sweep(
     mean_out = torch.empty_like(lse_out) if want_stats and mean_logit else None
     need_h, need_w, need_b = needs if want_grads else (False, False, False)
     d_hidden = torch.empty_like(hidden) if need_h else None
-    d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-    d_bias = torch.zeros(vocab, dtype=acc, device=weight.device) if need_b and bias is not None else None
+    # The first chunk writes the [V, H] accumulators instead of adding into zeros: no zero-fill when rows exist.
+    blank = torch.zeros if n == 0 else torch.empty
+    d_weight = blank(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    d_bias = blank(vocab, dtype=acc, device=weight.device) if need_b and bias is not None else None
 
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
@@ -155,9 +158,12 @@ def sweep(
             p.mul_(inv_temperature)
         if need_h:
             d_hidden[rows] = p.to(hidden.dtype) @ weight
+        first = start == 0
         if need_w:
-            d_weight.addmm_(p.T, h.to(acc))
-        if d_bias is not None:
+            d_weight.addmm_(p.T, h.to(acc), beta=0.0 if first else 1.0)
+        if d_bias is not None and first:
+            torch.sum(p, 0, out=d_bias)
+        elif d_bias is not None:
             d_bias += p.sum(0)
 
     stats = RowStats(lse_out, target_out, mean_out) if want_stats else None
@@ -236,6 +242,8 @@ def stats_and_grads(
     coefficients: Callable[[RowStats, slice], Coefficients],
     *,
     softcap: float | None = None,
+    inv_temperature: float = 1.0,
+    mean_logit: bool = False,
     needs: tuple[bool, bool, bool] = (True, True, True),
     chunk_rows: int | None = None,
 ) -> tuple[RowStats, Grads]:
@@ -245,9 +253,20 @@ def stats_and_grads(
     """
     row_stats, row_grads = sweep(
         hidden.index_select(0, rows.index), weight, bias, labels.index_select(0, rows.index),
-        softcap=softcap, coefficients=coefficients, needs=needs, chunk_rows=chunk_rows,
+        softcap=softcap, inv_temperature=inv_temperature, mean_logit=mean_logit, coefficients=coefficients,
+        needs=needs, chunk_rows=chunk_rows,
     )
     return row_stats, _scatter_hidden(row_grads, hidden, rows)
+
+
+def scaled_grad(grad: torch.Tensor | None, grad_out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A gradient taken in the forward pass, times the scalar upstream gradient (in place: the buffer is the op's),
+    cast to its input's dtype."""
+    if grad is None:
+        return None
+    if grad_out is not None:
+        grad.mul_(grad_out)
+    return grad.to(dtype)
 
 
 def _scatter_hidden(row_grads: Grads, hidden: torch.Tensor, rows: Rows) -> Grads:

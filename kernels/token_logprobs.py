@@ -11,7 +11,9 @@ padding) get logprob 0 and entropy 0, receive no gradient and cost no compute:
 that makes ``(logprobs * mask).sum(-1)``-style sequence scores work unchanged.
 
 The backward recomputes the logits tile-wise (the upstream gradients of both
-outputs are only known then) through the shared softmax primitive.
+outputs are only known then) through the shared softmax primitive. A loss whose
+per-token gradient is known during the forward (GRPO's first iteration) takes
+its head gradients in one pass with ``policy_loss.linear_policy_loss`` instead.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import statistics
 import lightning as L
 import pytest
 import torch
+from _rounding import rounding_tolerance
 from transformers import AutoModel
 
 from framework.data.datamodule import ReasoningDataModule, generate_splits
@@ -18,7 +19,8 @@ from framework.data.tokenizer import build_word_tokenizer
 from framework.models import Reasoner, build_model, tiny_config
 from framework.regimes.base import OptimizerConfig
 from framework.regimes.grpo import GRPO
-from framework.regimes.grpo_loss import aggregate_loss, clipped_token_loss, group_advantages, k3_kl
+from framework.regimes.grpo_loss import aggregate_loss, clipped_token_loss, group_advantages, k3_kl, token_weights
+from framework.regimes.loss import FusedPolicyLoss, fused_policy_loss
 from framework.regimes.policy import TokenPolicy
 from framework.regimes.sft import SFT
 from framework.rewards import AnswerCorrectness, Rewards, reward_columns, think_format
@@ -202,6 +204,43 @@ def test_micro_batches_take_the_same_steps_as_the_whole_batch(word_tokenizer, ad
         final.append(torch.cat([p.detach().flatten() for p in module.model.parameters()]))
     assert not torch.allclose(final[0], start)
     torch.testing.assert_close(final[0], final[1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss_type, beta", [("grpo", 0.0), ("dr_grpo", 0.1), ("dapo", 0.1)])
+def test_one_iteration_takes_its_loss_in_one_head_pass_with_autograds_gradient(word_tokenizer, addition_task,
+                                                                             loss_type, beta):
+    """With num_iterations=1 the head takes the loss's gradient in its forward pass; it is the gradient autograd takes
+    through the log-probs, ratio and KL, within float32 rounding measured against float64."""
+    _, _, module = _grpo_setup(word_tokenizer, addition_task, loss_type=loss_type, beta=beta,
+                               mask_truncated_completions=True)
+    examples = generate_splits(addition_task, 0, n_train=3, n_val=0, n_test=0)["train"]
+    torch.manual_seed(0)
+    rollout = module.policy.rollout([e for e in examples for _ in range(4)], SAMPLING)
+    assert rollout.truncated.any() and not rollout.truncated.all()  # tokens that are scored but weigh 0
+    advantages = torch.randn(len(rollout))
+    weights = token_weights(module.loss_mask(rollout), loss_type, max_completion_length=SAMPLING.max_new_tokens)
+    ref = module._logprobs_without_grad(module.reference, rollout) if beta else None
+
+    def autograd_gradient(dtype: torch.dtype) -> torch.Tensor:
+        model = module.model.to(dtype)
+        model.zero_grad(set_to_none=True)
+        logprobs = module.policy.logprobs(model, rollout.inputs)
+        terms = clipped_token_loss(logprobs, logprobs.detach(), advantages.to(dtype), epsilon_low=0.2,
+                                   epsilon_high=0.2, beta=beta, ref_logprobs=None if ref is None else ref.to(dtype))
+        (terms.loss * weights.to(dtype)).sum().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    gold, naive = autograd_gradient(torch.float64), autograd_gradient(torch.float32)
+    module.model.zero_grad(set_to_none=True)
+    loss, _, _ = module._micro_batch_loss(rollout.inputs, advantages, weights, None, ref)
+    assert type(loss.grad_fn).__name__ == "_LinearPolicyLossBackward"
+    loss.backward()
+    fused = torch.cat([p.grad.flatten() for p in module.model.parameters()])
+    assert (fused.double() - naive.double()).abs().max() <= rounding_tolerance(naive, gold)
+    with fused_policy_loss(FusedPolicyLoss(advantages[:, None].expand_as(weights), weights)):
+        module.policy.logprobs(module.model, rollout.inputs)
+        with pytest.raises(RuntimeError, match="twice"):
+            module.policy.logprobs(module.model, rollout.inputs)
 
 
 def test_truncated_completions_can_be_left_out_of_the_loss(word_tokenizer, addition_task):

@@ -8,10 +8,12 @@ from dataclasses import replace
 import lightning as L
 import pytest
 import torch
+from _rounding import rounding_tolerance
 
 from framework.data.datamodule import ReasoningDataModule
 from framework.models import LatentConfig, Reasoner, build_model
 from framework.regimes import DPO, GRPO, SFT, ExpertIteration, LatentSFT, OptimizerConfig, Regime
+from framework.regimes.base import adamw
 from framework.rewards import AnswerCorrectness
 
 REGIMES = (SFT, LatentSFT, DPO, GRPO, ExpertIteration)
@@ -86,3 +88,38 @@ def test_a_checkpoint_keeps_the_optimizer_config_and_loads_weights_only(word_tok
     checkpoint = torch.load(tmp_path / "sft.ckpt", weights_only=True)  # what Lightning's resume reads
     assert checkpoint["hyper_parameters"]["optimizer"] == config
     assert {"reasoner", "task", "module"}.isdisjoint(checkpoint["hyper_parameters"])
+
+
+def test_the_optimizer_is_fused_adamw_on_cpu_and_foreach_elsewhere(word_tokenizer, tmp_path):
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    module = SFT(reasoner, optimizer=OptimizerConfig(schedule="constant"))
+    module.trainer = _trainer(tmp_path, 1)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    on_meta = adamw([{"params": [torch.nn.Parameter(torch.empty(3, device="meta"))]}], lr=1e-3, betas=(0.9, 0.99))
+    assert not on_meta.defaults["fused"] and on_meta.defaults["foreach"]
+
+
+def _adamw_updates(dtype: torch.dtype, **implementation) -> list[torch.Tensor]:
+    """Three AdamW steps (decayed and undecayed groups) from fixed parameters and gradients; each parameter's change."""
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in [(33, 17), (17,), (5, 3)]]
+    grads = [[torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in start] for _ in range(3)]
+    params = [torch.nn.Parameter(p.to(dtype, copy=True)) for p in start]
+    groups = [{"params": params[::2], "weight_decay": 0.1}, {"params": params[1:2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), **implementation)
+    for step in grads:
+        for p, g in zip(params, step):
+            p.grad = g.to(dtype)
+        optimizer.step()
+    return [p.detach().double() - p0.to(dtype).double() for p, p0 in zip(params, start)]
+
+
+def test_the_chosen_adamw_steps_as_the_reference_for_loop_does():
+    gold = _adamw_updates(torch.float64, foreach=False)
+    loop = _adamw_updates(torch.float32, foreach=False)
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    chosen = {"fused": True} if adamw([{"params": params}], lr=1.0, betas=(0.9, 0.9)).defaults["fused"] else {}
+    ours = _adamw_updates(torch.float32, **chosen)
+    for value, reference, truth in zip(ours, loop, gold):
+        assert (value - reference).abs().max() <= rounding_tolerance(reference, truth)

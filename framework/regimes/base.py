@@ -82,6 +82,25 @@ class OptimizerConfig:
 torch.serialization.add_safe_globals([OptimizerConfig])
 
 
+# AdamW's single-kernel implementation, measured on CPU too (issue 16: 0.03 s against 0.21 s for the for-loop and
+# 0.18 s for foreach, one step of a 21M-parameter Llama, 1 thread).
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
+
+def adamw(groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW with its fastest implementation for where the parameters are: `fused` on CUDA and CPU, else `foreach`.
+
+    torch defaults to the per-parameter for-loop on CPU, which took a fifth of
+    an SFT step there. The parameters' device is only known once Lightning has
+    moved the module, so the choice is made here, at `configure_optimizers`
+    time. All three implementations compute the same update, up to rounding
+    (`tests/test_regime_base.py`).
+    """
+    params = [p for group in groups for p in group["params"]]
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)
+
+
 class Regime(L.LightningModule):
     """The base of every regime: it registers the reasoner's trainable modules, configures AdamW from an
     `OptimizerConfig`, and evaluates by generating answers.
@@ -170,7 +189,7 @@ class Regime(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optimizer_config
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=config.lr, betas=config.betas)
+        optimizer = adamw(self.parameter_groups(), lr=config.lr, betas=config.betas)
         if config.schedule == "constant":
             schedule = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
         else:

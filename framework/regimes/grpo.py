@@ -12,7 +12,10 @@ One Lightning training step takes one batch of prompts and:
 
 As in TRL, `trainer.global_step` counts optimizer steps: a rollout batch
 yields `num_iterations` of them. Log-probs come from `kernels.linear_token_logprobs`
-over backbone hidden states, never from `[tokens, vocab]` logits.
+over backbone hidden states, never from `[tokens, vocab]` logits. With one
+iteration the ratio is 1 and each token's gradient coefficient is known before
+scoring, so the loss comes from `kernels.linear_policy_loss`, which takes the
+head's gradients in its forward pass instead of recomputing the logits.
 
 Under DDP each rank samples and normalises its own prompts' groups (groups
 never straddle ranks; `scale_rewards="batch"` uses the rank's batch std).
@@ -41,12 +44,14 @@ from framework.regimes.grpo_loss import (
     SCALE_REWARDS,
     LossType,
     ScaleRewards,
-    aggregate_loss,
+    TokenLoss,
     clipped_token_loss,
     group_advantages,
     nanstd,
+    token_weights,
 )
 from framework.regimes.latent_policy import LatentPolicy
+from framework.regimes.loss import FusedPolicyLoss, fused_policy_loss
 from framework.regimes.policy import Policy, Rollout, TokenPolicy
 from framework.rewards.base import RewardFunction, Rewards, reward_columns
 from framework.rollout.sampling import SamplingConfig
@@ -207,23 +212,14 @@ class GRPO(Regime):
         counted, loss_total = 0.0, 0.0
         for _ in range(self.hparams.num_iterations):
             for rows in self._micro_batches(len(rollout)):
-                logprobs, entropy = self.policy.logprobs(
-                    self.model, rollout.rows(rows).inputs, temperature=self.sampling.temperature, return_entropy=True
-                )
-                terms = clipped_token_loss(
-                    logprobs,
-                    logprobs.detach() if old is None else old[rows],
-                    advantages[rows],
-                    epsilon_low=self.epsilon_low,
-                    epsilon_high=self.epsilon_high,
-                    beta=self.hparams.beta,
-                    ref_logprobs=None if ref is None else ref[rows],
-                )
                 part_mask = mask[rows]
-                loss = aggregate_loss(
-                    terms.loss, part_mask, self.hparams.loss_type,
-                    max_completion_length=self.sampling.max_new_tokens,
+                loss_weights = token_weights(
+                    part_mask, self.hparams.loss_type, max_completion_length=self.sampling.max_new_tokens,
                     num_sequences=num_sequences, num_tokens=num_tokens,
+                )
+                loss, entropy, terms = self._micro_batch_loss(
+                    rollout.rows(rows).inputs, advantages[rows], loss_weights,
+                    None if old is None else old[rows], None if ref is None else ref[rows],
                 )
                 self.manual_backward(loss)
                 loss_total += loss.item()
@@ -243,6 +239,43 @@ class GRPO(Regime):
         if self.reference is None:
             del stats["kl"]  # TRL logs kl only when there is a reference
         return loss_total / self.hparams.num_iterations, stats
+
+    def _micro_batch_loss(
+        self,
+        inputs: dict[str, torch.Tensor],
+        advantages: torch.Tensor,
+        weights: torch.Tensor,
+        old: torch.Tensor | None,
+        ref: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, TokenLoss]:
+        """One micro-batch's aggregated loss (`weights` from `token_weights`), its entropies and TRL's token terms.
+
+        With one iteration (`old` None) the ratio is 1, so each token's
+        dLoss/dlogprob is known before scoring: the policy's scoring then takes
+        the loss with the head's gradients in its forward pass (`FusedPolicyLoss`),
+        and `terms` serve the statistics only. A policy that does not score
+        through `hidden_states_logprobs` leaves the objective untaken, and the loss
+        comes from its log-probs as on later iterations.
+        """
+        fused = None
+        if old is None:
+            fused = FusedPolicyLoss(advantages[:, None].expand_as(weights), weights, self.hparams.beta, ref)
+        with fused_policy_loss(fused):
+            logprobs, entropy = self.policy.logprobs(
+                self.model, inputs, temperature=self.sampling.temperature, return_entropy=True
+            )
+        terms = clipped_token_loss(
+            logprobs,
+            logprobs.detach() if old is None else old,
+            advantages,
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+            beta=self.hparams.beta,
+            ref_logprobs=ref,
+        )
+        if fused is not None and fused.loss is not None:
+            return fused.loss, entropy, terms
+        return (terms.loss * weights).sum(), entropy, terms  # aggregate_loss, with the weights already at hand
 
     @torch.no_grad()
     def _logprobs_without_grad(self, module: torch.nn.Module, rollout: Rollout) -> torch.Tensor:

@@ -106,16 +106,20 @@ def clipped_token_loss(
     )
 
 
-def aggregate_loss(
-    token_loss: torch.Tensor,
+def token_weights(
     mask: torch.Tensor,
     loss_type: LossType,
     *,
     max_completion_length: int | None = None,
     num_sequences: int | None = None,
-    num_tokens: float | None = None,
+    num_tokens: float | torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Reduce per-token losses to a scalar, with TRL's meanings:
+    """Each token's weight in the aggregated loss, normaliser included: `aggregate_loss` is `(token_loss * weights).sum()`.
+
+    Written out per token so that a loss whose gradient is taken in the forward
+    pass (`kernels.linear_policy_loss`) aggregates exactly as `aggregate_loss` does.
+    TRL's meanings:
 
     - `grpo`: each sequence's mean over its tokens, then the mean over sequences;
     - `dr_grpo`: the sum over all tokens / (sequences · `max_completion_length`);
@@ -125,15 +129,32 @@ def aggregate_loss(
     `num_sequences` (and `num_tokens` for dapo): the micro-batch losses then
     add up to the whole batch's loss exactly, whatever the split.
     """
-    mask = mask.to(token_loss.dtype)
-    num_sequences = token_loss.shape[0] if num_sequences is None else num_sequences
+    mask = mask.to(dtype)
+    num_sequences = mask.shape[0] if num_sequences is None else num_sequences
     if loss_type == "grpo":
-        return ((token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / num_sequences
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / num_sequences
     if loss_type == "dr_grpo":
         if max_completion_length is None:
             raise ValueError("loss_type 'dr_grpo' needs max_completion_length")
-        return (token_loss * mask).sum() / (num_sequences * max_completion_length)
+        return mask / (num_sequences * max_completion_length)
     if loss_type == "dapo":
-        num_tokens = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=token_loss.dtype)
-        return (token_loss * mask).sum() / num_tokens.clamp(min=1.0)
+        num_tokens = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=dtype, device=mask.device)
+        return mask / num_tokens.clamp(min=1.0)
     raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {list(LOSS_TYPES)}")
+
+
+def aggregate_loss(
+    token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: LossType,
+    *,
+    max_completion_length: int | None = None,
+    num_sequences: int | None = None,
+    num_tokens: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reduce per-token losses to a scalar with TRL's meaning of `loss_type` (see `token_weights`)."""
+    weights = token_weights(
+        mask, loss_type, max_completion_length=max_completion_length, num_sequences=num_sequences,
+        num_tokens=num_tokens, dtype=token_loss.dtype,
+    )
+    return (token_loss * weights).sum()

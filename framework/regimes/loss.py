@@ -1,12 +1,24 @@
-"""The causal-LM loss of every regime: backbone hidden states into the fused head loss."""
+"""The causal-LM loss of every regime: backbone hidden states into the fused head loss.
+
+Per-token log-probs go through `hidden_states_logprobs`, whoever calls it (a
+policy of any kind). Inside `fused_policy_loss(objective)` that call also takes
+the objective's loss, with the head's gradients computed in its forward pass:
+GRPO knows each token's dLoss/dlogprob before scoring on its first iteration,
+and the policies (which only return log-probs) need not change for it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
 from framework.models.backbone import backbone_hidden_states
-from kernels import linear_cross_entropy, linear_token_logprobs
+from kernels import linear_cross_entropy, linear_policy_loss, linear_token_logprobs
 
 
 def causal_lm_loss(
@@ -82,7 +94,7 @@ def hidden_states_logprobs(
     Shifts by one like `hidden_states_loss`: returns `[B, T-1]`, position i
     scoring `labels[:, i + 1]` from `hidden[:, i]`.
     """
-    # kernels.linear_token_logprobs scores `hidden @ weight.T` only: refuse heads it would score wrongly.
+    # The kernels score `hidden @ weight.T` only: refuse heads they would score wrongly.
     if getattr(model.config, "final_logit_softcapping", None):
         raise ValueError(
             f"{type(model).__name__} caps its logits (config.final_logit_softcapping="
@@ -90,6 +102,10 @@ def hidden_states_logprobs(
         )
     if model.get_output_embeddings().bias is not None:
         raise ValueError(f"{type(model).__name__}'s LM head has a bias; per-token log-probs support bias-free heads only")
+    objective = _FUSED_OBJECTIVE.get()
+    if objective is not None and torch.is_grad_enabled():
+        return objective.take(hidden[:, :-1], model.get_output_embeddings().weight, labels[:, 1:],
+                              temperature=temperature, return_entropy=return_entropy)
     return linear_token_logprobs(
         hidden[:, :-1],
         model.get_output_embeddings().weight,
@@ -97,3 +113,47 @@ def hidden_states_logprobs(
         temperature=temperature,
         return_entropy=return_entropy,
     )
+
+
+@dataclass
+class FusedPolicyLoss:
+    """A policy-gradient loss whose per-token gradient is known before scoring (`kernels.linear_policy_loss`):
+    GRPO's at ratio 1, plus `beta` times k3 KL to `ref_logprobs`.
+
+    Per-token tensors are shaped like the log-probs the scoring returns. The
+    scoring inside `fused_policy_loss` fills `loss` (differentiable) and returns
+    its log-probs and entropies as values only.
+    """
+
+    advantages: torch.Tensor
+    weights: torch.Tensor  # each token's share of the aggregated loss, normaliser included (`grpo_loss.token_weights`)
+    beta: float = 0.0
+    ref_logprobs: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+
+    def take(
+        self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, temperature: float,
+        return_entropy: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Score `labels` and take this loss in one pass over the head (once: a second scoring would replace it)."""
+        if self.loss is not None:
+            raise RuntimeError("a fused policy loss was scored twice; score each micro-batch in its own context")
+        result = linear_policy_loss(
+            hidden, weight, labels, self.advantages, self.weights, beta=self.beta, ref_logprobs=self.ref_logprobs,
+            temperature=temperature, return_entropy=return_entropy,
+        )
+        self.loss = result.loss
+        return (result.logprobs, result.entropy) if return_entropy else result.logprobs
+
+
+_FUSED_OBJECTIVE: ContextVar[FusedPolicyLoss | None] = ContextVar("fused_policy_loss", default=None)
+
+
+@contextmanager
+def fused_policy_loss(objective: FusedPolicyLoss | None) -> Iterator[FusedPolicyLoss | None]:
+    """Within the block, a `hidden_states_logprobs` that takes gradients takes `objective`'s loss, once (None: no change)."""
+    token = _FUSED_OBJECTIVE.set(objective)
+    try:
+        yield objective
+    finally:
+        _FUSED_OBJECTIVE.reset(token)
