@@ -8,12 +8,14 @@ tokenizer's EOS. The real SmolLM2 tokenizer is checked in `tests/test_real_model
 from __future__ import annotations
 
 import copy
+import json
 
 import lightning as L
 import pytest
 import torch
 
-from framework.data.datamodule import ReasoningDataModule
+from framework.data.datamodule import ReasoningDataModule, generate_splits
+from framework.data.formats import read_examples
 from framework.data.sample import Example, Role
 from framework.data.tokenizer import REASONING_TOKENS
 from framework.models import ChatRendering, CompletionRendering, LatentConfig, Reasoner, build_model
@@ -140,3 +142,33 @@ def test_the_user_turn_is_the_text_before_the_reasoning_markup(chat_tokenizer):
     assert text.index(EXAMPLE.prompt) < text.rindex("assistant") < text.index("<think><bot><latent>")
     assert ids.count(latent.latent_token_id) == latent.latent.num_thoughts(latent.stage)
     assert latent.prompt_ids(EXAMPLE) == ids
+
+
+def test_trl_conversational_rows_train_through_the_template(chat_tokenizer, addition_task, tmp_path):
+    """TRL's conversational prompt/completion rows (a system prompt, a user turn, an assistant reply with its think
+    block inline) load as they are and train through the template, their system prompt in place of any default."""
+    rows = []
+    for example in generate_splits(addition_task, 0, n_train=8, n_val=0, n_test=0)["train"]:
+        rows.append({"prompt": [{"role": "system", "content": "Add the numbers."},
+                                {"role": "user", "content": example.prompt}],
+                     "completion": [{"role": "assistant", "content": f"<think>{example.trace}</think>{example.answer}"}]})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    examples = read_examples(path)
+
+    L.seed_everything(0)
+    reasoner = Reasoner(_model(chat_tokenizer), chat_tokenizer, "cot", rendering="chat")
+    text = chat_tokenizer.decode(reasoner.prompt_ids(examples[0]), skip_special_tokens=False)
+    assert "Add the numbers." in text and "SmolLM" not in text
+    with pytest.raises(ValueError, match="give it once"):
+        Reasoner(reasoner.model, chat_tokenizer, "cot", rendering=ChatRendering("Be brief.")).tokenize(examples[0])
+    data = ReasoningDataModule(reasoner.tokenize, examples, examples[:1], pad_token_id=chat_tokenizer.pad_token_id,
+                               batch_size=8)
+    module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=0))
+    batch = next(iter(data.train_dataloader()))
+    with torch.no_grad():
+        before = module.loss(batch).item()
+    L.Trainer(max_steps=20, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(module, data)
+    with torch.no_grad():
+        assert module.loss(batch).item() < 0.7 * before

@@ -146,11 +146,12 @@ class Reasoner:
     def tokenize(self, example: Example, stage: int | None = None) -> TokenizedSample:
         """The full training sequence, EOS included, with a role per token."""
         return self.rendering.render(
-            self.tokenizer, self.prompt_segments(example, stage), self.completion_segments(example, stage)
+            self.tokenizer, self.prompt_segments(example, stage), self.completion_segments(example, stage),
+            _context(example),
         )
 
     def prompt_ids(self, example: Example, stage: int | None = None) -> list[int]:
-        return self.rendering.render_prompt(self.tokenizer, self.prompt_segments(example, stage))
+        return self.rendering.render_prompt(self.tokenizer, self.prompt_segments(example, stage), _context(example))
 
     @property
     def stop_token_id(self) -> int:
@@ -245,6 +246,11 @@ class Reasoner:
             reasoner.projection.load_state_dict(load_file(path / PROJECTION_FILE))
             reasoner.projection.to(next(model.parameters()).device)
         return reasoner
+
+
+def _context(example: Example) -> list[dict[str, str]]:
+    """The conversation before the example's user message (a TRL row's system prompt and earlier turns)."""
+    return list(example.metadata.get("context_messages", []))
 
 
 def _saved_rendering(path: Path) -> Rendering:

@@ -14,7 +14,7 @@ per token, so masks, regimes and rollouts never see which rendering was used.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from transformers import PreTrainedTokenizerBase
@@ -23,20 +23,33 @@ from framework.data.sample import Role, Segment
 from framework.data.tokenize import TokenizedSample, tokenize_segments
 from framework.data.tokenizer import REASONING_TOKENS
 
+Context = Sequence[Mapping[str, str]]  # messages before the user's (a system prompt, earlier turns), as TRL rows hold
+
 
 class Rendering(ABC):
-    """Turns a format's prompt and completion segments into role-tagged token ids."""
+    """Turns a format's prompt and completion segments into role-tagged token ids.
+
+    `context` is the conversation before the user's message (an example's
+    `metadata["context_messages"]`, read from TRL rows); a rendering without
+    turns has no place for it.
+    """
 
     name: ClassVar[str]
 
     @abstractmethod
     def render(
-        self, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Segment], completion: Sequence[Segment]
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt: Sequence[Segment],
+        completion: Sequence[Segment],
+        context: Context = (),
     ) -> TokenizedSample:
         """The full training sequence, its closing token(s) included, with a role per token."""
 
     @abstractmethod
-    def render_prompt(self, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Segment]) -> list[int]:
+    def render_prompt(
+        self, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Segment], context: Context = ()
+    ) -> list[int]:
         """The ids generation starts from: exactly the prefix of `render` before the completion."""
 
     def end_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -52,16 +65,25 @@ class Rendering(ABC):
 
 
 class CompletionRendering(Rendering):
-    """Plain text, no template: the segments one after another (`tokenize_segments`), as a base model reads."""
+    """Plain text, no template: the segments one after another (`tokenize_segments`), as a base model reads.
+
+    Plain text has no turns, so context messages are not rendered.
+    """
 
     name = "completion"
 
     def render(
-        self, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Segment], completion: Sequence[Segment]
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt: Sequence[Segment],
+        completion: Sequence[Segment],
+        context: Context = (),
     ) -> TokenizedSample:
         return tokenize_segments(tokenizer, [*prompt, *completion])
 
-    def render_prompt(self, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Segment]) -> list[int]:
+    def render_prompt(
+        self, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Segment], context: Context = ()
+    ) -> list[int]:
         return tokenize_segments(tokenizer, prompt, add_eos=False).input_ids
 
 
@@ -72,9 +94,11 @@ class ChatRendering(Rendering):
     token; that markup (`<think>`, a `none` prompt's empty block, pause fillers,
     latent thoughts) opens the assistant turn instead, where a reasoning model
     writes it, and stays given (its roles are kept: never trained on). The
-    prompt is `apply_chat_template(..., add_generation_prompt=True)`, so role
-    headers, the user turn and any system prompt (given here, or the default
-    one a template injects, as SmolLM2's does) are all PROMPT tokens. The
+    prompt is `apply_chat_template(..., add_generation_prompt=True)` over the
+    context messages (a data row's system prompt and earlier turns) and the
+    user's, so role headers, the user turn and any system prompt (given here,
+    in the row, or the default one a template injects, as SmolLM2's does) are
+    all PROMPT tokens. The
     completion follows as the assistant content, closed by the template's
     end-of-turn token(s), which carry the last segment's role: the loss covers
     them, so a trained model stops where the template ends a turn.
@@ -98,20 +122,27 @@ class ChatRendering(Rendering):
                              "tokenizer.chat_template")
 
     def render(
-        self, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Segment], completion: Sequence[Segment]
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt: Sequence[Segment],
+        completion: Sequence[Segment],
+        context: Context = (),
     ) -> TokenizedSample:
         if not completion:
             raise ValueError("chat rendering needs at least one completion segment (the assistant content)")
-        prompt_ids = self.render_prompt(tokenizer, prompt)
+        prompt_ids = self.render_prompt(tokenizer, prompt, context)
         reply = _tokenize_parts(tokenizer, completion)
         end = self.end_ids(tokenizer)
         roles = [int(Role.PROMPT)] * len(prompt_ids) + reply.roles + [int(completion[-1].role)] * len(end)
         return TokenizedSample(prompt_ids + reply.input_ids + end, roles)
 
-    def render_prompt(self, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Segment]) -> list[int]:
+    def render_prompt(
+        self, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[Segment], context: Context = ()
+    ) -> list[int]:
         self.check(tokenizer)
         user, prefill = split_user_text(prompt)
-        header = tokenizer.apply_chat_template(self._messages(user), add_generation_prompt=True, tokenize=False)
+        messages = self._messages(user, context)
+        header = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         # The template's text holds its own special tokens (BOS included where it has one): none are added twice.
         ids = tokenizer(header, add_special_tokens=False)["input_ids"]
         return ids + _tokenize_parts(tokenizer, prefill).input_ids
@@ -139,9 +170,12 @@ class ChatRendering(Rendering):
     def options(self) -> dict[str, Any]:
         return {"system_prompt": self.system_prompt}
 
-    def _messages(self, user: str) -> list[dict[str, str]]:
+    def _messages(self, user: str, context: Context = ()) -> list[dict[str, str]]:
+        if self.system_prompt is not None and any(message["role"] == "system" for message in context):
+            raise ValueError("the example's context messages hold a system prompt, and so does this ChatRendering: "
+                             "give it once")
         system = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
-        return [*system, {"role": "user", "content": user}]
+        return [*system, *(dict(message) for message in context), {"role": "user", "content": user}]
 
 
 def split_user_text(prompt: Sequence[Segment]) -> tuple[str, list[Segment]]:
