@@ -25,6 +25,9 @@ class ModelConfig:
     # "thoughtlab_decode" runs one-position steps (thoughts, decoding) through kernels.decode_attention and the
     # rest through SDPA; it pays off on a GPU, where the Triton kernel runs.
     attention: Literal["sdpa", "eager", "thoughtlab_decode"] = "sdpa"
+    # LoRA adapters of this rank on every linear layer but the head (peft; the base weights stay frozen); 0 trains
+    # every weight. It fits a pretrained model's fine-tuning into a CPU budget.
+    lora_rank: int = 0
 
 
 def tokenizer_for(config: ModelConfig, vocabulary: Iterable[str]) -> PreTrainedTokenizerBase:
@@ -51,6 +54,10 @@ def model_for(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int
     else:
         model = build_model(config.family, config.size, tokenizer, seed=seed)
     model.set_attn_implementation(config.attention)
+    if config.lora_rank:
+        from framework.models.lora import add_lora  # peft is in the `real` extra, needed only here
+
+        model = add_lora(model, config.lora_rank)
     return model
 
 
@@ -60,3 +67,4 @@ def model_and_tokenizer(
     """`model_for` and `tokenizer_for` together: a model and the tokenizer it reads."""
     tokenizer = tokenizer_for(config, vocabulary)
     return model_for(config, tokenizer, seed), tokenizer
+

@@ -179,10 +179,18 @@ class Reasoner:
         Beside them: the format's name and options and the rendering's (`reasoning_format.json`),
         and for a latent reasoner its `LatentConfig` (`latent_config.json`)
         and, when on, its thought projection (`latent_projection.safetensors`);
-        the directory still loads as a plain Hugging Face model.
+        the directory still loads as a plain Hugging Face model. A model with
+        LoRA adapters (`framework.models.lora`) saves its merged weights there,
+        and the adapter alone in `adapter/` (peft's format).
         """
         with atomic_directory(path) as scratch:
-            self.model.save_pretrained(scratch)
+            model = self.model
+            if getattr(model, "peft_config", None) is not None:  # a peft model; peft itself is an optional extra
+                from framework.models.lora import ADAPTER_DIR, merged_copy
+
+                model.save_pretrained(scratch / ADAPTER_DIR)
+                model = merged_copy(model)
+            model.save_pretrained(scratch)
             self.tokenizer.save_pretrained(scratch)
             described = {"name": self.mode, "options": self.format.options(),
                          "rendering": {"name": self.rendering.name, "options": self.rendering.options()}}
