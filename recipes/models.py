@@ -68,3 +68,24 @@ def model_and_tokenizer(
     tokenizer = tokenizer_for(config, vocabulary)
     return model_for(config, tokenizer, seed), tokenizer
 
+
+# Fine-tuning a pretrained checkpoint: every weight moves, so steps are small (1e-5 to 5e-5 is the usual range; a
+# from-scratch rate such as 3e-3 drove SmolLM2's loss to 6.8 in issue 14). LoRA adapters start at zero and hold few
+# parameters: 1e-4 to 3e-4 is peft's and TRL's usual range for them.
+PRETRAINED_LR = 2e-5
+PRETRAINED_LORA_LR = 2e-4
+
+
+def learning_rate(config: ModelConfig, lr: float | None, *, from_scratch: float) -> float:
+    """The learning rate a recipe trains `config`'s model at: `lr` when set, else the one that suits the model.
+
+    A recipe's own default (`from_scratch`) is tuned for tiny models trained
+    from random weights; a checkpoint must not inherit it. So `lr=None` means
+    `PRETRAINED_LR` for a checkpoint (`PRETRAINED_LORA_LR` with LoRA) and
+    `from_scratch` otherwise.
+    """
+    if lr is not None:
+        return lr
+    if config.checkpoint:
+        return PRETRAINED_LORA_LR if config.lora_rank else PRETRAINED_LR
+    return from_scratch
