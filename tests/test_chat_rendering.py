@@ -20,6 +20,7 @@ from framework.data.sample import Example, Role
 from framework.data.tokenizer import REASONING_TOKENS
 from framework.models import ChatRendering, CompletionRendering, LatentConfig, Reasoner, build_model
 from framework.regimes.base import OptimizerConfig
+from framework.regimes.latent_sft import LatentSFT
 from framework.regimes.sft import SFT
 from framework.rollout import SamplingConfig, generate
 
@@ -172,3 +173,25 @@ def test_trl_conversational_rows_train_through_the_template(chat_tokenizer, addi
               enable_model_summary=False, limit_val_batches=0).fit(module, data)
     with torch.no_grad():
         assert module.loss(batch).item() < 0.7 * before
+
+
+def test_latent_sft_under_the_template_trains_and_generates(chat_tokenizer, addition_task):
+    """Continuous thoughts inside the assistant's think block: the curriculum's staged rows tokenize through the
+    template, LatentSFT lowers the loss, and a latent rollout from the templated prompt thinks, then writes."""
+    L.seed_everything(0)
+    config = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ")
+    reasoner = Reasoner(_model(chat_tokenizer), chat_tokenizer, "latent", rendering="chat", latent=config)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=chat_tokenizer.pad_token_id,
+                                         n_train=16, n_val=1, batch_size=8)
+    module = LatentSFT(reasoner, addition_task, steps_per_stage=10, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=0))
+    examples = data.splits["train"][:8]
+    batch = module.objective.batch(examples, [config.final_stage] * len(examples))
+    with torch.no_grad():
+        before = module.loss(batch).item()
+    L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(module, data)
+    with torch.no_grad():
+        after = module.loss(batch).item()
+    assert after < 0.5 * before, (before, after)
+    generations = generate(reasoner, examples[:2], SamplingConfig(max_new_tokens=24, do_sample=False))
+    assert all(g.thoughts == config.num_thoughts(reasoner.stage) and g.answer_tokens for g in generations), generations
