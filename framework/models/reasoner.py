@@ -144,7 +144,7 @@ class Reasoner:
         return self.prompt_segments(example, stage) + self.completion_segments(example, stage)
 
     def tokenize(self, example: Example, stage: int | None = None) -> TokenizedSample:
-        """The full training sequence, EOS included, with a role per token."""
+        """The full training sequence, its closing EOS or end of turn included, with a role per token."""
         return self.rendering.render(
             self.tokenizer, self.prompt_segments(example, stage), self.completion_segments(example, stage),
             _context(example),
