@@ -25,6 +25,9 @@ class ModelConfig:
     # "thoughtlab_decode" runs one-position steps (thoughts, decoding) through kernels.decode_attention and the
     # rest through SDPA; it pays off on a GPU, where the Triton kernel runs.
     attention: Literal["sdpa", "eager", "thoughtlab_decode"] = "sdpa"
+    # LoRA adapters of this rank on every linear layer but the head (peft; the base weights stay frozen); 0 trains
+    # every weight. It fits a pretrained model's fine-tuning into a CPU budget.
+    lora_rank: int = 0
 
 
 def tokenizer_for(config: ModelConfig, vocabulary: Iterable[str]) -> PreTrainedTokenizerBase:
@@ -51,6 +54,10 @@ def model_for(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int
     else:
         model = build_model(config.family, config.size, tokenizer, seed=seed)
     model.set_attn_implementation(config.attention)
+    if config.lora_rank:
+        from framework.models.lora import add_lora  # peft is in the `real` extra, needed only here
+
+        model = add_lora(model, config.lora_rank)
     return model
 
 
@@ -60,3 +67,25 @@ def model_and_tokenizer(
     """`model_for` and `tokenizer_for` together: a model and the tokenizer it reads."""
     tokenizer = tokenizer_for(config, vocabulary)
     return model_for(config, tokenizer, seed), tokenizer
+
+
+# Fine-tuning a pretrained checkpoint: every weight moves, so steps are small (1e-5 to 5e-5 is the usual range; a
+# from-scratch rate such as 3e-3 drove SmolLM2's loss to 6.8 in issue 14). LoRA adapters start at zero and hold few
+# parameters: 1e-4 to 3e-4 is peft's and TRL's usual range for them.
+PRETRAINED_LR = 2e-5
+PRETRAINED_LORA_LR = 2e-4
+
+
+def learning_rate(config: ModelConfig, lr: float | None, *, from_scratch: float) -> float:
+    """The learning rate a recipe trains `config`'s model at: `lr` when set, else the one that suits the model.
+
+    A recipe's own default (`from_scratch`) is tuned for tiny models trained
+    from random weights; a checkpoint must not inherit it. So `lr=None` means
+    `PRETRAINED_LR` for a checkpoint (`PRETRAINED_LORA_LR` with LoRA) and
+    `from_scratch` otherwise.
+    """
+    if lr is not None:
+        return lr
+    if config.checkpoint:
+        return PRETRAINED_LORA_LR if config.lora_rank else PRETRAINED_LR
+    return from_scratch

@@ -18,8 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from framework.data.datamodule import ReasoningDataModule
+from framework.data.sample import Example, Role
 from framework.data.tokenizer import REASONING_TOKENS, add_reasoning_tokens
-from framework.models import Reasoner, load_pretrained
+from framework.models import ChatRendering, Reasoner, format_for, load_pretrained, load_tokenizer
 from framework.models.pretrained import CACHE_ENV, PRETRAINED, pretrained_dir
 from framework.regimes import SFT, OptimizerConfig
 from framework.rollout.sampling import SamplingConfig, sample
@@ -93,3 +94,25 @@ def test_sft_generate_save_and_reload_the_real_model(smollm2, monkeypatch, addit
     ids = torch.tensor([prompts[0]])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["cot", "none", "pause", "latent"])
+def test_chat_rendering_roles_on_the_real_tokenizer(smollm2, monkeypatch, mode):
+    """Under SmolLM2's ChatML template the loss covers the assistant content and `<|im_end|>`, never the
+    headers, the user turn or the system prompt the template injects; the ids decode to the template's text."""
+    monkeypatch.setenv(CACHE_ENV, str(smollm2.parents[1]))
+    tokenizer = load_tokenizer(NAME)
+    add_reasoning_tokens(tokenizer)
+    example = Example(prompt="What is 12 plus 35?", trace="12 + 35 = 47", answer="47")
+    reasoning = format_for(mode)
+    prompt, completion = reasoning.prompt_segments(example), reasoning.completion_segments(example)
+    sample = ChatRendering().render(tokenizer, prompt, completion)
+    markup = "".join(s.text for s in prompt)[len(example.prompt):]
+    written = "".join(s.text for s in completion)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": example.prompt},
+                                          {"role": "assistant", "content": markup + written}], tokenize=False)
+    assert text == tokenizer.decode(sample.input_ids, skip_special_tokens=False) + "\n"
+    trained = [i for i, role in zip(sample.input_ids, sample.roles) if role in (Role.TRACE, Role.ANSWER)]
+    assert tokenizer.decode(trained, skip_special_tokens=False) == written + "<|im_end|>"
+    assert trained[-1] == tokenizer.eos_token_id  # SmolLM2's EOS is its end of turn
+    assert "You are a helpful AI assistant named SmolLM" in text  # the default system prompt, all PROMPT tokens

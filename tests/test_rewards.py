@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
+import lightning as L
 import pytest
 import torch
 
+from framework.data.datamodule import generate_splits
 from framework.data.sample import Example
+from framework.models import Reasoner, build_model
 from framework.probes.episode import Episode
+from framework.regimes.grpo import GRPO
 from framework.rewards import (
     AnswerCorrectness,
     LengthPenalty,
@@ -20,6 +25,7 @@ from framework.rewards import (
     split_completion,
     think_format,
 )
+from framework.rollout import SamplingConfig
 
 COT, NONE, PAUSE = "<think>", "<think></think>", "<think><pause><pause></think>"
 
@@ -189,3 +195,67 @@ def test_bad_combinations_are_clear_errors():
         Rewards([f, f])
     with pytest.raises(ValueError, match="column 'example'"):
         Rewards(f).score(["p"], ["a"], example=[])
+
+
+# -- TRL's conversational data --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("markup, completion, trace", [(COT, "3 + 5 = 8 ; 8 + 2 = 10 </think> 10", True),
+                                                       (NONE, "10", False), (PAUSE, " 10", False)])
+def test_conversational_completions_carry_the_whole_think_block(example, markup, completion, trace):
+    """TRL's own `think_format_reward`, unchanged, scores a well-formed completion 1.0 in every format (the markup a
+    format puts in the prompt moves into the assistant's content), and the built-ins read the same messages."""
+    from trl.rewards import think_format_reward
+
+    context = [{"role": "system", "content": "Be brief."}]
+    example = Example(example.prompt, example.trace, example.answer, example.steps,
+                      {**example.metadata, "context_messages": context})
+    rewards = Rewards([think_format_reward, AnswerCorrectness(), think_format], conversational=True)
+    scores = rewards.score([example.prompt + markup], [completion], **reward_columns([example]))
+    assert scores.per_function.tolist() == [[1.0, 1.0, 1.0]]
+
+    seen = {}
+
+    def spy(prompts, completions, **kwargs):
+        seen.update(prompts=prompts, completions=completions)
+        return [0.0] * len(completions)
+
+    Rewards(spy, conversational=True).score([example.prompt + markup], [completion], **reward_columns([example]))
+    assert seen["prompts"] == [[*context, {"role": "user", "content": example.prompt}]]
+    assert seen["completions"] == [[{"role": "assistant", "content": markup + completion}]]
+    assert split_completion(seen["prompts"][0], seen["completions"][0]).trace_expected == trace
+
+
+def test_a_malformed_conversational_completion_scores_zero(example):
+    from trl.rewards import think_format_reward
+
+    rewards = Rewards([think_format_reward], conversational=True)
+    scores = rewards.score([example.prompt + COT], ["3 + 5 = 8 and never closes"], **reward_columns([example]))
+    assert scores.total.tolist() == [0.0]
+
+
+def test_a_conversational_reward_on_text_says_how_to_score_it(example):
+    from trl.rewards import think_format_reward
+
+    with pytest.raises(TypeError, match=r"Rewards\(funcs, conversational=True\)"):
+        Rewards(think_format_reward).score([example.prompt + COT], ["a </think> b"], **reward_columns([example]))
+    with pytest.raises(ValueError, match="'example' column"):
+        Rewards(think_format_reward, conversational=True).score(["p"], ["a"])
+
+
+def test_trls_think_format_reward_runs_unchanged_in_grpo(word_tokenizer, addition_task):
+    """A GRPO step whose rewards are TRL's own function, as TRL exports it, on the framework's rollouts."""
+    from trl.rewards import think_format_reward
+
+    L.seed_everything(0)
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer), word_tokenizer, "cot")
+    examples = generate_splits(addition_task, 0, n_train=4, n_val=0, n_test=0)["train"]
+    rewards = Rewards([think_format_reward, AnswerCorrectness(addition_task)], conversational=True)
+    module = GRPO(reasoner, rewards, addition_task, num_generations=2,
+                  sampling=SamplingConfig(max_new_tokens=8, do_sample=True),
+                  optimizer=dataclasses.replace(GRPO.default_optimizer, lr=1e-3))
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(examples, batch_size=2, collate_fn=list))
+    assert trainer.global_step == 1
+    assert 0.0 <= trainer.callback_metrics["train/rewards/think_format_reward/mean"] <= 1.0

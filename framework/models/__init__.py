@@ -21,11 +21,13 @@ from framework.models.formats import (
 )
 from framework.models.latent import LatentProjection, forward_one_position, latent_forward
 from framework.models.reasoner import Reasoner
-from framework.models.rendering import CompletionRendering, Rendering
+from framework.models.rendering import RENDERINGS, ChatRendering, CompletionRendering, Rendering, rendering_for
 
 __all__ = [
     "FAMILIES",
     "FORMATS",
+    "RENDERINGS",
+    "ChatRendering",
     "CoT",
     "CompletionRendering",
     "Generation",
@@ -46,5 +48,6 @@ __all__ = [
     "latent_forward",
     "load_pretrained",
     "load_tokenizer",
+    "rendering_for",
     "tiny_config",
 ]

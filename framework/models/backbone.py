@@ -17,6 +17,13 @@ def cache_argument(cache: Cache | None) -> dict[str, Cache | None]:
     return {_CACHE_ARGUMENT: cache}
 
 
+def backbone(model: PreTrainedModel) -> torch.nn.Module:
+    """The transformer under the LM head: `model.base_model`, or, for a PEFT-wrapped model (LoRA), that of the
+    causal LM it wraps (a `PeftModel`'s own `base_model` is its tuner, whose forward runs the head)."""
+    get_base_model = getattr(model, "get_base_model", None)  # peft's PeftModel; no import of peft needed
+    return (get_base_model() if callable(get_base_model) else model).base_model
+
+
 def backbone_hidden_states(
     model: PreTrainedModel,
     input_ids: torch.Tensor | None = None,
@@ -34,7 +41,7 @@ def backbone_hidden_states(
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("backbone_hidden_states takes exactly one of input_ids and inputs_embeds")
-    output = model.base_model(
+    output = backbone(model)(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,

@@ -30,7 +30,7 @@ from framework.data.tokenizer import LATENT, LATENT_START, missing_tokens
 from framework.io import atomic_directory
 from framework.models.formats import FORMATS, Generation, LatentConfig, ReasoningFormat, format_for
 from framework.models.latent import LatentProjection
-from framework.models.rendering import CompletionRendering, Rendering
+from framework.models.rendering import RENDERINGS, Rendering, rendering_for
 
 FORMAT_FILE = "reasoning_format.json"
 LATENT_CONFIG_FILE = "latent_config.json"
@@ -49,7 +49,8 @@ class Reasoner:
         latent: thoughts and curriculum of the `latent` format (default `LatentConfig()`).
         projection: the learned thought projection, when `latent.projection`
             is on (default: a fresh identity `LatentProjection`).
-        rendering: segments -> ids (default `CompletionRendering`: plain text, no chat template).
+        rendering: segments -> ids: a `Rendering`, or the name of a built-in one (`completion`, the default:
+            plain text, no chat template; `chat`: the tokenizer's chat template).
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class Reasoner:
         pause_tokens: int | None = None,
         latent: LatentConfig | None = None,
         projection: LatentProjection | None = None,
-        rendering: Rendering | None = None,
+        rendering: str | Rendering | None = None,
     ) -> None:
         self.format = format_for(format, pause_tokens=pause_tokens, latent=latent)
         if self.format.latent is None and projection is not None:
@@ -79,7 +80,8 @@ class Reasoner:
             tokenizer.pad_token = tokenizer.eos_token
         self.model = model
         self.tokenizer = tokenizer
-        self.rendering = rendering or CompletionRendering()
+        self.rendering = rendering_for(rendering)
+        self.rendering.check(tokenizer)
         context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         if context is not None:
             self.format.check_context(context)
@@ -142,32 +144,57 @@ class Reasoner:
         return self.prompt_segments(example, stage) + self.completion_segments(example, stage)
 
     def tokenize(self, example: Example, stage: int | None = None) -> TokenizedSample:
-        """The full training sequence, EOS included, with a role per token."""
+        """The full training sequence, its closing EOS or end of turn included, with a role per token."""
         return self.rendering.render(
-            self.tokenizer, self.prompt_segments(example, stage), self.completion_segments(example, stage)
+            self.tokenizer, self.prompt_segments(example, stage), self.completion_segments(example, stage),
+            _context(example),
         )
 
     def prompt_ids(self, example: Example, stage: int | None = None) -> list[int]:
-        return self.rendering.render_prompt(self.tokenizer, self.prompt_segments(example, stage))
+        return self.rendering.render_prompt(self.tokenizer, self.prompt_segments(example, stage), _context(example))
+
+    @property
+    def stop_token_id(self) -> int:
+        """The id generation stops at: the rendering's end of turn when it is one token (`<|im_end|>` under a
+        ChatML template), else EOS. Generation stops at EOS as well (`framework.rollout.generate`)."""
+        end = self.rendering.end_ids(self.tokenizer)
+        return end[0] if len(end) == 1 else self.tokenizer.eos_token_id
 
     def parse(self, completion_ids: Sequence[int]) -> Generation:
-        """Split generated ids into trace and answer, as the format writes them."""
-        return self.format.parse(completion_ids, self.tokenizer)
+        """Split generated ids into trace and answer, as the format writes them.
+
+        A completion closed by the rendering's end of turn counts as finished,
+        as one closed by EOS: the format sees EOS in its place.
+        """
+        ids, end = list(completion_ids), self.rendering.end_ids(self.tokenizer)
+        if len(ids) >= len(end) and ids[len(ids) - len(end) :] == end:
+            ids = [*ids[: len(ids) - len(end)], self.tokenizer.eos_token_id]
+        return self.format.parse(ids, self.tokenizer)
 
     # -- persistence --------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Model and tokenizer in Hugging Face format, written atomically.
 
-        Beside them: the format's name and options (`reasoning_format.json`),
+        Beside them: the format's name and options and the rendering's (`reasoning_format.json`),
         and for a latent reasoner its `LatentConfig` (`latent_config.json`)
         and, when on, its thought projection (`latent_projection.safetensors`);
-        the directory still loads as a plain Hugging Face model.
+        the directory still loads as a plain Hugging Face model. A model with
+        LoRA adapters (`framework.models.lora`) saves its merged weights there,
+        and the adapter alone in `adapter/` (peft's format).
         """
         with atomic_directory(path) as scratch:
-            self.model.save_pretrained(scratch)
+            model = self.model
+            if getattr(model, "peft_config", None) is not None:  # a peft model; peft itself is an optional extra
+                from framework.models.lora import ADAPTER_DIR, merged_copy
+
+                model.save_pretrained(scratch / ADAPTER_DIR)
+                model = merged_copy(model)
+            model.save_pretrained(scratch)
             self.tokenizer.save_pretrained(scratch)
-            (scratch / FORMAT_FILE).write_text(json.dumps({"name": self.mode, "options": self.format.options()}, indent=2))
+            described = {"name": self.mode, "options": self.format.options(),
+                         "rendering": {"name": self.rendering.name, "options": self.rendering.options()}}
+            (scratch / FORMAT_FILE).write_text(json.dumps(described, indent=2))
             if self.latent is not None:
                 (scratch / LATENT_CONFIG_FILE).write_text(json.dumps(self.latent.to_dict(), indent=2))
             if self.projection is not None:
@@ -185,8 +212,9 @@ class Reasoner:
         (with its saved options), else `cot`. A latent checkpoint cannot load
         in another format (its thoughts would be silently dropped); a plain one
         may load as `latent` (Coconut starts from a chain-of-thought model).
-        `options` go to `Reasoner` (`pause_tokens`, `latent`, `projection`,
-        `rendering`); a `latent=` or `projection=` given here replaces the saved one.
+        The rendering is the saved one (plain completion for a directory that
+        names none). `options` go to `Reasoner` (`pause_tokens`, `latent`,
+        `projection`, `rendering`); one given here replaces the saved one.
         """
         from framework.models.factory import load_pretrained
 
@@ -213,6 +241,8 @@ class Reasoner:
                         raise ValueError(f"{path} was saved by the format {described['name']!r}, which is not built "
                                          f"in ({sorted(FORMATS)}): pass it, Reasoner.from_pretrained(path, format=...)")
                     format = described["name"]
+        if "rendering" not in options and (path / FORMAT_FILE).is_file():
+            options["rendering"] = _saved_rendering(path)
         model, tokenizer = load_pretrained(path)
         reasoner = cls(model, tokenizer, format or "cot", **options)
         if saved is not None and saved.projection and reasoner.projection is not None and "projection" not in options:
@@ -224,3 +254,17 @@ class Reasoner:
             reasoner.projection.load_state_dict(load_file(path / PROJECTION_FILE))
             reasoner.projection.to(next(model.parameters()).device)
         return reasoner
+
+
+def _context(example: Example) -> list[dict[str, str]]:
+    """The conversation before the example's user message (a TRL row's system prompt and earlier turns)."""
+    return list(example.metadata.get("context_messages", []))
+
+
+def _saved_rendering(path: Path) -> Rendering:
+    """The rendering `reasoning_format.json` names, with its options (plain completion when it names none)."""
+    described = json.loads((path / FORMAT_FILE).read_text()).get("rendering", {"name": "completion", "options": {}})
+    if described["name"] not in RENDERINGS:
+        raise ValueError(f"{path} was saved with the rendering {described['name']!r}, which is not built in "
+                         f"({sorted(RENDERINGS)}): pass it, Reasoner.from_pretrained(path, rendering=...)")
+    return rendering_for(described["name"], **described["options"])

@@ -20,6 +20,15 @@ Columns every regime passes (see `reward_columns`): `example` (the `Example`
 each completion answers, so checkers get their ground truth), `answer` (its
 reference answer, a TRL-style ground-truth column) and `completion_ids` (the
 generated token ids, EOS included when the model stopped).
+
+Conversational data (`Rewards(..., conversational=True)`) is scored as TRL's
+`GRPOTrainer` scores it: each prompt is a list of messages (the example's
+context messages, then the user's), each completion a one-message list
+`[{"role": "assistant", "content": ...}]` whose content is the whole think
+block and answer (`<think>trace</think>answer`), as a Qwen3-style model
+writes it, even where the format puts `<think>` in the prompt. So TRL's own
+conversational rewards (`trl.rewards.think_format_reward`) run unchanged, and
+so do this package's, which read either form (`split_completion`).
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -45,13 +54,21 @@ class ParsedCompletion:
     trace_expected: bool  # the completion was where reasoning goes (the prompt did not close the block)
 
 
-def split_completion(prompt: str, completion: str) -> ParsedCompletion:
+Messages = list[dict[str, str]]
+
+
+def split_completion(prompt: str | Messages, completion: str | Messages) -> ParsedCompletion:
     """Trace and answer of `prompt + completion`: the answer follows the first `</think>`.
 
     The trace is the text between that `</think>` and the `<think>` before it
     (or everything after the last `<think>` when the block never closed, in
-    which case there is no answer).
+    which case there is no answer). A conversational completion's content
+    holds the whole block, so whether the format gave it is not known there:
+    a trace counts as expected when the block holds one, or never closed.
     """
+    if not isinstance(completion, str):
+        parsed = split_completion("", message_content(completion))
+        return replace(parsed, trace_expected=bool(parsed.trace) or parsed.answer is None)
     text = prompt + completion
     end = text.find(THINK_END)
     if end < 0:
@@ -61,6 +78,34 @@ def split_completion(prompt: str, completion: str) -> ParsedCompletion:
     start = text.rfind(THINK_START, 0, end)
     trace = text[start + len(THINK_START) : end] if start >= 0 else text[:end]
     return ParsedCompletion(_clean_trace(trace), text[end + len(THINK_END) :].strip(), THINK_END not in prompt)
+
+
+def message_content(completion: str | Messages) -> str:
+    """The text of a completion: itself, or the content of a conversational one (TRL's one-message list)."""
+    if isinstance(completion, str):
+        return completion
+    if len(completion) != 1 or completion[0].get("role") != "assistant":
+        raise ValueError(f"a conversational completion is one assistant message, got {completion!r}")
+    return completion[0]["content"]
+
+
+def conversational(
+    prompts: Sequence[str], completions: Sequence[str], examples: Sequence[Example]
+) -> tuple[list[Messages], list[Messages]]:
+    """Prompts and completions as TRL gives them for conversational data (see the module docstring).
+
+    The reasoning markup that a format's prompt holds after the example's text
+    (`<think>`, an empty block, pause fillers) moves into the assistant's content.
+    """
+    chat_prompts, chat_completions = [], []
+    for prompt, completion, example in zip(prompts, completions, examples, strict=True):
+        if not prompt.startswith(example.prompt):
+            raise ValueError(f"the prompt {prompt!r} does not start with its example's prompt {example.prompt!r}: "
+                             "cannot tell the user's text from the reasoning markup")
+        context = list(example.metadata.get("context_messages", []))
+        chat_prompts.append([*context, {"role": "user", "content": example.prompt}])
+        chat_completions.append([{"role": "assistant", "content": prompt[len(example.prompt) :] + completion}])
+    return chat_prompts, chat_completions
 
 
 def _clean_trace(trace: str) -> str:
@@ -108,7 +153,10 @@ class Rewards:
 
     `score(...)` returns the full breakdown; calling the object returns the
     weighted totals, so a `Rewards` is itself a reward function (expert
-    iteration can filter on it, and it can be nested).
+    iteration can filter on it, and it can be nested). With
+    `conversational=True` the functions get prompts and completions as
+    messages, as TRL passes conversational data (`conversational`; it needs the
+    `example` column that regimes pass).
 
     Raises ValueError, naming the function, when a function returns the wrong
     number of rewards or something that is not a finite real number or None.
@@ -116,7 +164,13 @@ class Rewards:
 
     __name__ = "rewards"
 
-    def __init__(self, funcs: RewardFunction | Sequence[RewardFunction], weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        funcs: RewardFunction | Sequence[RewardFunction],
+        weights: Sequence[float] | None = None,
+        *,
+        conversational: bool = False,
+    ) -> None:
         funcs = [funcs] if callable(funcs) else list(funcs)
         if not funcs:
             raise ValueError("Rewards needs at least one reward function")
@@ -138,6 +192,7 @@ class Rewards:
         if not all(isinstance(w, numbers.Real) and math.isfinite(w) for w in weights):
             raise ValueError(f"reward_weights must be finite numbers, got {weights}")
         self.funcs = funcs
+        self.conversational = conversational
         self.names = tuple(names)
         self.weights = torch.tensor(weights, dtype=torch.float32)
 
@@ -147,15 +202,31 @@ class Rewards:
         for key, column in columns.items():
             if len(column) != len(completions):
                 raise ValueError(f"column {key!r} has {len(column)} entries but there are {len(completions)} completions")
+        if self.conversational and not _is_messages(completions):  # a nested Rewards gets them converted already
+            if "example" not in columns:
+                raise ValueError("conversational rewards need the 'example' column (reward_columns(examples))")
+            prompts, completions = conversational(prompts, completions, columns["example"])
         per_function = torch.empty(len(completions), len(self.funcs), dtype=torch.float32)
         for j, (func, name) in enumerate(zip(self.funcs, self.names)):
-            rewards = func(prompts=list(prompts), completions=list(completions), **columns)
+            try:
+                rewards = func(prompts=list(prompts), completions=list(completions), **columns)
+            except TypeError as error:
+                if _is_messages(completions):
+                    raise
+                # What a function that reads `completion[0]["content"]` (TRL's conversational rewards) says on text.
+                raise TypeError(f"reward function {name!r} failed on text completions ({error}); if it reads "
+                                "conversational completions, as trl.rewards.think_format_reward does, score with "
+                                "Rewards(funcs, conversational=True)") from error
             per_function[:, j] = torch.tensor(_validated(rewards, len(completions), name), dtype=torch.float32)
         return RewardScores(self.names, per_function, self.weights)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **columns: Any) -> list[float | None]:
         total = self.score(prompts, completions, **columns).total
         return [None if math.isnan(value) else value for value in total.tolist()]
+
+
+def _is_messages(completions: Sequence[str | Messages]) -> bool:
+    return bool(completions) and not isinstance(completions[0], str)
 
 
 def _validated(rewards: Any, expected: int, name: str) -> list[float]:

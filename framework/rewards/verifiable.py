@@ -13,7 +13,7 @@ from typing import Literal
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
 from framework.data.tokenizer import THINK_END, THINK_START
-from framework.rewards.base import split_completion
+from framework.rewards.base import message_content, split_completion
 
 
 def _examples(columns: dict, name: str, count: int) -> list[Example]:
@@ -98,11 +98,12 @@ def think_format(prompts: Sequence[str], completions: Sequence[str], **columns) 
     """1.0 when prompt + completion hold exactly one `<think>` … `</think>` block followed by a non-empty answer.
 
     TRL's `think_format_reward` checks the completion alone; here the block
-    may open (cot) or open and close (none, pause) in the prompt.
+    may open (cot) or open and close (none, pause) in the prompt. A
+    conversational completion holds the whole block in its content.
     """
     rewards = []
     for prompt, completion in zip(prompts, completions):
-        text = prompt + completion
+        text = prompt + completion if isinstance(completion, str) else message_content(completion)
         well_formed = (
             text.count(THINK_START) == 1
             and text.count(THINK_END) == 1

@@ -24,15 +24,26 @@ def generate(
     """Batched generation for `examples` (left-padded, KV-cached; a latent reasoner thinks first)."""
     if reasoner.latent is not None:
         rollout = rollout_latent(reasoner, examples, config)
-        return [replace(reasoner.parse(ids), thoughts=k) for ids, k in zip(rollout.completions, rollout.num_thoughts)]
+        return [
+            replace(reasoner.parse(_until_eos(reasoner, ids)), thoughts=k)
+            for ids, k in zip(rollout.completions, rollout.num_thoughts)
+        ]
     completions = sample(
         reasoner.model,
         [reasoner.prompt_ids(example) for example in examples],
         pad_token_id=reasoner.tokenizer.pad_token_id,
-        eos_token_id=reasoner.tokenizer.eos_token_id,
+        eos_token_id=reasoner.stop_token_id,
         config=config,
     )
-    return [reasoner.parse(ids) for ids in completions]
+    return [reasoner.parse(_until_eos(reasoner, ids)) for ids in completions]
+
+
+def _until_eos(reasoner: Reasoner, ids: Sequence[int]) -> list[int]:
+    """`ids` up to and including the first EOS: under a chat template decoding stops at the end of turn
+    (`Reasoner.stop_token_id`), and a model that writes EOS instead has stopped too."""
+    ids = list(ids)
+    eos = reasoner.tokenizer.eos_token_id
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
 def rollout_latent(
@@ -50,7 +61,7 @@ def rollout_latent(
         [reasoner.prompt_ids(example) for example in examples],
         latent_token_id=reasoner.latent_token_id,
         pad_token_id=reasoner.tokenizer.pad_token_id,
-        eos_token_id=reasoner.tokenizer.eos_token_id,
+        eos_token_id=reasoner.stop_token_id,
         config=config,
         projection=reasoner.projection,
         return_thoughts=return_thoughts,

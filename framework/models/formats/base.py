@@ -60,7 +60,7 @@ class ReasoningFormat(ABC):
 
     @abstractmethod
     def completion_segments(self, example: Example, stage: int | None = None) -> list[Segment]:
-        """What the model is trained to write (the rendering appends EOS)."""
+        """What the model is trained to write (the rendering closes it: EOS, or a chat template's end of turn)."""
 
     @abstractmethod
     def parse(self, completion_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> Generation:
