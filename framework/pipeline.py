@@ -89,7 +89,7 @@ def run_pipeline(
         cell = f"{index:02d}-{stage.name}"
 
         def work(cell: Cell, stage: Stage = stage, index: int = index, parent: Path | None = parent) -> Rows:
-            start = reasoner if parent is None else _trainable(Reasoner.from_pretrained(parent))
+            start = reasoner if parent is None else Reasoner.from_pretrained(parent)
             module, data = stage.build(start)
             fitted = cell.fit(module, data, stage.settings, stage.callbacks)
             start.save_pretrained(cell.model_dir)
@@ -99,13 +99,6 @@ def run_pipeline(
         experiment.cell(cell, seed + index, work, keeps_model=True)
         parent = experiment.path("cells", cell, "model")
     return PipelineResult(Reasoner.from_pretrained(parent), experiment.tables["results"], experiment.directory)
-
-
-def _trainable(reasoner: Reasoner) -> Reasoner:
-    """A loaded model starts in eval mode, and Lightning fits a module in the mode it is handed: train mode, as the
-    first stage's model trains."""
-    reasoner.model.train()
-    return reasoner
 
 
 def _check_stages(stages: Sequence[Stage]) -> None:

@@ -123,3 +123,19 @@ def test_the_chosen_adamw_steps_as_the_reference_for_loop_does():
     ours = _adamw_updates(torch.float32, **chosen)
     for value, reference, truth in zip(ours, loop, gold):
         assert (value - reference).abs().max() <= rounding_tolerance(reference, truth)
+
+
+@pytest.mark.parametrize("regime", [SFT, LatentSFT])
+def test_a_model_loaded_in_eval_mode_trains_in_train_mode(regime, word_tokenizer, addition_task, tmp_path):
+    """`from_pretrained` returns an eval-mode model; Lightning keeps a module's mode, the regime puts it to training."""
+    latent = LatentConfig(max_stage=1, step_separator=addition_task.step_separator) if regime is LatentSFT else None
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0).eval(), word_tokenizer,
+                        "latent" if latent else "cot", latent=latent)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=reasoner.tokenizer.pad_token_id,
+                                         n_train=8, n_val=0, batch_size=4)
+    modes = []
+    module = regime(reasoner, addition_task, **({"steps_per_stage": 1} if latent else {}))
+    step = module.training_step
+    module.training_step = lambda *args: (modes.append(reasoner.model.training), step(*args))[1]
+    _trainer(tmp_path, 1).fit(module, data)
+    assert modes == [True]

@@ -18,10 +18,9 @@ from framework.models import Reasoner
 
 def load_parent(directory: Path, attention: str) -> Reasoner:
     """A parent cell's reasoner, with the attention implementation asked for (a run-time choice, not saved with the
-    model), in train mode as its parent was when it was saved (Lightning keeps the eval mode a loaded model starts in)."""
+    model). It loads in eval mode, as `from_pretrained` leaves it; a regime trains it in train mode."""
     reasoner = Reasoner.from_pretrained(directory)
     reasoner.model.set_attn_implementation(attention)
-    reasoner.model.train()
     return reasoner
 
 

@@ -187,6 +187,11 @@ class Regime(L.LightningModule):
         weight_decay = self.optimizer_config.weight_decay
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
+    def on_train_start(self) -> None:
+        # `from_pretrained` returns a model in eval mode and Lightning keeps a module's mode: a loaded checkpoint
+        # would otherwise train without its dropout.
+        self.reasoner.model.train()
+
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optimizer_config
         optimizer = adamw(self.parameter_groups(), lr=config.lr, betas=config.betas)
