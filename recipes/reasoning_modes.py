@@ -51,7 +51,7 @@ from framework.report import per_seed_table, plot_curves, summary_table, validat
 from framework.rollout import SamplingConfig
 from recipes.cli import config_of
 from recipes.latent import LatentCurriculum
-from recipes.models import ModelConfig, model_and_tokenizer
+from recipes.models import ModelConfig, learning_rate, model_and_tokenizer
 
 RECIPE = "reasoning_modes"
 Arm = Literal["cot", "none", "pause", "latent", "latent_no_curriculum", "pause_as_thought"]
@@ -77,7 +77,7 @@ class TaskConfig:
 class TrainConfig:
     max_steps: int = 1600
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float | None = None  # None: 3e-3 from scratch, a pretrained rate for a checkpoint (recipes.models.learning_rate)
     warmup_steps: int = 100
     val_every: int = 400
     eval_batch_size: int = 128
@@ -163,7 +163,8 @@ def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, trai
                 latent: LatentCurriculum) -> SFT | LatentSFT:
     """The reasoner of an arm, built from `seed`, inside the regime that trains it."""
     model, tokenizer = model_and_tokenizer(model_config, task.vocabulary(), seed)
-    options = {"optimizer": OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps),
+    lr = learning_rate(model_config, train.lr, from_scratch=3e-3)
+    options = {"optimizer": OptimizerConfig(lr=lr, warmup_steps=train.warmup_steps),
                "eval_sampling": SamplingConfig(max_new_tokens=train.max_new_tokens)}
     if arm not in LATENT_ARMS:
         reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm)
