@@ -94,10 +94,12 @@ def convert_gguf(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     source = PRETRAINED[name]
     gguf_dir = _package_dir(name, source)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=source.gguf_file)
-    if tokenizer.pad_token is None:  # transformers < 5.24 does not read the GGUF's padding token; the file has it
-        pad_id = _gguf_field(gguf_dir / source.gguf_file, "tokenizer.ggml.padding_token_id")
-        if pad_id is not None:
-            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(pad_id))
+    # The special tokens as the GGUF file names them: transformers versions read them differently (5.17 takes
+    # <|im_start|> for SmolLM2's EOS and finds no pad; 5.24 reads both right).
+    for role in ("bos", "eos", "pad"):
+        token_id = _gguf_field(gguf_dir / source.gguf_file, f"tokenizer.ggml.{'padding' if role == 'pad' else role}_token_id")
+        if token_id is not None:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
     missing = [what for what, value in (("chat template", tokenizer.chat_template), ("EOS token", tokenizer.eos_token),
                                         ("pad token", tokenizer.pad_token)) if not value]
     if missing:
