@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
 import torch
@@ -268,6 +268,30 @@ def interleaved_medians(
         for provider, measured in runs.items():
             measured.append(measure(provider, setting))
     return {p: {key: statistics.median(run[key] for run in rs) for key in rs[0]} for p, rs in runs.items()}
+
+
+def available(provider: str) -> bool:
+    """Whether a comparison's provider runs here: thoughtlab always, TRL where it is installed (the `bench` extra)."""
+    return provider != "trl" or importlib.util.find_spec("trl") is not None
+
+
+def compare(
+    description: str,
+    kind: type[Setting],
+    runners: dict[str, Callable[[Setting], dict[str, float]]],
+    measure: Callable[[str, Setting], dict[str, float]],
+    table: Callable[[dict[str, dict[str, float]]], None],
+) -> None:
+    """A comparison's command line: with ``--provider`` run that one here (as ``measure``'s subprocess does), else
+    measure every available provider, interleaved, and print ``table`` of the medians."""
+    ns, setting = parse_setting(description, tuple(runners), kind)
+    if ns.provider:
+        result = runners[ns.provider](setting)
+        print(json.dumps(result) if ns.json else result)
+        return
+    print(f"{asdict(setting)}; torch {torch.__version__}, {torch.get_num_threads()} threads; medians over "
+          f"{setting.steps} steps after one warm-up, then over {ns.repeats} interleaved runs per provider")
+    table(interleaved_medians(measure, [p for p in runners if available(p)], setting, ns.repeats))
 
 
 def parse_setting(description: str, providers: Sequence[str], kind: type[Setting]) -> tuple[argparse.Namespace, Setting]:

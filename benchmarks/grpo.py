@@ -25,20 +25,17 @@ The machine's speed drifts when it is shared, so the providers run in turn,
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from benchmarks.common import (
     StepClock,
-    interleaved_medians,
+    compare,
     measure_in_subprocess,
     padded_word_tokenizer,
-    parse_setting,
 )
 from framework.data.datamodule import generate_splits
 from framework.data.tasks import AdditionChain
@@ -153,24 +150,12 @@ def run_trl(setting: Setting) -> dict[str, float]:
     return clock.result()
 
 
-def available(provider: str) -> bool:
-    return provider == "thoughtlab" or importlib.util.find_spec("trl") is not None
-
-
 def measure(provider: str, setting: Setting) -> dict[str, float]:
     """Run one provider in a fresh interpreter (so its peak memory is its own) and return its medians."""
     return measure_in_subprocess("benchmarks.grpo", provider, setting)
 
 
-def main() -> None:
-    ns, setting = parse_setting(__doc__.splitlines()[0], PROVIDERS, Setting)
-    if ns.provider:
-        result = (run_thoughtlab if ns.provider == "thoughtlab" else run_trl)(setting)
-        print(json.dumps(result) if ns.json else result)
-        return
-    print(f"{asdict(setting)}; torch {torch.__version__}, {torch.get_num_threads()} threads; medians over "
-          f"{setting.steps} steps after one warm-up, then over {ns.repeats} interleaved runs per provider")
-    results = interleaved_medians(measure, [p for p in PROVIDERS if available(p)], setting, ns.repeats)
+def print_table(results: dict[str, dict[str, float]]) -> None:
     print("| provider | rollout s | update s | step s | steps/s | x TRL steps/s | peak MiB | x TRL peak |")
     print("|---|---|---|---|---|---|---|---|")
     trl = results.get("trl")
@@ -179,6 +164,10 @@ def main() -> None:
         memory = f"{r['peak_mib'] / trl['peak_mib']:.2f}" if trl else "n/a"
         print(f"| {provider} | {r['rollout_s']:.3f} | {r['update_s']:.3f} | {r['step_s']:.3f} | "
               f"{1 / r['step_s']:.2f} | {speedup} | {r['peak_mib']:.0f} | {memory} |")
+
+
+def main() -> None:
+    compare(__doc__.splitlines()[0], Setting, {"thoughtlab": run_thoughtlab, "trl": run_trl}, measure, print_table)
 
 
 if __name__ == "__main__":

@@ -20,19 +20,16 @@ providers run in turn, `--repeats` times each; each cell is the median.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from benchmarks.common import (
     StepClock,
-    interleaved_medians,
+    compare,
     measure_in_subprocess,
     padded_word_tokenizer,
-    parse_setting,
 )
 from framework.data.collate import collate
 from framework.data.datamodule import generate_splits
@@ -141,24 +138,12 @@ def _result(clock: StepClock, losses: list[float]) -> dict[str, float]:
     return {"step_s": result["step_s"], "peak_mib": result["peak_mib"], "first_loss": losses[0]}
 
 
-def available(provider: str) -> bool:
-    return provider == "thoughtlab" or importlib.util.find_spec("trl") is not None
-
-
 def measure(provider: str, setting: Setting) -> dict[str, float]:
     """Run one provider in a fresh interpreter (so its peak memory is its own) and return its medians."""
     return measure_in_subprocess("benchmarks.sft", provider, setting)
 
 
-def main() -> None:
-    ns, setting = parse_setting(__doc__.splitlines()[0], PROVIDERS, Setting)
-    if ns.provider:
-        result = (run_thoughtlab if ns.provider == "thoughtlab" else run_trl)(setting)
-        print(json.dumps(result) if ns.json else result)
-        return
-    print(f"{asdict(setting)}; torch {torch.__version__}, {torch.get_num_threads()} threads; medians over "
-          f"{setting.steps} steps after one warm-up, then over {ns.repeats} interleaved runs per provider")
-    results = interleaved_medians(measure, [p for p in PROVIDERS if available(p)], setting, ns.repeats)
+def print_table(results: dict[str, dict[str, float]]) -> None:
     print("| provider | step s | x TRL time | peak MiB | x TRL peak | first loss |")
     print("|---|---|---|---|---|---|")
     trl = results.get("trl")
@@ -167,6 +152,10 @@ def main() -> None:
         memory = f"{r['peak_mib'] / trl['peak_mib']:.2f}" if trl else "n/a"
         print(f"| {provider} | {r['step_s']:.3f} | {time_ratio} | {r['peak_mib']:.0f} | {memory} | "
               f"{r['first_loss']:.4f} |")
+
+
+def main() -> None:
+    compare(__doc__.splitlines()[0], Setting, {"thoughtlab": run_thoughtlab, "trl": run_trl}, measure, print_table)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.grpo import PROVIDERS, Setting, available, measure
+from benchmarks.common import available
+from benchmarks.grpo import PROVIDERS, Setting, measure
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

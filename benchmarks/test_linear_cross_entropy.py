@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.common import MASKED, CPU_SHAPE, loss_fn, make_inputs, peak_bytes, providers, step
+from benchmarks.common import CPU_SHAPE, MASKED, loss_fn, make_inputs, peak_bytes, providers, step
 
 NAMES = list(providers(CPU_SHAPE.device))
 

@@ -12,7 +12,8 @@ import math
 
 import pytest
 
-from benchmarks.sft import PROVIDERS, Setting, available, measure
+from benchmarks.common import available
+from benchmarks.sft import PROVIDERS, Setting, measure
 
 TINY = Setting(size="1m", vocab=2000, batch=4, steps=1)
 
