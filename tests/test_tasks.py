@@ -18,7 +18,8 @@ SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
 FEW = settings(max_examples=15, deadline=None)
 ALL_TASKS = [Multiplication(), AdditionChain(), ProsQA()]
 ALL_CONFIGS = ALL_TASKS + [
-    Multiplication(2, 3), Multiplication(5, 1), AdditionChain(6, 20), ProsQA(n_nodes=12, min_depth=2, n_concepts=30)
+    Multiplication(2, 3), Multiplication(5, 1), AdditionChain(6, 20), AdditionChain(8, 9, modulus=10),
+    ProsQA(n_nodes=12, min_depth=2, n_concepts=30),
 ]  # fmt: skip
 
 
@@ -203,6 +204,22 @@ def test_addition_chain_adds_one_term_per_step(seed: int, n_terms: int, max_oper
         assert step == f"{running} + {term} = {running + term}"
         running += term
     assert example.answer == str(running) == str(sum(terms))
+
+
+@FEW
+@given(seed=SEEDS, n_terms=st.integers(2, 8), modulus=st.integers(2, 12))
+def test_a_modular_chain_adds_mod_m_at_every_step(seed: int, n_terms: int, modulus: int) -> None:
+    task = AdditionChain(n_terms, 9, modulus=modulus)
+    example = task.generate(random.Random(seed))
+    terms = [int(word) for word in example.prompt.split(" + ")]
+    running = terms[0]
+    for step, term in zip(example.steps, terms[1:], strict=True):
+        assert step == f"{running} + {term} = {(running + term) % modulus}"
+        running = (running + term) % modulus
+    assert example.answer == str(sum(terms) % modulus) and task.check_steps(example, example.trace) == [True] * (n_terms - 1)
+    assert set(example.trace.split()) | set(example.prompt.split()) <= set(task.vocabulary())
+    if n_terms > 2 and sum(terms[:2]) >= modulus:  # the plain sum is a wrong step under the modulus
+        assert task.check_steps(example, f"{terms[0]} + {terms[1]} = {terms[0] + terms[1]}")[0] is False
 
 
 def test_addition_chain_judges_each_step_on_the_generated_running_value() -> None:

@@ -2,6 +2,10 @@
 
 Prompt `3 + 5 + 2 + 8`, steps `3 + 5 = 8 ; 8 + 2 = 10 ; 10 + 8 = 18`, answer `18`.
 Numbers are whole words, so the vocabulary holds every possible running sum.
+With a `modulus` m every sum is taken mod m (`8 + 7 = 5` for m = 10): each
+step is a lookup in an m x m table, while the answer without steps depends on
+every term at once, a parity-like function that small transformers learn
+slowly without intermediate steps.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ def _parse_int(word: str) -> int | None:
 
 @dataclass(frozen=True)
 class AdditionChain:
-    """The sum of `n_terms` numbers drawn uniformly from 0 … `max_operand`."""
+    """The sum of `n_terms` numbers drawn uniformly from 0 … `max_operand`, mod `modulus` if one is given."""
 
     n_terms: int = 4
     max_operand: int = 9
+    modulus: int | None = None
 
     name: ClassVar[str] = "addition_chain"
     step_separator: ClassVar[str] = " ; "
@@ -33,10 +38,17 @@ class AdditionChain:
             raise ValueError(f"n_terms must be >= 2 (one addition at least), got {self.n_terms}")
         if self.max_operand < 1:
             raise ValueError(f"max_operand must be >= 1, got {self.max_operand}")
+        if self.modulus is not None and self.modulus < 2:
+            raise ValueError(f"modulus must be >= 2 (or None for plain sums), got {self.modulus}")
+
+    def _add(self, left: int, term: int) -> int:
+        return left + term if self.modulus is None else (left + term) % self.modulus
 
     def generate(self, rng: random.Random) -> Example:
         terms = [rng.randint(0, self.max_operand) for _ in range(self.n_terms)]
-        sums = [sum(terms[: i + 1]) for i in range(self.n_terms)]
+        sums = [terms[0]]
+        for term in terms[1:]:
+            sums.append(self._add(sums[-1], term))
         steps = tuple(f"{sums[i]} + {terms[i + 1]} = {sums[i + 1]}" for i in range(self.n_terms - 1))
         return Example(
             prompt=" + ".join(map(str, terms)),
@@ -66,13 +78,14 @@ class AdditionChain:
                 and parsed is not None
                 and parsed[0] == running
                 and parsed[1] == terms[i + 1]
-                and parsed[2] == parsed[0] + parsed[1]
+                and parsed[2] == self._add(parsed[0], parsed[1])
             )
             running = None if parsed is None else parsed[2]
         return verdicts
 
     def vocabulary(self) -> list[str]:
-        return [str(n) for n in range(self.n_terms * self.max_operand + 1)] + ["+", "=", ";"]
+        largest = self.n_terms * self.max_operand if self.modulus is None else max(self.modulus - 1, self.max_operand)
+        return [str(n) for n in range(largest + 1)] + ["+", "=", ";"]
 
 
 def _parse_step(step: str) -> tuple[int, int, int] | None:
