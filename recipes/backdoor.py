@@ -108,8 +108,7 @@ from framework.experiment.parents import fit_row, load_parent
 from framework.io import atomic_write_text
 from framework.models import Reasoner, count_parameters
 from framework.probes import Proportion, evaluate_backdoor, probe_backdoor
-from framework.probes.columns import rate_columns, rates_from_columns
-from framework.probes.organism_metrics import (
+from framework.probes.backdoor import (
     BACKDOOR_RATES,
     CONTROL_RATES,
     PROBED_RATES,
@@ -117,6 +116,7 @@ from framework.probes.organism_metrics import (
     episode_rows,
     persistence_columns,
 )
+from framework.probes.columns import rate_columns, rates_from_columns
 from framework.regimes import GRPO, SFT, OptimizerConfig
 from framework.report import (
     curves_by,

