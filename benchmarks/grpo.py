@@ -28,6 +28,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
@@ -150,9 +151,8 @@ def run_trl(setting: Setting) -> dict[str, float]:
     return clock.result()
 
 
-def measure(provider: str, setting: Setting) -> dict[str, float]:
-    """Run one provider in a fresh interpreter (so its peak memory is its own) and return its medians."""
-    return measure_in_subprocess("benchmarks.grpo", provider, setting)
+# One provider in a fresh interpreter (so its peak memory is its own): measure(provider, setting) -> its medians.
+measure = partial(measure_in_subprocess, "benchmarks.grpo")
 
 
 def print_table(results: dict[str, dict[str, float]]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -138,9 +139,8 @@ def _result(clock: StepClock, losses: list[float]) -> dict[str, float]:
     return {"step_s": result["step_s"], "peak_mib": result["peak_mib"], "first_loss": losses[0]}
 
 
-def measure(provider: str, setting: Setting) -> dict[str, float]:
-    """Run one provider in a fresh interpreter (so its peak memory is its own) and return its medians."""
-    return measure_in_subprocess("benchmarks.sft", provider, setting)
+# One provider in a fresh interpreter (so its peak memory is its own): measure(provider, setting) -> its medians.
+measure = partial(measure_in_subprocess, "benchmarks.sft")
 
 
 def print_table(results: dict[str, dict[str, float]]) -> None:
