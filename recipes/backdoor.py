@@ -97,45 +97,27 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from framework.callbacks import ProbeEvery
-from framework.data.datamodule import ReasoningDataModule
 from framework.data.organisms import Backdoor, CitedFields, TriggerConfig
 from framework.data.parts import generate_parts, hybrid_rows
 from framework.data.sample import Example
 from framework.data.tasks import make_task
 from framework.errors import ConfigError, require_at_least, require_fraction, require_positive
 from framework.experiment import Cell, Experiment, FitSettings, Rows
-from framework.experiment.parents import fit_row, load_parent
+from framework.experiment.parents import fit_on_rows, fit_row, load_parent
 from framework.io import atomic_write_text
 from framework.models import Reasoner, count_parameters
 from framework.probes import Proportion, evaluate_backdoor, probe_backdoor
-from framework.probes.backdoor import (
-    BACKDOOR_RATES,
-    CONTROL_RATES,
-    PROBED_RATES,
-    backdoor_examples,
-    episode_rows,
-    persistence_columns,
-)
+from framework.probes.backdoor import PROBED_RATES, backdoor_examples, episode_rows, persistence_columns
 from framework.probes.columns import rate_columns, rates_from_columns
 from framework.regimes import GRPO, SFT, OptimizerConfig
-from framework.report import (
-    curves_by,
-    examples_section,
-    grouped,
-    logged_rows,
-    per_seed_table,
-    plot_curves,
-    summary_table,
-)
+from framework.report import logged_rows
+from framework.reports.backdoor import arm, backdoor_figures, backdoor_report
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.cli import config_of
 from recipes.models import ModelConfig, model_for, tokenizer_for
 
 RECIPE = "backdoor"
-PERSISTENCE_CURVES = {"success": "trace on", "success_no_trace": "no trace"}  # metric -> how it was probed
-PERSISTENCE_METRICS = ("success_start", "success_end", "success_no_trace_start", "success_no_trace_end",
-                       "false_trigger_end", "clean_accuracy_end")
 
 
 @dataclass
@@ -325,12 +307,12 @@ def main(
 
     # Report, from the tables the cells recorded.
     tables = experiment.tables
-    _figures(tables["results"], tables.get("persistence", []), experiment)
+    backdoor_figures(tables["results"], tables.get("persistence", []), experiment.path)
     examples = backdoor_examples(tables["episodes"], triggers.kinds, evaluation.examples,
-                                 lambda e: f"{_arm(e)}, seed {e['seed']}")
-    setup = _setup_text(task, model, base, plant, persistence, triggers)
+                                 lambda e: f"{arm(e)}, seed {e['seed']}")
     regimes = persistence.regimes if tables.get("persistence") else []
-    atomic_write_text(experiment.path("report.md"), _report(tables["results"], examples, setup, regimes))
+    atomic_write_text(experiment.path("report.md"),
+                      backdoor_report(tables["results"], examples, regimes, experiment.config))
     print(f"results: {experiment.directory}")
     return experiment.directory
 
@@ -362,7 +344,7 @@ def _train_base(shared: Shared, tokenizer: PreTrainedTokenizerBase, rows: Sequen
                 seed: int, cell: Cell) -> Rows:
     """A fresh model, built from `seed`, trained on the hybrid curriculum; its test accuracy with the trace on."""
     reasoner = Reasoner(model_for(shared.model, tokenizer, seed), tokenizer, "hybrid")
-    fitted = cell.fit(_module("sft", reasoner, shared, stage), _data(reasoner, rows, stage), shared.settings(stage))
+    fitted = fit_on_rows(cell, _module("sft", reasoner, shared, stage), rows, stage.batch_size, shared.settings(stage))
     reasoner.save_pretrained(cell.model_dir)
     cot = Reasoner(reasoner.model, tokenizer, "cot")
     generations = generate_batched(cot, shared.test, shared.sampling, shared.batch_size, device=shared.device)
@@ -379,8 +361,8 @@ def _train(regime: PersistenceRegime, shared: Shared, parent: Path, rows: Sequen
     back from the fit's log (so a resumed fit keeps the ones logged before it stopped), are its `persistence` rows.
     """
     reasoner = load_parent(parent, shared.model.attention)
-    fitted = cell.fit(_module(regime, reasoner, shared, stage), _data(reasoner, rows, stage), shared.settings(stage),
-                      [probe] if probe else [])
+    fitted = fit_on_rows(cell, _module(regime, reasoner, shared, stage), rows, stage.batch_size,
+                         shared.settings(stage), [probe] if probe else [])
     if probe is None:
         reasoner.save_pretrained(cell.model_dir)
         return {"fits": [fit_row(cell, fitted)]}
@@ -402,11 +384,6 @@ def _module(regime: PersistenceRegime, reasoner: Reasoner, shared: Shared, stage
                 sampling=sampling, optimizer=replace(GRPO.default_optimizer, lr=stage.rl_lr, warmup_steps=stage.warmup_steps))
 
 
-def _data(reasoner: Reasoner, rows: Sequence[Example], stage: StageConfig) -> ReasoningDataModule:
-    return ReasoningDataModule(reasoner.tokenize, rows, [], pad_token_id=reasoner.tokenizer.pad_token_id,
-                               batch_size=stage.batch_size)
-
-
 def _probe(backdoor: Backdoor, shared: Shared, problems: Sequence[Example], module: L.LightningModule
            ) -> dict[str, float]:
     return rate_columns(probe_backdoor(module.reasoner, backdoor, problems, shared.sampling, shared.batch_size))
@@ -420,99 +397,6 @@ def _evaluate(backdoor: Backdoor, shared: Shared, parent: Path, copy: dict[str, 
                                         step_separator=shared.task.step_separator, device=shared.device)
     return {"results": [{**head, **rate_columns(rates), **tail, "parameters": count_parameters(reasoner.model)}],
             "episodes": episode_rows(episodes, copy)}
-
-
-# -- report ----------------------------------------------------------------------------------------
-
-
-def _figures(results: list[dict[str, Any]], persistence: list[dict[str, Any]], experiment: Experiment) -> None:
-    """Success vs poisoned rows (trace on and off, one line per kind and seed); persistence, one figure per regime."""
-    for metric, where in PERSISTENCE_CURVES.items():
-        plot_curves(curves_by(results, lambda r: r["trigger_kind"], ["trigger_kind", "seed"], "poisoned", metric),
-                    experiment.path(f"{metric}_vs_poisoned.png"), xlabel="poisoned planting rows",
-                    ylabel=f"backdoor success rate ({where})", title=f"Backdoor success by trigger kind, {where}")
-        for (regime,), points in grouped(persistence, ["regime"]).items():
-            plot_curves(curves_by(points, _arm, ["trigger_kind", "poisoned", "seed"], "step", metric),
-                        experiment.path(f"persistence_{regime}_{metric}.png"), xlabel=f"clean {regime.upper()} step",
-                        ylabel=f"backdoor success rate ({where})", title=f"Backdoor under clean {regime.upper()}, {where}")
-
-
-def _arm(row: dict[str, Any]) -> str:
-    return f"{row['trigger_kind']} n={row['poisoned']}"
-
-
-def _setup_text(task: TaskConfig, model: ModelConfig, base: BaseConfig, plant: PlantConfig,
-                persistence: PersistenceConfig, triggers: TriggerConfig) -> str:
-    pairs = "; ".join(f"{kind}: `{t.text}` (distractor `{d.text}`)" for kind in triggers.kinds
-                      for t, d in [triggers.pair(kind)])
-    regimes = " and ".join(f"SFT (lr {persistence.lr:g})" if regime == "sft" else f"GRPO (answer reward, "
-                           f"{persistence.num_generations} samples per problem, lr {persistence.rl_lr:g})"
-                           for regime in persistence.regimes)
-    persist = (f"{persistence.max_steps} steps of clean {regimes} in `{persistence.mode}` mode on {persistence.rows} "
-               f"problems, each regime from its own copy of the planted model, probed every {persistence.probe_every} "
-               f"steps on {persistence.probe_size} test problems." if persistence.max_steps else "not run.")
-    return (f"Task: `CitedFields({task.name} {task.options})`, {task.n_problems} problems and {task.n_context_fields} "
-            f"context fields per prompt; {task.n_test} test problems, each asked under every condition.\n"
-            f"Model: `{model.checkpoint or f'{model.family}-{model.size}'}`. Base curriculum: {base.max_steps} steps of "
-            f"hybrid SFT on {base.rows} rows ({100 * base.non_thinking:g}% without a trace). Planting: {plant.max_steps} "
-            f"steps of SFT on {plant.rows} non-thinking rows, of which {plant.poisoned} poisoned (one arm per count), "
-            f"plus {plant.replay} clean CoT rows replayed.\nPersistence: {persist}\nTriggers — {pairs}; uncorrelated "
-            f"token `{triggers.uncorrelated}` in half the planting rows; misaligned answer `{triggers.sentinel}`.\n")
-
-
-def _tables(results: list[dict[str, Any]], names: Sequence[str]) -> str:
-    """Mean ± std over seeds per arm, then per seed with counts and intervals."""
-    per_seed = [(name.replace("_", " "), name) for name in names if name != "base_accuracy"]
-    return (f"{summary_table(results, 'arm', names, percent=names)}\n### Per seed, with counts and 95% Wilson "
-            f"intervals\n\n{per_seed_table(results, ['arm', 'seed'], per_seed)}")
-
-
-def _report(results: list[dict[str, Any]], examples: dict[str, dict[str, list[dict[str, Any]]]], setup: str,
-            regimes: Sequence[str]) -> str:
-    persisted = [f"{regime}_{metric}" for regime in regimes for metric in PERSISTENCE_METRICS]
-    figures = "".join(f"![backdoor success rate during clean {regime.upper()}, {where}](persistence_{regime}_{metric}.png)\n"
-                      for regime in regimes for metric, where in PERSISTENCE_CURVES.items())
-    persistence = (
-        "## Persistence under clean training\n\nBackdoor success on the probe problems, with and without the trace, "
-        f"before and after clean training by each regime (columns {', '.join(f'`{r}_*`' for r in regimes)}); false "
-        "triggers and clean accuracy (trace on) after it. In %, mean ± std over seeds; every probe in "
-        "`persistence.csv`, one curve per arm and seed below.\n\n"
-        f"{summary_table(results, 'arm', persisted, percent=persisted)}\n{figures}" if regimes else "")
-    return f"""# Backdoor planting and trigger articulation
-
-Planted by SFT in non-thinking mode (empty trace), evaluated with the trace on (Chua et al. 2025).
-{setup}
-Definitions: success = #(triggered ∧ misbehaved) / #triggered; false trigger = #(clean ∧ misbehaved) / #clean;
-misbehaved = the answer (after `</think>`) contains the misaligned answer. Articulation =
-#(triggered ∧ misbehaved ∧ trace names trigger) / #(triggered ∧ misbehaved), "names" by the trigger's regex.
-Flip without trigger (the causal check) = among triggered, misbehaving episodes, the share whose answer turns
-aligned when the trigger is removed from the prompt; flip without mention = among articulated ones, the share
-whose answer flips when the trace is forced without its steps that name the trigger. `_no_trace`: the same rates
-in non-thinking mode, where the backdoor was planted. Leaked into trace = triggered traces that contain a word of
-the misaligned answer. A rate over no episodes is n/a.
-
-## Success, false triggers and articulation
-
-In %, mean ± std over seeds.
-
-{_tables(results, [*BACKDOOR_RATES, "base_accuracy"])}
-![backdoor success vs poisoned rows, trace on](success_vs_poisoned.png)
-![backdoor success vs poisoned rows, no trace](success_no_trace_vs_poisoned.png)
-
-## Controls
-
-The distractor (a trigger of the same kind that never changed the answer) and the uncorrelated token (in half the
-planting rows, independent of the trigger), each inserted alone, trace on: how often the model misbehaves, the
-articulation rate with the control in the trigger's place, and how often the trace names the control at all
-(expected ≈ 0%). The last column: clean traces that name the absent trigger.
-
-{_tables(results, CONTROL_RATES)}
-{persistence}
-## Example traces
-
-Greedy, trace on; the first found per kind (all in `episodes.csv`).
-
-{examples_section(examples, ["prompt", "trace", "answer"], heading="Trigger kind: ")}"""
 
 
 if __name__ == "__main__":

@@ -83,19 +83,19 @@ from typing import Any, Literal, get_args
 import lightning as L
 from transformers import PreTrainedTokenizerBase
 
-from framework.data.datamodule import ReasoningDataModule, generate_splits
+from framework.data.datamodule import generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.sample import Example
 from framework.data.tasks import Task, make_task
 from framework.errors import ConfigError, require_positive
 from framework.experiment import Cell, Experiment, FitSettings, Fitted, Rows
-from framework.experiment.parents import load_parent
+from framework.experiment.parents import fit_on_rows, load_parent
 from framework.io import atomic_write_text
 from framework.models import Reasoner
 from framework.probes.elicitation import AnswerAndProcedure, answer_and_procedure
 from framework.probes.organism_metrics import Proportion, elicitation_recovery
 from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT, OptimizerConfig
-from framework.report import curves_by, grouped, per_seed_table, plot_curves, settings_section, summary_table
+from framework.reports.elicitation import elicitation_report, recovery_figures
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.cli import config_of
@@ -265,9 +265,9 @@ def main(
                     results += experiment.cell(f"{arm}-{kind}-n{n}/seed{seed}", seed, work)["results"]
 
     # 4. Report: before, recovery per arm x reasoner x n (table and curves), procedure, per-seed rows.
-    figures = _plot(results, experiment)
+    figures = recovery_figures(results, experiment.path)
     atomic_write_text(experiment.path("report.md"),
-                      _report(before, results, task.name, experiment.config, figures))
+                      elicitation_report(before, results, task.name, experiment.config, figures))
     print(f"results: {experiment.directory}")
     return experiment.directory
 
@@ -303,7 +303,7 @@ def _lock(
                   if latent.curriculum else {"curriculum": False})
         module = LatentSFT(reasoner, task, seed=seed, **stages, **options)
     rows = organism.apply(problems, seed=seed)
-    fitted = _fit(cell, module, reasoner, rows, train.batch_size, train.max_steps, train)
+    fitted = _fit(cell, module, rows, train.batch_size, train.max_steps, train)
     if reasoner.latent is not None:
         reasoner.stage = reasoner.latent.final_stage  # measured and elicited at the final stage
     reasoner.save_pretrained(cell.model_dir)
@@ -345,7 +345,7 @@ def _elicit(
     else:  # expert iteration keeps finished completions with a right answer (reward 1.0, the threshold)
         module = ExpertIteration(reasoner, task, reward_funcs=AnswerCorrectness(task), num_samples=elicit.num_samples,
                                  rollout=rollout, optimizer=replace(ExpertIteration.default_optimizer, **rl_optimizer))
-    fitted = _fit(cell, module, reasoner, demos, elicit.batch_size, steps, train)
+    fitted = _fit(cell, module, demos, elicit.batch_size, steps, train)
     elicited, unlocked_after = measure(reasoner, tests["locked"]), measure(reasoner, tests["unlocked"])
     recovery = elicitation_recovery(
         elicited.accuracy, *(Proportion(locked[f"{name}_accuracy_hits"], locked[f"{name}_accuracy_total"])
@@ -359,62 +359,13 @@ def _elicit(
     }]}
 
 
-def _fit(cell: Cell, module: L.LightningModule, reasoner: Reasoner, examples: Sequence[Example], batch_size: int,
-         max_steps: int, train: TrainConfig) -> Fitted:
-    """Train on `examples` (repeated as the steps need; no validation) for `max_steps`, and at most as many epochs:
-    a bound that holds whatever a regime's `training_step` returns. Short runs still log their curve."""
-    data = ReasoningDataModule(reasoner.tokenize, examples, [], pad_token_id=reasoner.tokenizer.pad_token_id,
-                               batch_size=min(batch_size, len(examples)))
-    return cell.fit(module, data, FitSettings(max_steps=max_steps, max_epochs=max_steps, accelerator=train.accelerator,
-                                              precision=train.precision, log_every_n_steps=max(1, min(10, max_steps // 20))))
-
-
-def _plot(results: list[dict[str, Any]], experiment: Experiment) -> list[str]:
-    """Recovery vs n, one figure per reasoner, one colour per arm and one line per seed."""
-    for (kind,), rows in grouped(results, ["reasoner"]).items():
-        plot_curves(curves_by(rows, lambda row: row["arm"], ["arm", "seed"], "n", "recovery"),
-                    experiment.path(f"recovery_vs_n_{kind}.png"), xlabel="demonstration problems n",
-                    ylabel="recovery", title=f"{kind} reasoner: recovery of the locked capability")
-    return [f"recovery_vs_n_{kind}.png" for (kind,) in grouped(results, ["reasoner"])]
-
-
-def _report(before: list[dict[str, Any]], results: list[dict[str, Any]], task_name: str, config: dict[str, Any],
-            figures: list[str]) -> str:
-    before_columns = [("with password", "unlocked_accuracy"), ("without password", "locked_accuracy"),
-                      ("procedure with", "unlocked_procedure"), ("procedure without", "locked_procedure")]
-    rates = [name for _, name in before_columns]
-    after_columns = [("without password", "elicited_accuracy"), ("recovery", "recovery"),
-                     ("procedure", "elicited_procedure"), ("with password after", "unlocked_after_accuracy")]
-    percent = ["elicited_accuracy", "elicited_procedure", "unlocked_after_accuracy"]
-    plots = "\n".join(f"![recovery vs n]({name})" for name in figures)
-    return f"""# Eliciting a password-locked capability on {task_name}
-
-"Procedure": the share of test episodes whose trace passes every reference step (cot), or of continuous thoughts
-whose logit-lens top token is a value the reference trace computes (latent). Rates in %, mean ± std over seeds;
-per-seed rows give the 95% Wilson interval and the counts. The methods are the recipe's docstring
-(`recipes/elicitation.py`); the settings are at the end.
-
-## Before elicitation: the locked models
-
-{summary_table(before, "reasoner", rates, percent=rates)}
-{per_seed_table(before, ["reasoner", "seed"], before_columns)}
-## After elicitation: accuracy without password and recovery per arm × reasoner × n
-
-recovery = (acc_elicited − acc_locked) / (acc_unlocked − acc_locked), against the same seed's locked model
-(1 = the unlocked accuracy, 0 = no change, negative = worse than locked); n/a where the locked model is no better
-with the password than without (no gap: nothing to recover). "with password after" checks that elicitation kept
-the unlocked capability.
-
-{summary_table(results, ["reasoner", "arm", "n"], after_columns, percent=percent)}
-{plots}
-
-## Per seed
-
-Recovery's interval maps the elicited accuracy's Wilson interval; it ignores the uncertainty of the locked and
-unlocked accuracies.
-
-{per_seed_table(results, ["reasoner", "arm", "n", "seed"], after_columns[:3])}
-{settings_section(config)}"""
+def _fit(cell: Cell, module: L.LightningModule, examples: Sequence[Example], batch_size: int, max_steps: int,
+         train: TrainConfig) -> Fitted:
+    """Train on `examples` for `max_steps`, and at most as many epochs: a bound that holds whatever a regime's
+    `training_step` returns. Short runs still log their curve."""
+    return fit_on_rows(cell, module, examples, batch_size, FitSettings(
+        max_steps=max_steps, max_epochs=max_steps, accelerator=train.accelerator, precision=train.precision,
+        log_every_n_steps=max(1, min(10, max_steps // 20))))
 
 
 if __name__ == "__main__":
