@@ -128,11 +128,10 @@ def main(
     the_task = make_task(task.name, **task.options)
     if model.checkpoint:
         resolve_checkpoint(model.checkpoint)
+    # 1. One set of problems for every arm and seed (split sizes the task cannot fill are refused here too).
+    splits = generate_splits(the_task, data_seed, n_train=task.n_train, n_val=task.n_val, n_test=task.n_test)
     config = resolved_config or config_of(main, locals())
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
-
-    # 1. One set of problems for every arm and seed.
-    splits = generate_splits(the_task, data_seed, n_train=task.n_train, n_val=task.n_val, n_test=task.n_test)
 
     # 2. Every arm x seed, one cell: build, train (SFT or LatentSFT), score the test split.
     settings = FitSettings(train.max_steps, val_every=train.val_every, accelerator=train.accelerator,

@@ -62,6 +62,8 @@ def test_latent_arms_report_their_curriculum_stages(tmp_path):
     (["--nonsense", "1"], "unrecognized arguments: --nonsense 1"),
     (["--model.checkpoint", "/nowhere/model"], "checkpoint directory not found: /nowhere/model"),
     (["--resume", "/nowhere/run"], "--resume /nowhere/run: no config.yaml there"),
+    (["--task.name", "addition_chain", "--task.options", "{n_terms: 2, max_operand: 3}"],
+     "task 'addition_chain' yielded only 16 distinct problems"),
 ])
 def test_a_user_mistake_exits_with_one_line_that_names_it(tmp_path, flags, message):
     with pytest.raises(SystemExit) as exited:

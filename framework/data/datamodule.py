@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from framework.data.collate import collate
 from framework.data.formats import read_examples
+from framework.errors import ConfigError
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
 from framework.data.tokenize import Tokenize, TokenizedSample
@@ -42,8 +43,8 @@ def generate_splits(task: Task, seed: int, *, n_train: int, n_val: int, n_test: 
     attempts = 0
     while len(problems) < wanted:
         attempts += 1
-        if attempts > 20 * wanted + 1000:
-            raise ValueError(
+        if attempts > 20 * wanted + 1000:  # a user's sizes against the task's: the command line prints it in one line
+            raise ConfigError(
                 f"task {task.name!r} yielded only {len(problems)} distinct problems in {attempts} draws, "
                 f"but {wanted} were asked for (n_train={n_train}, n_val={n_val}, n_test={n_test}); "
                 "make the task larger or ask for fewer"
