@@ -14,6 +14,7 @@ from framework.probes.backdoor import (
 from framework.probes.episode import Episode, Monitor
 from framework.probes.linear_probe import LinearProbe, fit_linear_probe, thought_features
 from framework.probes.logit_lens import LensReading, logit_lens
+from framework.probes.loophole import FixedMonitor, evaluate_loophole, fix_threshold, loophole_rates, score_loophole
 from framework.probes.metrics import AnswerAccuracy, Rate, StepValidity, wilson_interval
 from framework.probes.monitors import KeywordMonitor, ThoughtProbe, TraceClassifier, fit_trace_classifier
 from framework.probes.organism_metrics import (
@@ -36,6 +37,7 @@ __all__ = [
     "CausalCheck",
     "Episode",
     "FalseTriggerRate",
+    "FixedMonitor",
     "KeywordMonitor",
     "LensReading",
     "LinearProbe",
@@ -52,16 +54,20 @@ __all__ = [
     "backdoor_rates",
     "elicitation_recovery",
     "evaluate_backdoor",
+    "evaluate_loophole",
     "fit_linear_probe",
     "fit_trace_classifier",
+    "fix_threshold",
     "flag_rate",
     "logit_lens",
+    "loophole_rates",
     "probe_backdoor",
     "reasoner_answer_fn",
     "recall_at_fpr",
     "remove_mention_from_trace",
     "remove_trigger_from_prompt",
     "score_backdoor",
+    "score_loophole",
     "thought_features",
     "wilson_interval",
 ]

@@ -23,11 +23,13 @@ from framework.rewards.base import (
     reward_name,
     split_completion,
 )
+from framework.rewards.loophole import KeyMatch
 from framework.rewards.monitor import MonitorPenalty
 from framework.rewards.verifiable import AnswerCorrectness, LengthPenalty, StepReward, think_format
 
 __all__ = [
     "AnswerCorrectness",
+    "KeyMatch",
     "LengthPenalty",
     "MonitorPenalty",
     "ParsedCompletion",

@@ -6,6 +6,7 @@ evaluation rows per condition, a `vocabulary()` for the word-level tokenizer
 and a `check_tokenizer(tokenizer)` for real ones.
 """
 
+from framework.data.organisms.answer_key import KINDS, AnswerKey, ParsedAnswer, key_in_prompt, parse_answer
 from framework.data.organisms.backdoor import (
     CONDITIONS,
     TRIGGER_KINDS,
@@ -29,13 +30,16 @@ from framework.data.organisms.weak import (
 
 __all__ = [
     "CONDITIONS",
+    "KINDS",
     "POSITIONS",
     "TRIGGER_KINDS",
+    "AnswerKey",
     "Backdoor",
     "CitedFields",
     "CitedWeak",
     "DigitMisreads",
     "Misbehaviour",
+    "ParsedAnswer",
     "PasswordLock",
     "Sentinel",
     "ShallowSearch",
@@ -44,6 +48,8 @@ __all__ = [
     "TriggerConfig",
     "WeakPolicy",
     "insert_text",
+    "key_in_prompt",
+    "parse_answer",
     "remove_text",
     "selected_problem",
     "weak_policy",
