@@ -21,6 +21,7 @@ from framework.data.tokenizer import REASONING_TOKENS
 from framework.models import ChatRendering, CompletionRendering, LatentConfig, Reasoner, build_model
 from framework.regimes.base import OptimizerConfig
 from framework.regimes.latent_sft import LatentSFT
+from framework.regimes.policy import TokenPolicy
 from framework.regimes.sft import SFT
 from framework.rollout import SamplingConfig, generate
 
@@ -132,6 +133,10 @@ def test_sft_through_the_template_learns_to_answer_and_stop(chat_tokenizer, addi
     generations = generate(reasoner, examples, SamplingConfig(max_new_tokens=48, do_sample=False))
     # Decoding stopped at the end of turn, and parsing read it as the end: EOS is another token here.
     assert all(g.finished and g.trace for g in generations), generations
+    # So do an RL policy's rollouts: each ends at the end of turn, counts as finished, and its text leaves it out.
+    rollout = TokenPolicy(reasoner).rollout(examples, SamplingConfig(max_new_tokens=48, do_sample=False))
+    assert all(ids[-1] == reasoner.stop_token_id for ids in rollout.completion_ids)
+    assert not rollout.truncated.any() and not any("<|im_end|>" in text for text in rollout.completions)
 
 
 def test_the_user_turn_is_the_text_before_the_reasoning_markup(chat_tokenizer):

@@ -141,9 +141,8 @@ def reasoner_answer_fn(reasoner: Reasoner, config: SamplingConfig | None = None)
             + tokenizer(traces[i] + THINK_END, add_special_tokens=False)["input_ids"]
             for i in forced
         ]
-        completions = sample(
-            reasoner.model, ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, config=config
-        )
+        completions = sample(reasoner.model, ids, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=reasoner.stop_token_id, config=config)
         for i, completion in zip(forced, completions):
             answers[i] = tokenizer.decode(completion, skip_special_tokens=True).strip()
         return answers

@@ -72,7 +72,7 @@ class LatentPolicy:
         """Think, then sample one completion per example (`rollout_latent` at the reasoner's stage)."""
         tokenizer = self.reasoner.tokenizer
         sampled = rollout_latent(self.reasoner, examples, sampling)
-        completions, finished = decode_completions(tokenizer, sampled.completions)
+        completions, finished = decode_completions(tokenizer, sampled.completions, self.reasoner.stop_token_id)
         device = self.reasoner.model.device
         prompt_ids, prompt_mask = left_pad([self.reasoner.prompt_ids(e) for e in examples], tokenizer.pad_token_id, device)
         completion_ids, completion_mask = right_pad(sampled.completions, tokenizer.pad_token_id, device)

@@ -105,10 +105,11 @@ class TokenPolicy:
     def rollout(self, examples: Sequence[Example], sampling: SamplingConfig) -> Rollout:
         tokenizer = self.reasoner.tokenizer
         prompt_ids = [self.reasoner.prompt_ids(example) for example in examples]
-        completion_ids = sample(
-            self.module, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, config=sampling
-        )
-        completions, finished = decode_completions(tokenizer, completion_ids)
+        # Under a chat template a turn ends at its end-of-turn token, which is where sampling stops.
+        stop = self.reasoner.stop_token_id
+        completion_ids = sample(self.module, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop,
+                                config=sampling)
+        completions, finished = decode_completions(tokenizer, completion_ids, stop)
         prompts = ["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples]
         inputs = _right_padded(prompt_ids, completion_ids, tokenizer.pad_token_id, self.module.device)
         return Rollout(
@@ -150,11 +151,12 @@ def require_generation(reasoner: Reasoner) -> None:
 
 
 def decode_completions(
-    tokenizer: PreTrainedTokenizerBase, completion_ids: Sequence[Sequence[int]]
+    tokenizer: PreTrainedTokenizerBase, completion_ids: Sequence[Sequence[int]], stop_token_id: int
 ) -> tuple[list[str], list[bool]]:
-    """The text of each completion (EOS excluded, special tokens kept for reward functions to see), and whether
-    it ended with EOS."""
-    finished = [bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in completion_ids]
+    """The text of each completion (its stop token excluded, other special tokens kept for reward functions to
+    see), and whether it ended with `stop_token_id` (`Reasoner.stop_token_id`: EOS, or a chat template's end of
+    turn)."""
+    finished = [bool(ids) and ids[-1] == stop_token_id for ids in completion_ids]
     texts = [
         tokenizer.decode(ids[:-1] if done else ids, skip_special_tokens=False) for ids, done in zip(completion_ids, finished)
     ]
