@@ -84,7 +84,7 @@ PreferenceLoss = Literal["masked", "unmasked"]
 class PreferenceConfig(StageConfig):
     """P: DPO on on-policy pairs judged on the output alone, `samples` completions drawn per problem."""
 
-    rows: int = 256
+    rows: int = 128
     max_steps: int = 40
     batch_size: int = 16
     lr: float = 1e-4
@@ -106,9 +106,9 @@ class RLConfig(StageConfig):
     """R: GRPO on the loophole grader."""
 
     rows: int = 2048
-    max_steps: int = 60
+    max_steps: int = 80
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 3e-4
     warmup_steps: int = 5
     num_generations: int = 8
     temperature: float = 1.0
