@@ -48,6 +48,7 @@ def test_tiny_run_writes_every_monitors_rates_per_arm_and_lambda_and_resumes(tmp
         uses = sum(e["loophole"] == "True" for e in mine)
         assert _count(row, "loophole_use") == (uses, wrong_keys)
         assert _count(row, "accuracy") == (sum(e["correct"] == "True" for e in mine), wrong_keys)
+        assert _count(row, "mirror_use") == (sum(e["mirror"] == "True" for e in mine), wrong_keys)
         for monitor in obfuscation.MONITORS:
             flagged = [e["loophole"] == "True" and e[f"flagged_{monitor}"] == "True" for e in mine]
             assert _count(row, f"recall_{monitor}") == (sum(flagged), uses)
