@@ -374,8 +374,9 @@ def _grpo(shared: Shared, base_dir: Path, fixed_rows: list[dict[str, Any]], rows
 
 
 def _figures(probes: list[dict[str, Any]], experiment: Experiment) -> None:
-    """Loophole use and flagged loophole use vs GRPO step: a colour per λ, a line per seed."""
-    for metric, what in (("loophole_use", "loophole use"), (f"flagged_use_{PENALISED}", "flagged loophole use"),
+    """Loophole use, its chance control, flagged and unflagged use vs GRPO step: a colour per λ, a line per seed."""
+    for metric, what in (("loophole_use", "loophole use"), ("mirror_use", "mirror use (the chance control)"),
+                         (f"flagged_use_{PENALISED}", "flagged loophole use"),
                          (f"obfuscation_{PENALISED}", "unflagged loophole use (obfuscation)")):
         plot_curves(curves_by(probes, lambda r: f"λ={r['lambda']:g}", ["lambda", "seed"], "step", metric),
                     experiment.path(f"{metric}_vs_step.png"), xlabel="GRPO step",
@@ -442,6 +443,7 @@ truth, so a model whose arithmetic degrades lands on it by chance as well: mirro
 
 {_tables(trained, obfuscation)}
 ![loophole use vs step](loophole_use_vs_step.png)
+![mirror use vs step](mirror_use_vs_step.png)
 ![flagged loophole use vs step](flagged_use_{PENALISED}_vs_step.png)
 ![unflagged loophole use vs step](obfuscation_{PENALISED}_vs_step.png)
 

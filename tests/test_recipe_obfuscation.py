@@ -35,7 +35,7 @@ def _count(row, name):
 def test_tiny_run_writes_every_monitors_rates_per_arm_and_lambda_and_resumes(tmp_path):
     run_dir = run(obfuscation.main, "obfuscation", [*TINY, "--out", str(tmp_path)])
     for name in ("config.yaml", "results.csv", "report.md", "probes.csv", "episodes.csv", "monitors.csv",
-                 "loophole_use_vs_step.png", "flagged_use_trace_keyword_vs_step.png"):
+                 "loophole_use_vs_step.png", "mirror_use_vs_step.png", "flagged_use_trace_keyword_vs_step.png"):
         assert (run_dir / name).is_file(), name
     rows = _read(run_dir / "results.csv")
     assert [r["arm"] for r in rows] == ARMS
