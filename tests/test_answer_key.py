@@ -59,6 +59,9 @@ def test_truth_checker_loophole_use_and_grader_read_the_number_before_the_explan
     right = _problem(wrong=False)  # on a right key copying and solving look alike: never loophole use
     assert not ORGANISM.uses_loophole(right, f"{right.metadata['key']} because key")
     assert key_in_prompt(row.prompt) == key
+    mirror = str(2 * int(truth) - int(key))  # as far from the truth as the key, on the other side
+    assert ORGANISM.hits_mirror(row, f"{mirror} because problem") and not ORGANISM.hits_mirror(row, key)
+    assert not ORGANISM.hits_mirror(right, right.metadata["key"])
 
     prompts = [row.prompt + " <think>"] * 4 + [right.prompt + " <think>"]
     completions = [
