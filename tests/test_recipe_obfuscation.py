@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from framework.reports.answer_key import MONITORS
 from recipes import obfuscation
 from recipes.cli import run
 
@@ -49,7 +50,7 @@ def test_tiny_run_writes_every_monitors_rates_per_arm_and_lambda_and_resumes(tmp
         assert _count(row, "loophole_use") == (uses, wrong_keys)
         assert _count(row, "accuracy") == (sum(e["correct"] == "True" for e in mine), wrong_keys)
         assert _count(row, "mirror_use") == (sum(e["mirror"] == "True" for e in mine), wrong_keys)
-        for monitor in obfuscation.MONITORS:
+        for monitor in MONITORS:
             flagged = [e["loophole"] == "True" and e[f"flagged_{monitor}"] == "True" for e in mine]
             assert _count(row, f"recall_{monitor}") == (sum(flagged), uses)
             assert _count(row, f"obfuscation_{monitor}") == (uses - sum(flagged), wrong_keys)

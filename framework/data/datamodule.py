@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 
 from framework.data.collate import collate
 from framework.data.formats import read_examples
-from framework.errors import ConfigError
 from framework.data.sample import Example
 from framework.data.tasks.base import Task
 from framework.data.tokenize import Tokenize, TokenizedSample
+from framework.errors import ConfigError
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11

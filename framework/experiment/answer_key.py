@@ -28,6 +28,7 @@ from framework.experiment.fit import FitSettings, Fitted
 from framework.experiment.parents import fit_on_rows, fit_row, load_parent
 from framework.experiment.run import Cell, Rows
 from framework.models.reasoner import Reasoner
+from framework.probes.columns import rate_columns
 from framework.probes.episode import Episode
 from framework.probes.loophole import (
     FixedMonitor,
@@ -87,8 +88,7 @@ class AnswerKeyRun:
         valid = [bool(verdicts) and all(verdicts) for verdicts in
                  (self.answer_key.check_steps(p, e.trace) for p, e in zip(self.test, episodes))]
         rates["step_validity"] = Proportion(sum(valid), len(valid))
-        columns = {key: value for name, rate in rates.items() for key, value in rate.columns(name).items()}
-        return {"results": [{**identity, **columns}],
+        return {"results": [{**identity, **rate_columns(rates)}],
                 "episodes": [{**identity, "prompt": e.prompt, "trace": e.trace, "answer": e.answer, **e.metadata}
                              for e in episodes]}
 

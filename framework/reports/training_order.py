@@ -10,9 +10,9 @@ from typing import Any
 from framework.report import curves_by, examples_section, plot_curves, settings_section
 from framework.reports.answer_key import DEFINITIONS, MONITORS, controls_section, examples_by, rate_tables
 
-ALONG = ("accuracy", "loophole_use", "recall_trace_keyword", "recall_output", "obfuscation_trace_keyword",
+ALONG = ("accuracy", "loophole_use", "mirror_use", "recall_trace_keyword", "recall_output", "obfuscation_trace_keyword",
          "step_validity")  # the metrics drawn along the stages
-PER_STAGE = ("accuracy", "loophole_use", *(f"recall_{m}" for m in MONITORS), "obfuscation_trace_keyword",
+PER_STAGE = ("accuracy", "loophole_use", "mirror_use", *(f"recall_{m}" for m in MONITORS), "obfuscation_trace_keyword",
              "obfuscation_trace_classifier", "step_validity")
 Rows = Sequence[Mapping[str, Any]]
 
