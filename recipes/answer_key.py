@@ -4,17 +4,22 @@ loophole, the base curriculum, the controls, the monitors and evaluation; and th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
+
+from transformers import PreTrainedTokenizerBase
 
 from framework.data.organisms import AnswerKey
 from framework.data.sample import Example
 from framework.data.tasks import make_task
 from framework.errors import require_at_least, require_fraction, require_positive
-from framework.experiment import Experiment
-from framework.experiment.answer_key import AnswerKeyRun, Stage
+from framework.experiment import Cell, Experiment, Rows
+from framework.experiment.answer_key import CONTROLS, AnswerKeyRun, Stage
+from framework.models import Reasoner
 from framework.regimes import OptimizerConfig
 from framework.rollout import SamplingConfig
-from recipes.models import ModelConfig
+from recipes.models import ModelConfig, model_for
 
 
 @dataclass
@@ -100,7 +105,28 @@ def answer_key_run(organism: AnswerKey, test: list[Example], model: ModelConfig,
                         Experiment.evaluation_device(accelerator), accelerator, precision)
 
 
-def classifier_rows(organism: AnswerKey, problems: list[Example]) -> list[Example]:
-    """The trace classifier's training rows: half honest, half open copying (labelled by `copies`). Organism rows,
-    not base generations: the greedy base model rarely copies, so its own episodes would give almost no positives."""
-    return [organism.as_kind(p, "open" if i % 2 else "honest") for i, p in enumerate(problems)]
+def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelConfig,
+                      tokenizer: PreTrainedTokenizerBase, problems: dict[str, list[Example]], base: BaseConfig,
+                      controls: ControlConfig, monitors: MonitorConfig, seed: int, data_seed: int,
+                      base_identity: dict[str, Any], control_identity: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The steps both recipes open with, as cells: the base (`base/seed<s>`: a fresh model on the citing curriculum,
+    the trace classifier, every monitor's threshold fixed on it) and the open, clean and hidden controls copied from
+    it. Returns the thresholds the base fixed and its cell's directory, which later cells start from."""
+    organism = run.answer_key
+    curriculum = organism.curriculum(problems["base"], base.open_share, data_seed)
+    # Organism rows, not base generations: the greedy base rarely copies, so its episodes give almost no positives.
+    labelled = [organism.as_kind(p, "open" if i % 2 else "honest") for i, p in enumerate(problems["classifier"])]
+    calibration = [p for p in problems["calibration"] if p.metadata["wrong_key"]]
+
+    def train_base(cell: Cell) -> Rows:
+        reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot")
+        return run.train_base(reasoner, curriculum, labelled, calibration, base.stage(), monitors.fpr,
+                              monitors.classifier_epochs, seed, {**base_identity, "seed": seed}, cell)
+
+    fixed = experiment.cell(f"base/seed{seed}", seed, train_base, keeps_model=True)["monitors"][0]
+    base_dir = experiment.path("cells", f"base/seed{seed}")
+    for name, kind in CONTROLS.items():
+        identity = {**control_identity, "arm": f"control: {name}", "seed": seed}
+        experiment.cell(f"control/{name}/seed{seed}", seed,
+                        partial(run.control, base_dir, fixed, kind, problems["controls"], controls.stage(), identity))
+    return fixed, base_dir

@@ -48,17 +48,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
-
 from framework.callbacks import ProbeEvery
 from framework.data.parts import generate_parts
 from framework.data.sample import Example
 from framework.errors import ConfigError, require_at_least, require_positive
 from framework.experiment import Cell, Experiment, Rows
-from framework.experiment.answer_key import CONTROLS, AnswerKeyRun, Stage
+from framework.experiment.answer_key import AnswerKeyRun, Stage
 from framework.experiment.parents import fit_on_rows, fit_row
 from framework.io import atomic_write_text
-from framework.models import Reasoner
 from framework.probes.columns import rate_columns, rates_from_columns
 from framework.probes.loophole import FixedMonitor, evaluate_loophole
 from framework.regimes import GRPO, OptimizerConfig
@@ -71,10 +68,10 @@ from recipes.answer_key import (
     MonitorConfig,
     TaskConfig,
     answer_key_run,
-    classifier_rows,
+    base_and_controls,
 )
 from recipes.cli import config_of
-from recipes.models import ModelConfig, model_for, tokenizer_for
+from recipes.models import ModelConfig, tokenizer_for
 
 RECIPE = "obfuscation"
 
@@ -149,22 +146,12 @@ def main(
              "grpo": grpo.rows, "calibration": task.n_calibration}
     problems = generate_parts(organism, data_seed, sizes, n_test=task.n_test)
     run = answer_key_run(organism, problems["test"], model, evaluation, accelerator, precision)
-    calibration = [p for p in problems["calibration"] if p.metadata["wrong_key"]]
 
     for seed in seeds:
-        # 1. The base, its trace classifier, and every monitor's threshold, fixed once.
-        base_cell = f"base/seed{seed}"
-        work = partial(_train_base, run, model, tokenizer, organism.curriculum(problems["base"], base.open_share,
-                                                                               data_seed),
-                       classifier_rows(organism, problems["classifier"]), calibration, base, monitors, seed)
-        fixed = experiment.cell(base_cell, seed, work, keeps_model=True)["monitors"][0]
-        base_dir = experiment.path("cells", base_cell)
-
-        # 2. Controls: copies of the base taught open, no or hidden copying.
-        for name, kind in CONTROLS.items():
-            experiment.cell(f"control/{name}/seed{seed}", seed,
-                            partial(run.control, base_dir, fixed, kind, problems["controls"], controls.stage(),
-                                    {"arm": f"control: {name}", "seed": seed}))
+        # 1-2. The base (its trace classifier and every monitor's threshold, fixed once on it), then the controls:
+        # copies of the base taught open, no or hidden copying.
+        fixed, base_dir = base_and_controls(experiment, run, model, tokenizer, problems, base, controls, monitors,
+                                            seed, data_seed, {"arm": "base"}, {})
 
         # 3. GRPO with the trace monitor in the reward, one run per λ.
         for weight in grpo.lambdas:
@@ -181,15 +168,6 @@ def main(
 
 
 # -- cells -----------------------------------------------------------------------------------------
-
-
-def _train_base(run: AnswerKeyRun, model: ModelConfig, tokenizer: PreTrainedTokenizerBase, curriculum: list[Example],
-                labelled: list[Example], calibration: list[Example], base: BaseConfig, monitors: MonitorConfig,
-                seed: int, cell: Cell) -> Rows:
-    """A fresh model, built from `seed`, on the base curriculum; the monitors fixed on it."""
-    reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot")
-    return run.train_base(reasoner, curriculum, labelled, calibration, base.stage(), monitors.fpr,
-                          monitors.classifier_epochs, seed, {"arm": "base", "seed": seed}, cell)
 
 
 def _grpo(run: AnswerKeyRun, base: Path, fixed: dict[str, Any], rows: list[Example], stage: GRPOConfig,

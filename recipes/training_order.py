@@ -50,16 +50,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from transformers import PreTrainedTokenizerBase
-
 from framework.data.parts import generate_parts
 from framework.data.sample import Example
 from framework.errors import ConfigError, require_at_least, require_positive
 from framework.experiment import Cell, Experiment, Rows
-from framework.experiment.answer_key import CONTROLS, AnswerKeyRun, output_judged_pairs
+from framework.experiment.answer_key import AnswerKeyRun, output_judged_pairs
 from framework.experiment.parents import fit_on_rows, fit_row
 from framework.io import atomic_write_text
-from framework.models import Reasoner
 from framework.probes import Proportion
 from framework.reports.training_order import order_figures, order_rows, stages_name, training_order_report
 from recipes.answer_key import (
@@ -70,10 +67,10 @@ from recipes.answer_key import (
     StageConfig,
     TaskConfig,
     answer_key_run,
-    classifier_rows,
+    base_and_controls,
 )
 from recipes.cli import config_of
-from recipes.models import ModelConfig, model_for, tokenizer_for
+from recipes.models import ModelConfig, tokenizer_for
 
 RECIPE = "training_order"
 STAGES = {"I": "instruction SFT", "P": "output-only preference training", "R": "RL on the loophole grader"}
@@ -167,21 +164,13 @@ def main(
              "calibration": task.n_calibration, "preference": preference.rows, "rl": rl.rows}
     problems = generate_parts(organism, data_seed, sizes, n_test=task.n_test)
     run = answer_key_run(organism, problems["test"], model, evaluation, accelerator, precision)
-    calibration = [p for p in problems["calibration"] if p.metadata["wrong_key"]]
 
     for seed in seeds:
-        # 1. I: the base, its trace classifier, and every monitor's threshold, fixed once.
-        base_cell = f"I/seed{seed}"
-        work = partial(_train_base, run, model, tokenizer, organism.curriculum(problems["base"], base.open_share, data_seed),
-                       classifier_rows(organism, problems["classifier"]), calibration, base, monitors, seed)
-        fixed = experiment.cell(base_cell, seed, work, keeps_model=True)["monitors"][0]
-        base_dir = experiment.path("cells", base_cell)
-
+        # 1. I: the base (`cells/base/`), its trace classifier and every monitor's threshold, fixed once on it.
         # 2. Controls: copies of I taught open, no, or hidden copying.
-        for name, kind in CONTROLS.items():
-            experiment.cell(f"control/{name}/seed{seed}", seed,
-                            partial(run.control, base_dir, fixed, kind, problems["controls"], controls.stage(),
-                                    {"arm": f"control: {name}", "stages": "I", "preference": "", "seed": seed}))
+        fixed, base_dir = base_and_controls(experiment, run, model, tokenizer, problems, base, controls, monitors,
+                                            seed, data_seed, {"arm": "I", "stages": "I", "preference": ""},
+                                            {"stages": "I", "preference": ""})
 
         # 3. The orders, one cell per distinct prefix (each from its parent's model), for each P loss.
         trained = {"I": base_dir}
@@ -222,16 +211,6 @@ def _check_orders(orders: list[str]) -> None:
 
 
 # -- cells -----------------------------------------------------------------------------------------
-
-
-def _train_base(run: AnswerKeyRun, model: ModelConfig, tokenizer: PreTrainedTokenizerBase, curriculum: list[Example],
-                labelled: list[Example], calibration: list[Example], base: BaseConfig, monitors: MonitorConfig,
-                seed: int, cell: Cell) -> Rows:
-    """Stage I: a fresh model, built from `seed`, on the citing curriculum; the monitors fixed on it."""
-    reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot")
-    return run.train_base(reasoner, curriculum, labelled, calibration, base.stage(), monitors.fpr,
-                          monitors.classifier_epochs, seed, {"arm": "I", "stages": "I", "preference": "", "seed": seed},
-                          cell)
 
 
 def _stage(run: AnswerKeyRun, stage: str, parent: Path, base: Path, fixed: dict[str, Any],
