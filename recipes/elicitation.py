@@ -100,7 +100,7 @@ from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.cli import config_of
 from recipes.latent import LatentCurriculum
-from recipes.models import ModelConfig, model_for, tokenizer_for
+from recipes.models import ModelConfig, learning_rate, model_for, tokenizer_for
 
 RECIPE = "elicitation"
 ReasonerKind = Literal["cot", "latent"]
@@ -140,7 +140,7 @@ class TrainConfig:
 
     max_steps: int = 1500
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float | None = None  # None: 3e-3 from scratch, a pretrained rate for a checkpoint (recipes.models.learning_rate)
     warmup_steps: int = 100
     eval_batch_size: int = 150
     max_new_tokens: int = 32
@@ -148,7 +148,9 @@ class TrainConfig:
     precision: str = "32-true"
 
     def __post_init__(self) -> None:
-        require_positive("train", self, "max_steps", "batch_size", "lr", "eval_batch_size", "max_new_tokens")
+        require_positive("train", self, "max_steps", "batch_size", "eval_batch_size", "max_new_tokens")
+        if self.lr is not None:
+            require_positive("train", self, "lr")
 
 
 @dataclass
@@ -293,7 +295,8 @@ def _lock(
 ) -> Rows:
     """A reasoner of `kind` trained from scratch on the password-locked rows, saved, and scored with and without."""
     model = model_for(model_config, tokenizer, seed)
-    options = {"optimizer": OptimizerConfig(lr=train.lr, warmup_steps=train.warmup_steps)}
+    lr = learning_rate(model_config, train.lr, from_scratch=3e-3)
+    options = {"optimizer": OptimizerConfig(lr=lr, warmup_steps=train.warmup_steps)}
     if kind == "cot":
         reasoner = Reasoner(model, tokenizer, "cot")
         module: SFT | LatentSFT = SFT(reasoner, task, mask="train_on_completion", **options)
