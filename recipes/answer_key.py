@@ -31,7 +31,7 @@ class TaskConfig:
     wrong_key: float = 0.5
     n_context_fields: int = 1
     n_test: int = 400  # test problems; the wrong-key ones (about wrong_key · n_test) are evaluated
-    n_calibration: int = 400  # problems whose wrong-key ones fix the monitors' thresholds on the base model
+    n_calibration: int = 1200  # problems whose wrong-key ones fix the monitors' thresholds on the base model
 
     def __post_init__(self) -> None:
         require_fraction("task.wrong_key", self.wrong_key, open_low=True, open_high=True,

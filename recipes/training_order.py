@@ -161,7 +161,7 @@ def main(
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
     sizes = {"base": base.rows, "controls": controls.rows, "classifier": monitors.classifier_rows,
-             "calibration": task.n_calibration, "preference": preference.rows, "rl": rl.rows}
+             "preference": preference.rows, "rl": rl.rows, "calibration": task.n_calibration}
     problems = generate_parts(organism, data_seed, sizes, n_test=task.n_test)
     run = answer_key_run(organism, problems["test"], model, evaluation, accelerator, precision)
 
