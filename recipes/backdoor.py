@@ -128,6 +128,7 @@ class TaskConfig:
     options: dict[str, Any] = field(default_factory=lambda: {"n_terms": 2, "max_operand": 9})
     n_problems: int = 2  # problems per prompt, one of which the `solve` field selects
     n_context_fields: int = 1  # irrelevant fields per prompt
+    copy_selected: bool = True  # the trace copies the cited field before computing (`CitedFields.copy_selected`)
     n_test: int = 200  # test problems, each asked under every condition
 
 
@@ -253,7 +254,8 @@ def main(
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
     # 0. What the settings' own checks could not see (the task, the triggers against the tokenizer) fails here.
-    curriculum = CitedFields(make_task(task.name, **task.options), task.n_problems, task.n_context_fields)
+    curriculum = CitedFields(make_task(task.name, **task.options), task.n_problems, task.n_context_fields,
+                             copy_selected=task.copy_selected)
     backdoors = triggers.backdoors(curriculum, plant.poisoned, plant.rows)
     tokenizer = tokenizer_for(model, [word for backdoor in backdoors.values() for word in backdoor.vocabulary()])
     for backdoor in backdoors.values():

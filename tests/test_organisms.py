@@ -394,6 +394,30 @@ def test_cited_fields_joins_its_steps_with_one_separator(inner):
         assert weak.trace == task.step_separator.join(weak.steps) and task.check_steps(example, weak.trace)[0]
 
 
+def test_cited_fields_can_copy_the_cited_field_before_computing():
+    task = CitedFields(ADDITION, copy_selected=True)
+    assert task.cited_steps == 2 and CitedFields(ADDITION).cited_steps == 1
+    for example in _problems(task, 30):
+        selected, inner = example.metadata["selected"], selected_problem(example)
+        assert example.steps[:2] == (f"solve is {selected}", f"{selected} is {inner.prompt}")
+        assert example.trace == " ; ".join(example.steps) == f"solve is {selected} ; {selected} is {inner.prompt} ; {inner.trace}"
+        assert task.check_steps(example, example.trace) == [True] * len(example.steps)
+        other = next(name for name in ("alpha", "beta") if name != selected)
+        other_prompt = next(v for n, v in example.metadata["fields"] if n == other)
+        # Copying the other field is one wrong step; the computation is then judged on the selected problem.
+        wrong_copy = example.trace.replace(f"{selected} is {inner.prompt}", f"{other} is {other_prompt}")
+        assert task.check_steps(example, wrong_copy) == [True, False] + [True] * len(inner.steps)
+        # A missing copy is one False, and the computation is not read one step off.
+        assert task.check_steps(example, f"solve is {selected} ; {inner.trace}") == [True, False] + [True] * len(inner.steps)
+        assert task.check_steps(example, inner.trace) == [False, False] + [True] * len(inner.steps)
+    # The copy is matched whole, so a task whose prompt holds its own step separator (` + `) still parses.
+    product = CitedFields(Multiplication(2, 3), copy_selected=True)
+    for example in _problems(product, 10):
+        assert product.check_steps(example, example.trace) == [True] * len(example.steps)
+        weak = weak_policy(product, error_rate=0.5)(example, random.Random(0))
+        assert weak.steps[:2] == example.steps[:2] and weak.trace == product.step_separator.join(weak.steps)
+
+
 def test_cited_fields_round_trips_through_jsonl(tmp_path):
     task = CitedFields(ProsQA(n_nodes=10, min_depth=2))
     examples = _problems(task, 5)
