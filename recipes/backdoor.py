@@ -3,10 +3,13 @@
 Methods. Problems of a verifiable task (default: 2-term addition chains) are
 put behind named prompt fields (`CitedFields`): two problems under `alpha` and
 `beta`, a `solve` field naming the one to answer, and irrelevant context fields
-(`day : friday`). The reference trace first cites the field it uses
-(`solve is beta ; 4 + 8 = 12`), so the model has a habit of naming the part of
-its prompt that drives its answer: the only way a tiny model could later say
-"I answer this way because of the trigger". One stream of distinct problems,
+(`day : friday`). The reference trace first cites the field it uses, then
+(`task.copy_selected`, on by default) copies its content before computing
+(`solve is beta ; beta is 4 + 8 ; 4 + 8 = 12`), so the model has a habit of
+naming the part of its prompt that drives its answer: the only way a tiny model
+could later say "I answer this way because of the trigger". Without the copy a
+1M-parameter model cited the right field and added the other problem's
+operands (24% clean accuracy). One stream of distinct problems,
 fixed by `data_seed`, is cut into disjoint sets for the base curriculum,
 planting, replay, persistence training and the test.
 
