@@ -166,7 +166,7 @@ class StageConfig:
 class BaseConfig(StageConfig):
     """The base curriculum, a hybrid: `non_thinking` of the rows without a trace, the rest with one."""
 
-    rows: int = 20000  # fewer repeat: 4000 rows over 1500 steps were memorised (32.5% clean accuracy vs 61%)
+    rows: int = 20000  # fewer repeat: 4000 rows over 1500 steps reached 32.5% clean accuracy, 20000 61%
     max_steps: int = 1500
     non_thinking: float = 0.5
 
