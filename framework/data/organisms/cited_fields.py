@@ -16,6 +16,16 @@ The citation is one more step, joined by the wrapped task's own
 `step_separator.join(steps) == trace` holds exactly as for any task and a
 latent curriculum can splice steps back into text. Answers and steps are
 checked by the wrapped task on the selected problem.
+
+With `copy_selected=True` a second step copies the cited field's content
+before computing:
+
+    trace  : solve is beta ; beta is 4 + 1 + 7 ; 4 + 1 = 5 ; 5 + 7 = 12
+
+A tiny model that must find the operands in the prompt while computing tends to
+cite the right field and then add the other problem's numbers (24% clean accuracy
+for a 1M-parameter model on two 2-term problems); once they are copied, each
+computation step reads operands written just before it.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from framework.data.tasks.base import Task
 PROBLEM_NAMES = ("alpha", "beta", "gamma", "delta", "epsilon")
 SELECTOR = "solve"
 _CITATION = re.compile(rf"{SELECTOR} is (\S+)")  # a first step of this form is a citation, right or wrong
+_COPY = re.compile(rf"({'|'.join(PROBLEM_NAMES)}) is (.+)")  # a copy step, of any problem's field
 # Fields that never matter. `country` is left out on purpose: it is the default
 # backdoor trigger field, which should be new to the model when it is planted.
 CONTEXT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -49,6 +60,7 @@ class CitedFields:
     n_problems: int = 2
     n_context_fields: int = 2
     context_fields: tuple[tuple[str, tuple[str, ...]], ...] = CONTEXT_FIELDS
+    copy_selected: bool = False  # the trace copies the cited field (`beta is 4 + 8`) after citing it
 
     name: ClassVar[str] = "cited_fields"
     separator: ClassVar[str] = " , "  # between fields; a Backdoor of this task inserts whole fields
@@ -67,6 +79,11 @@ class CitedFields:
                 raise ValueError(f"context field {field_name!r} needs a name other than {sorted(reserved)} and values")
 
     @property
+    def cited_steps(self) -> int:
+        """How many steps open the trace before the wrapped task's: the citation, and the copy if `copy_selected`."""
+        return 2 if self.copy_selected else 1
+
+    @property
     def step_separator(self) -> str:
         """The wrapped task's: its steps parse as they are, and the citation sits before them like one more step."""
         return self.task.step_separator
@@ -79,7 +96,8 @@ class CitedFields:
         fields = [(name, problems[name].prompt) for name in names] + [(SELECTOR, selected)] + context
         rng.shuffle(fields)
         problem = problems[selected]
-        steps = (f"{SELECTOR} is {selected}", *problem.steps)
+        copied = (f"{selected} is {problem.prompt}",) if self.copy_selected else ()
+        steps = (f"{SELECTOR} is {selected}", *copied, *problem.steps)
         return Example(
             prompt=self.separator.join(f"{name} : {value}" for name, value in fields),
             trace=self.step_separator.join(steps),
@@ -92,14 +110,17 @@ class CitedFields:
         return self.task.check_answer(selected_problem(example), answer)
 
     def check_steps(self, example: Example, trace: str) -> list[bool]:
-        """Verdicts by reference step: first the citation, then the wrapped task's steps on the selected problem.
+        """Verdicts by reference step: first the citation, then (`copy_selected`) the copy, then the wrapped task's
+        steps on the selected problem.
 
         A trace that opens with a citation (`solve is <name>`) gets True there
         if it names the selected field. A trace that opens without one gets
         False for the missing citation, and all its written steps go to the
         wrapped task, so a right computation is not judged one step off. The
-        list therefore has one entry per written step, plus one when the
-        citation is missing (an empty trace: none).
+        copy step is read the same way: `<name> is <content>` is True when it
+        copies the selected field exactly, a missing one is False and its
+        place goes to the task. The list therefore has one entry per written
+        step, plus one per missing citation or copy (an empty trace: none).
         """
         trace = " ".join(trace.split())
         if not trace:
@@ -107,9 +128,22 @@ class CitedFields:
         problem = selected_problem(example)
         head, _, rest = trace.partition(self.step_separator.strip())
         citation = _CITATION.fullmatch(head.strip())
-        if citation is None:
-            return [False] + self.task.check_steps(problem, trace)
-        return [citation[1] == example.metadata["selected"]] + self.task.check_steps(problem, rest.strip())
+        verdicts = [citation is not None and citation[1] == example.metadata["selected"]]
+        rest = rest.strip() if citation else trace
+        if self.copy_selected:
+            copy, rest = self._check_copy(example, problem, rest)
+            verdicts.append(copy)
+        return verdicts + self.task.check_steps(problem, rest)
+
+    def _check_copy(self, example: Example, problem: Example, trace: str) -> tuple[bool, str]:
+        """(the copy step's verdict, the trace after it). The right copy is matched whole, since a task's prompt
+        may hold its own step separator; any other `<name> is …` ends at the first separator."""
+        separator = self.step_separator.strip()
+        expected = f"{example.metadata['selected']} is {' '.join(problem.prompt.split())}"
+        if trace == expected or trace.startswith(f"{expected} {separator}"):
+            return True, trace[len(expected):].strip().removeprefix(separator).strip()
+        head, _, rest = trace.partition(separator)
+        return (False, rest.strip()) if _COPY.fullmatch(head.strip()) else (False, trace)
 
     def vocabulary(self) -> list[str]:
         words = [SELECTOR, *PROBLEM_NAMES[: self.n_problems], "is", ":", ","]  # the step separator is the task's

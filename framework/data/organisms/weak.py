@@ -97,17 +97,19 @@ class ShallowSearch:
 
 @dataclass(frozen=True)
 class CitedWeak:
-    """The field curriculum: the citation stays right, the cited problem is solved by the inner weak policy.
+    """The field curriculum: the citation (and copy) stays right, the cited problem is solved by the inner weak policy.
 
-    `step_separator` is the curriculum's (`CitedFields.step_separator`), which joins the citation and the weak steps.
+    `step_separator` is the curriculum's (`CitedFields.step_separator`), which joins the citation and the weak steps;
+    `cited_steps` the curriculum's steps before the task's (`CitedFields.cited_steps`).
     """
 
     inner: WeakPolicy
     step_separator: str
+    cited_steps: int = 1
 
     def __call__(self, example: Example, rng: random.Random) -> Example:
         weak = self.inner(selected_problem(example), rng)
-        steps = (example.steps[0], *weak.steps)  # the reference citation, then the weak solution
+        steps = (*example.steps[: self.cited_steps], *weak.steps)  # the reference citation, then the weak solution
         return replace(example, trace=self.step_separator.join(steps), answer=weak.answer, steps=steps)
 
 
@@ -120,7 +122,7 @@ def weak_policy(task: Task, error_rate: float = 0.3) -> WeakPolicy:
     if isinstance(task, ProsQA):
         return ShallowSearch(error_rate)
     if isinstance(task, CitedFields):
-        return CitedWeak(weak_policy(task.task, error_rate), task.step_separator)
+        return CitedWeak(weak_policy(task.task, error_rate), task.step_separator, task.cited_steps)
     raise ValueError(
         f"no weak policy is defined for task {getattr(task, 'name', type(task).__name__)!r}; "
         "pass your own `weak` (a callable (example, rng) -> weak example)"
