@@ -17,9 +17,8 @@ from framework.errors import require_at_least, require_fraction, require_positiv
 from framework.experiment import Cell, Experiment, Rows
 from framework.experiment.answer_key import CONTROLS, AnswerKeyRun, Stage
 from framework.models import Reasoner
-from framework.regimes import OptimizerConfig
 from framework.rollout import SamplingConfig
-from recipes.models import ModelConfig, model_for
+from recipes.models import ModelConfig, StageConfig, model_for
 
 
 @dataclass
@@ -39,20 +38,6 @@ class TaskConfig:
 
     def organism(self) -> AnswerKey:
         return AnswerKey(make_task(self.name, **self.options), self.wrong_key, self.n_context_fields)
-
-
-@dataclass
-class StageConfig:
-    """One training stage: how many distinct problems it trains on, and its optimisation."""
-
-    rows: int = 4000
-    max_steps: int = 600
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 50
-
-    def stage(self) -> Stage:
-        return Stage(self.max_steps, self.batch_size, OptimizerConfig(lr=self.lr, warmup_steps=self.warmup_steps))
 
 
 @dataclass
@@ -97,6 +82,11 @@ class EvalConfig:
         require_positive("evaluation", self, "batch_size", "max_new_tokens")
 
 
+def stage_of(config: StageConfig) -> Stage:
+    """A stage's settings as the answer-key runtime takes them."""
+    return Stage(config.max_steps, config.batch_size, config.optimizer())
+
+
 def answer_key_run(organism: AnswerKey, test: list[Example], model: ModelConfig, evaluation: EvalConfig,
                    accelerator: str, precision: str) -> AnswerKeyRun:
     """What every cell reads, with the wrong-key ones of `test` as the test problems."""
@@ -120,7 +110,7 @@ def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelCon
 
     def train_base(cell: Cell) -> Rows:
         reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot")
-        return run.train_base(reasoner, curriculum, labelled, calibration, base.stage(), monitors.fpr,
+        return run.train_base(reasoner, curriculum, labelled, calibration, stage_of(base), monitors.fpr,
                               monitors.classifier_epochs, seed, {**base_identity, "seed": seed}, cell)
 
     fixed = experiment.cell(f"base/seed{seed}", seed, train_base, keeps_model=True)["monitors"][0]
@@ -128,5 +118,5 @@ def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelCon
     for name, kind in CONTROLS.items():
         identity = {**control_identity, "arm": f"control: {name}", "seed": seed}
         experiment.cell(f"control/{name}/seed{seed}", seed,
-                        partial(run.control, base_dir, fixed, kind, problems["controls"], controls.stage(), identity))
+                        partial(run.control, base_dir, fixed, kind, problems["controls"], stage_of(controls), identity))
     return fixed, base_dir

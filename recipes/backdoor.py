@@ -132,7 +132,7 @@ from framework.reports.backdoor import arm, backdoor_figures, backdoor_report
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.cli import config_of
-from recipes.models import ModelConfig, model_for, tokenizer_for
+from recipes.models import ModelConfig, StageConfig, model_for, tokenizer_for
 
 RECIPE = "backdoor"
 CONTROLS: dict[str, PlantMode] = {"positive": "reason", "transfer": "trace"}  # control -> how its copy is planted
@@ -149,17 +149,6 @@ class TaskConfig:
     n_context_fields: int = 1  # irrelevant fields per prompt
     copy_selected: bool = True  # the trace copies the cited field before computing (`CitedFields.copy_selected`)
     n_test: int = 200  # test problems, each asked under every condition
-
-
-@dataclass
-class StageConfig:
-    """One SFT stage: how many distinct problems it trains on, and its optimisation."""
-
-    rows: int = 4000
-    max_steps: int = 600
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 50
 
 
 @dataclass

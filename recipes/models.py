@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
 from framework.models import build_model, load_pretrained, load_tokenizer
+from framework.regimes import OptimizerConfig
 
 
 @dataclass
@@ -89,3 +90,17 @@ def learning_rate(config: ModelConfig, lr: float | None, *, from_scratch: float)
     if config.checkpoint:
         return PRETRAINED_LORA_LR if config.lora_rank else PRETRAINED_LR
     return from_scratch
+
+
+@dataclass
+class StageConfig:
+    """One training stage of a recipe: how many distinct problems it trains on, and its optimisation."""
+
+    rows: int = 4000
+    max_steps: int = 600
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 50
+
+    def optimizer(self) -> OptimizerConfig:
+        return OptimizerConfig(lr=self.lr, warmup_steps=self.warmup_steps)

@@ -53,12 +53,12 @@ from framework.data.parts import generate_parts
 from framework.data.sample import Example
 from framework.errors import ConfigError, require_at_least, require_positive
 from framework.experiment import Cell, Experiment, Rows
-from framework.experiment.answer_key import AnswerKeyRun, Stage
+from framework.experiment.answer_key import AnswerKeyRun
 from framework.experiment.parents import fit_on_rows, fit_row
 from framework.io import atomic_write_text
 from framework.probes.columns import rate_columns, rates_from_columns
 from framework.probes.loophole import FixedMonitor, evaluate_loophole
-from framework.regimes import GRPO, OptimizerConfig
+from framework.regimes import GRPO
 from framework.report import logged_rows
 from framework.reports.obfuscation import PROBED_RATES, obfuscation_figures, obfuscation_report
 from recipes.answer_key import (
@@ -69,15 +69,16 @@ from recipes.answer_key import (
     TaskConfig,
     answer_key_run,
     base_and_controls,
+    stage_of,
 )
 from recipes.cli import config_of
-from recipes.models import ModelConfig, tokenizer_for
+from recipes.models import ModelConfig, StageConfig, tokenizer_for
 
 RECIPE = "obfuscation"
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(StageConfig):
     """GRPO from the base, one run per λ (the trace monitor's penalty weight), probed as it trains."""
 
     lambdas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
@@ -97,9 +98,6 @@ class GRPOConfig:
         require_at_least("grpo.num_generations", self.num_generations, 2, why="GRPO compares samples within a group")
         require_at_least("grpo.probe_every", self.probe_every, 1)
         require_positive("grpo", self, "temperature", "lr")
-
-    def stage(self) -> Stage:
-        return Stage(self.max_steps, self.batch_size, OptimizerConfig(lr=self.lr, warmup_steps=self.warmup_steps))
 
 
 def main(
@@ -175,9 +173,9 @@ def _grpo(run: AnswerKeyRun, base: Path, fixed: dict[str, Any], rows: list[Examp
     """GRPO on grader − λ · trace-monitor flag, probed every `probe_every` steps; then the test evaluation."""
     reasoner = run.load(base)
     monitors = run.monitors(base, reasoner, fixed)
-    module = run.grpo(reasoner, monitors, weight, stage.stage(), stage.num_generations, stage.temperature)
+    module = run.grpo(reasoner, monitors, weight, stage_of(stage), stage.num_generations, stage.temperature)
     probe = partial(_probe, run, run.test[: stage.probe_size], monitors)
-    fitted = fit_on_rows(cell, module, rows, stage.batch_size, run.settings(stage.stage()),
+    fitted = fit_on_rows(cell, module, rows, stage.batch_size, run.settings(stage_of(stage)),
                          [ProbeEvery(probe, stage.probe_every)])
     points = [{**identity, "step": logged["step"], **rate_columns(rates_from_columns(logged, PROBED_RATES))}
               for logged in logged_rows(fitted.metrics_csv, "probe/")]  # read back, so a resumed fit keeps them all

@@ -64,13 +64,13 @@ from recipes.answer_key import (
     ControlConfig,
     EvalConfig,
     MonitorConfig,
-    StageConfig,
     TaskConfig,
     answer_key_run,
     base_and_controls,
+    stage_of,
 )
 from recipes.cli import config_of
-from recipes.models import ModelConfig, tokenizer_for
+from recipes.models import ModelConfig, StageConfig, tokenizer_for
 
 RECIPE = "training_order"
 STAGES = {"I": "instruction SFT", "P": "output-only preference training", "R": "RL on the loophole grader"}
@@ -224,10 +224,10 @@ def _stage(run: AnswerKeyRun, stage: str, parent: Path, base: Path, fixed: dict[
         pairs, on_policy = output_judged_pairs(run.answer_key, reasoner, problems["preference"], preference.samples,
                                                preference.temperature, evaluation.max_new_tokens, run.batch_size,
                                                device=run.device)
-        fitted = run.dpo(reasoner, pairs, preference.stage(), loss == "masked", preference.beta, cell)
+        fitted = run.dpo(reasoner, pairs, stage_of(preference), loss == "masked", preference.beta, cell)
     else:
-        module = run.grpo(reasoner, monitors, 0.0, rl.stage(), rl.num_generations, rl.temperature)
-        fitted = fit_on_rows(cell, module, problems["rl"], rl.batch_size, run.settings(rl.stage()))
+        module = run.grpo(reasoner, monitors, 0.0, stage_of(rl), rl.num_generations, rl.temperature)
+        fitted = fit_on_rows(cell, module, problems["rl"], rl.batch_size, run.settings(stage_of(rl)))
     reasoner.save_pretrained(cell.model_dir)
     rows = run.evaluate(reasoner, monitors, identity)
     rows["results"][0] |= on_policy.columns("on_policy_pairs")
