@@ -84,7 +84,7 @@ class EvalConfig:
 
 def stage_of(config: StageConfig) -> Stage:
     """A stage's settings as the answer-key runtime takes them."""
-    return Stage(config.max_steps, config.batch_size, config.optimizer())
+    return Stage(config.max_steps, config.batch_size, config.lr, config.warmup_steps)
 
 
 def answer_key_run(organism: AnswerKey, test: list[Example], model: ModelConfig, evaluation: EvalConfig,

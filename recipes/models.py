@@ -11,7 +11,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
 from framework.models import build_model, load_pretrained, load_tokenizer
-from framework.regimes import OptimizerConfig
 
 
 @dataclass
@@ -101,6 +100,3 @@ class StageConfig:
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 50
-
-    def optimizer(self) -> OptimizerConfig:
-        return OptimizerConfig(lr=self.lr, warmup_steps=self.warmup_steps)

@@ -10,8 +10,9 @@ import pytest
 from framework.data.organisms import AnswerKey
 from framework.data.organisms.answer_key import parse_answer
 from framework.data.tokenizer import build_word_tokenizer
-from framework.experiment.answer_key import output_judged_pairs
+from framework.experiment.answer_key import Stage, output_judged_pairs
 from framework.models import Reasoner, build_model
+from framework.regimes import DPO, GRPO, SFT
 from recipes import training_order
 from recipes.cli import run
 
@@ -85,3 +86,12 @@ def test_bad_input_is_one_line_before_any_training(tmp_path, flags, message):
     assert str(exited.value.code).startswith("python -m recipes.training_order: error: ")
     assert message in str(exited.value.code) and "\n" not in str(exited.value.code)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_stage_trains_with_its_regimes_own_optimiser_at_the_stages_rate():
+    stage = Stage(max_steps=3, batch_size=2, lr=3e-4, warmup_steps=5)
+    grpo, dpo, sft = stage.optimizer(GRPO), stage.optimizer(DPO), stage.optimizer(SFT)
+    assert (grpo.lr, grpo.warmup_steps, dpo.lr, sft.warmup_steps) == (3e-4, 5, 3e-4, 5)
+    # Everything else is the regime's: GRPO's constant, clipped, undecayed rate; DPO's zero weight decay.
+    assert (grpo.schedule, grpo.weight_decay, grpo.max_grad_norm) == ("constant", 0.0, 1.0)
+    assert dpo.weight_decay == 0.0 and sft.schedule == SFT.default_optimizer.schedule == "cosine"

@@ -39,7 +39,7 @@ from framework.probes.loophole import (
 )
 from framework.probes.monitors import TraceClassifier, fit_trace_classifier
 from framework.probes.organism_metrics import Proportion
-from framework.regimes import DPO, GRPO, SFT, OptimizerConfig
+from framework.regimes import DPO, GRPO, SFT, OptimizerConfig, Regime
 from framework.rewards import KeyMatch, MonitorPenalty
 from framework.rollout import SamplingConfig, generate_batched
 
@@ -53,11 +53,17 @@ CONTROLS = {"open": "open", "clean": "honest", "hidden": "hidden"}
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage: its steps, batch size and optimiser."""
+    """One training stage: its steps, batch size, peak learning rate and warm-up."""
 
     max_steps: int
     batch_size: int
-    optimizer: OptimizerConfig
+    lr: float
+    warmup_steps: int
+
+    def optimizer(self, regime: type[Regime]) -> OptimizerConfig:
+        """The regime's own optimiser defaults (GRPO: constant rate, no decay, clipped; DPO: no decay) at this
+        stage's rate and warm-up."""
+        return replace(regime.default_optimizer, lr=self.lr, warmup_steps=self.warmup_steps)
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ class AnswerKeyRun:
                 "fits": [fit_row(cell, fitted)]}
 
     def sft(self, reasoner: Reasoner, rows: Sequence[Example], stage: Stage, cell: Cell) -> Fitted:
-        module = SFT(reasoner, self.answer_key, mask="train_on_completion", optimizer=stage.optimizer)
+        module = SFT(reasoner, self.answer_key, mask="train_on_completion", optimizer=stage.optimizer(SFT))
         return fit_on_rows(cell, module, rows, stage.batch_size, self.settings(stage))
 
     def grpo(self, reasoner: Reasoner, monitors: Mapping[str, FixedMonitor], weight: float, stage: Stage,
@@ -139,13 +145,13 @@ class AnswerKeyRun:
         rewards = [KeyMatch(), MonitorPenalty(penalised.monitor, threshold=penalised.threshold)]
         return GRPO(reasoner, rewards, self.answer_key, reward_weights=[1.0, weight], num_generations=num_generations,
                     sampling=replace(self.sampling, do_sample=True, temperature=temperature),
-                    optimizer=stage.optimizer)
+                    optimizer=stage.optimizer(GRPO))
 
     def dpo(self, reasoner: Reasoner, pairs: Sequence[PreferencePair], stage: Stage, masked: bool, beta: float,
             cell: Cell) -> Fitted:
         """DPO on `pairs`, scored on the answer and its explanation only (`masked`) or on the whole completion."""
         module = DPO(reasoner, self.answer_key, beta=beta, mask="mask_trace" if masked else "train_on_completion",
-                     optimizer=stage.optimizer)
+                     optimizer=stage.optimizer(DPO))
         data = PreferenceDataModule(reasoner.tokenize, pairs, pad_token_id=reasoner.tokenizer.pad_token_id,
                                     batch_size=min(stage.batch_size, len(pairs)))
         return cell.fit(module, data, self.settings(stage))
