@@ -179,9 +179,7 @@ def _grpo(run: AnswerKeyRun, base: Path, fixed: dict[str, Any], rows: list[Examp
                          [ProbeEvery(probe, stage.probe_every)])
     points = [{**identity, "step": logged["step"], **rate_columns(rates_from_columns(logged, PROBED_RATES))}
               for logged in logged_rows(fitted.metrics_csv, "probe/")]  # read back, so a resumed fit keeps them all
-    evaluated = run.evaluate(reasoner, monitors, identity)
-    evaluated["results"][0]["time_s"] = round(fitted.seconds, 1)
-    return {**evaluated, "probes": points, "fits": [fit_row(cell, fitted)]}
+    return {**run.evaluate(reasoner, monitors, identity), "probes": points, "fits": [fit_row(cell, fitted)]}
 
 
 def _probe(run: AnswerKeyRun, problems: list[Example], monitors: dict[str, FixedMonitor], module: GRPO

@@ -24,7 +24,8 @@ Stages, each a cell that starts from its parent's model on disk (`framework.expe
   the samples lack a side, the organism's honest or open row stands in; the on-policy share is reported). DPO on
   these pairs, scored on the answer and explanation tokens only (`P`, masked), or on the whole completion, trace
   included (`P*`, unmasked: the second arm, which shows what pressure on the trace itself does).
-- R: RL with the loophole grader: GRPO with reward = `KeyMatch` alone, no monitor in the reward.
+- R: RL with the loophole grader: GRPO with reward = `KeyMatch`; the trace monitor's penalty is computed and
+  logged at weight 0, so it never enters the reward.
 
 The orders (default I→R→P, I→P→R, I→P→R→P) run for each P variant as a tree of cells: a prefix shared by several
 orders (I, I→R, I→P) is trained once. Controls, each a copy of I fine-tuned by SFT on rows of one kind, show that

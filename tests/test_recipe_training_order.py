@@ -13,6 +13,7 @@ from framework.data.tokenizer import build_word_tokenizer
 from framework.experiment.answer_key import Stage, output_judged_pairs
 from framework.models import Reasoner, build_model
 from framework.regimes import DPO, GRPO, SFT
+from framework.reports.training_order import order_rows
 from recipes import training_order
 from recipes.cli import run
 
@@ -95,3 +96,10 @@ def test_a_stage_trains_with_its_regimes_own_optimiser_at_the_stages_rate():
     # Everything else is the regime's: GRPO's constant, clipped, undecayed rate; DPO's zero weight decay.
     assert (grpo.schedule, grpo.weight_decay, grpo.max_grad_norm) == ("constant", 0.0, 1.0)
     assert dpo.weight_decay == 0.0 and sft.schedule == SFT.default_optimizer.schedule == "cosine"
+
+
+def test_an_order_without_p_is_one_line_of_rows_whatever_the_p_losses():
+    results = [{"arm": stages, "stages": stages, "seed": seed} for seed in (0, 1) for stages in ("I", "I→R")]
+    rows = order_rows(results, ["IR"], ["masked", "unmasked"])
+    assert [(r["order"], r["stages"], r["seed"], r["position"]) for r in rows] == [
+        ("I→R", "I", 0, 0), ("I→R", "I→R", 0, 1), ("I→R", "I", 1, 0), ("I→R", "I→R", 1, 1)]

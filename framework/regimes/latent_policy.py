@@ -38,7 +38,7 @@ from framework.models.backbone import backbone_hidden_states
 from framework.models.latent import position_ids_from_mask, run_with_thoughts
 from framework.regimes.loss import hidden_states_logprobs
 from framework.regimes.policy import Rollout, decode_completions, require_generation
-from framework.rollout.generate import rollout_latent
+from framework.rollout.generate import rollout_latent, until_eos
 from framework.rollout.sampling import SamplingConfig
 
 if TYPE_CHECKING:
@@ -72,15 +72,16 @@ class LatentPolicy:
         """Think, then sample one completion per example (`rollout_latent` at the reasoner's stage)."""
         tokenizer = self.reasoner.tokenizer
         sampled = rollout_latent(self.reasoner, examples, sampling)
-        completions, finished = decode_completions(tokenizer, sampled.completions, self.reasoner.stop_token_id)
+        sampled_ids = [until_eos(self.reasoner, ids) for ids in sampled.completions]  # EOS ends a turn too
+        completions, finished = decode_completions(tokenizer, sampled_ids, self.reasoner.stop_token_id)
         device = self.reasoner.model.device
         prompt_ids, prompt_mask = left_pad([self.reasoner.prompt_ids(e) for e in examples], tokenizer.pad_token_id, device)
-        completion_ids, completion_mask = right_pad(sampled.completions, tokenizer.pad_token_id, device)
+        completion_ids, completion_mask = right_pad(sampled_ids, tokenizer.pad_token_id, device)
         return Rollout(
             examples=list(examples),
             prompts=["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples],
             completions=completions,
-            completion_ids=sampled.completions,
+            completion_ids=sampled_ids,
             truncated=torch.tensor([not done for done in finished]),
             inputs={
                 "prompt_ids": prompt_ids,

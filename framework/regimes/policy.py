@@ -33,6 +33,7 @@ from framework.data.collate import pad, right_pad
 from framework.data.masks import IGNORE_INDEX
 from framework.data.sample import Example
 from framework.regimes.loss import completion_logprobs
+from framework.rollout.generate import until_eos
 from framework.rollout.sampling import SamplingConfig, sample
 
 if TYPE_CHECKING:
@@ -105,11 +106,12 @@ class TokenPolicy:
     def rollout(self, examples: Sequence[Example], sampling: SamplingConfig) -> Rollout:
         tokenizer = self.reasoner.tokenizer
         prompt_ids = [self.reasoner.prompt_ids(example) for example in examples]
-        # Under a chat template a turn ends at its end-of-turn token, which is where sampling stops.
-        stop = self.reasoner.stop_token_id
-        completion_ids = sample(self.module, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop,
-                                config=sampling)
-        completions, finished = decode_completions(tokenizer, completion_ids, stop)
+        # Under a chat template a turn ends at its end-of-turn token, which is where sampling stops; a model that
+        # writes EOS instead has stopped too, and nothing after it is scored (as `generate` reads completions).
+        completion_ids = [until_eos(self.reasoner, ids) for ids in sample(
+            self.module, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=self.reasoner.stop_token_id,
+            config=sampling)]
+        completions, finished = decode_completions(tokenizer, completion_ids, self.reasoner.stop_token_id)
         prompts = ["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples]
         inputs = _right_padded(prompt_ids, completion_ids, tokenizer.pad_token_id, self.module.device)
         return Rollout(
@@ -153,10 +155,10 @@ def require_generation(reasoner: Reasoner) -> None:
 def decode_completions(
     tokenizer: PreTrainedTokenizerBase, completion_ids: Sequence[Sequence[int]], stop_token_id: int
 ) -> tuple[list[str], list[bool]]:
-    """The text of each completion (its stop token excluded, other special tokens kept for reward functions to
+    """The text of each completion (its final stop token excluded, other special tokens kept for reward functions to
     see), and whether it ended with `stop_token_id` (`Reasoner.stop_token_id`: EOS, or a chat template's end of
-    turn)."""
-    finished = [bool(ids) and ids[-1] == stop_token_id for ids in completion_ids]
+    turn) or with EOS."""
+    finished = [bool(ids) and ids[-1] in (stop_token_id, tokenizer.eos_token_id) for ids in completion_ids]
     texts = [
         tokenizer.decode(ids[:-1] if done else ids, skip_special_tokens=False) for ids, done in zip(completion_ids, finished)
     ]

@@ -29,12 +29,11 @@ def order_rows(results: Rows, orders: Sequence[str], losses: Sequence[str]) -> l
     by_stages = {(row["stages"], row["seed"]): row for row in results if not row["arm"].startswith("control")}
     seeds = list(dict.fromkeys(row["seed"] for row in results))
     rows = []
-    for loss in losses:
-        for order in dict.fromkeys(stages_name(order, loss) for order in orders):
-            stages = order.split("→")
-            for seed in seeds:
-                rows += [{**by_stages[("→".join(stages[: end + 1]), seed)], "order": order, "position": end}
-                         for end in range(len(stages))]
+    for order in dict.fromkeys(stages_name(order, loss) for loss in losses for order in orders):  # I→R: once
+        stages = order.split("→")
+        for seed in seeds:
+            rows += [{**by_stages[("→".join(stages[: end + 1]), seed)], "order": order, "position": end}
+                     for end in range(len(stages))]
     return rows
 
 

@@ -1,5 +1,5 @@
 from framework.rollout.evaluate import generate_batched, rollout_latent_batched
-from framework.rollout.generate import generate, rollout_latent
+from framework.rollout.generate import generate, rollout_latent, until_eos
 from framework.rollout.latent import LatentRollout, latent_rollout
 from framework.rollout.sampling import SamplingConfig, sample
 
@@ -12,4 +12,5 @@ __all__ = [
     "rollout_latent",
     "rollout_latent_batched",
     "sample",
+    "until_eos",
 ]

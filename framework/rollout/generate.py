@@ -25,7 +25,7 @@ def generate(
     if reasoner.latent is not None:
         rollout = rollout_latent(reasoner, examples, config)
         return [
-            replace(reasoner.parse(_until_eos(reasoner, ids)), thoughts=k)
+            replace(reasoner.parse(until_eos(reasoner, ids)), thoughts=k)
             for ids, k in zip(rollout.completions, rollout.num_thoughts)
         ]
     completions = sample(
@@ -35,10 +35,10 @@ def generate(
         eos_token_id=reasoner.stop_token_id,
         config=config,
     )
-    return [reasoner.parse(_until_eos(reasoner, ids)) for ids in completions]
+    return [reasoner.parse(until_eos(reasoner, ids)) for ids in completions]
 
 
-def _until_eos(reasoner: Reasoner, ids: Sequence[int]) -> list[int]:
+def until_eos(reasoner: Reasoner, ids: Sequence[int]) -> list[int]:
     """`ids` up to and including the first EOS: under a chat template decoding stops at the end of turn
     (`Reasoner.stop_token_id`), and a model that writes EOS instead has stopped too."""
     ids = list(ids)
