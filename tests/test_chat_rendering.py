@@ -55,6 +55,16 @@ def _model(tokenizer, seed: int = 0):
     return build_model("llama", "1m", tokenizer, seed=seed)
 
 
+def _loss_before_and_after(module, data, batch, *, max_steps: int) -> tuple[float, float]:
+    """`module`'s loss on `batch` before and after `max_steps` steps of a plain Trainer fit on `data`."""
+    with torch.no_grad():
+        before = module.loss(batch).item()
+    L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(module, data)
+    with torch.no_grad():
+        return before, module.loss(batch).item()
+
+
 FORMATS = {"cot": {}, "none": {}, "pause": {"pause_tokens": 3}, "hybrid": {},
            "latent": {"latent": LatentConfig(thoughts_per_step=1, max_stage=1)}}
 
@@ -122,12 +132,7 @@ def test_sft_through_the_template_learns_to_answer_and_stop(chat_tokenizer, addi
                                          n_train=8, n_val=1, batch_size=8)
     module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=0))
     batch = next(iter(data.train_dataloader()))
-    with torch.no_grad():
-        before = module.loss(batch).item()
-    L.Trainer(max_steps=80, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0).fit(module, data)
-    with torch.no_grad():
-        after = module.loss(batch).item()
+    before, after = _loss_before_and_after(module, data, batch, max_steps=80)
     assert after < 0.3 * before, (before, after)
     examples = data.splits["train"][:4]
     generations = generate(reasoner, examples, SamplingConfig(max_new_tokens=48, do_sample=False))
@@ -172,12 +177,8 @@ def test_trl_conversational_rows_train_through_the_template(chat_tokenizer, addi
                                batch_size=8)
     module = SFT(reasoner, addition_task, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=0))
     batch = next(iter(data.train_dataloader()))
-    with torch.no_grad():
-        before = module.loss(batch).item()
-    L.Trainer(max_steps=20, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0).fit(module, data)
-    with torch.no_grad():
-        assert module.loss(batch).item() < 0.7 * before
+    before, after = _loss_before_and_after(module, data, batch, max_steps=20)
+    assert after < 0.7 * before
 
 
 def test_latent_sft_under_the_template_trains_and_generates(chat_tokenizer, addition_task):
@@ -191,12 +192,7 @@ def test_latent_sft_under_the_template_trains_and_generates(chat_tokenizer, addi
     module = LatentSFT(reasoner, addition_task, steps_per_stage=10, optimizer=OptimizerConfig(lr=3e-3, warmup_steps=0))
     examples = data.splits["train"][:8]
     batch = module.objective.batch(examples, [config.final_stage] * len(examples))
-    with torch.no_grad():
-        before = module.loss(batch).item()
-    L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0).fit(module, data)
-    with torch.no_grad():
-        after = module.loss(batch).item()
+    before, after = _loss_before_and_after(module, data, batch, max_steps=40)
     assert after < 0.5 * before, (before, after)
     generations = generate(reasoner, examples[:2], SamplingConfig(max_new_tokens=24, do_sample=False))
     assert all(g.thoughts == config.num_thoughts(reasoner.stage) and g.answer_tokens for g in generations), generations
