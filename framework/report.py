@@ -129,6 +129,20 @@ def per_seed_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], colum
     )
 
 
+def paired_table(rows: Sequence[Mapping[str, Any]], key: str, left: str, right: str, name: str, *,
+                 by: str = "seed") -> str:
+    """Markdown table comparing the rows whose `key` is `left` with those where it is `right`, one line per `by`
+    value (a seed): both `interval_cell`s of the rate `name` and their difference in percentage points."""
+    lines = [f"| {by} | {left} | {right} | {left} − {right} (points) |", "|---|---|---|---|"]
+    for value in dict.fromkeys(row[by] for row in rows):
+        found = {row[key]: row for row in rows if row[by] == value and row[key] in (left, right)}
+        if len(found) == 2:
+            difference = 100 * (float(found[left][name]) - float(found[right][name]))
+            lines.append(f"| {value} | {interval_cell(found[left], name)} | {interval_cell(found[right], name)} "
+                         f"| {difference:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_table(
     rows: Sequence[Mapping[str, object]],
     group_by: str | Sequence[str],

@@ -1,7 +1,9 @@
 """Visible vs latent reasoning (Coconut's Table 1): chain of thought, none, pause tokens, continuous thoughts.
 
-Methods. One verifiable task (default: multi-digit multiplication in the iCoT
-format; `--preset prosqa` for Coconut's graph search) is split into disjoint
+Methods. One verifiable task (default: a 7-move state chain, whose steps a
+1M-parameter model learns in a few hundred updates and whose answer it cannot
+reach without them; `multiplication` in the iCoT format on the `gpu` preset,
+`--preset prosqa` for Coconut's graph search) is split into disjoint
 train/validation/test problems, fixed by `data_seed` so every arm is scored on
 the same test problems. For each arm and seed, a small Hugging Face causal LM
 is initialised from scratch (or loaded from a local checkpoint) and trained for
@@ -32,6 +34,7 @@ validation accuracy of the curriculum arms at each stage.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,7 +50,7 @@ from framework.models import Pause, Reasoner, count_parameters
 from framework.models.pretrained import resolve_checkpoint
 from framework.probes.organism_metrics import Proportion
 from framework.regimes import SFT, LatentSFT, OptimizerConfig
-from framework.report import per_seed_table, plot_curves, summary_table, validation_curve
+from framework.report import paired_table, per_seed_table, plot_curves, summary_table, validation_curve
 from framework.rollout import SamplingConfig
 from recipes.cli import config_of
 from recipes.latent import LatentCurriculum
@@ -65,23 +68,25 @@ PUBLISHED_PROSQA = {"cot": 77.5, "none": 76.7, "pause": 75.9, "latent": 97.0, "l
 class TaskConfig:
     """Which verifiable task, its options, and how many distinct problems per split."""
 
-    name: str = "multiplication"
-    # 2x2 digits: a 1M-parameter model learns it with a trace within the CPU budget, not without one
-    options: dict[str, Any] = field(default_factory=lambda: {"digits_a": 2, "digits_b": 2})
-    n_train: int = 6000  # of the 8100 distinct 2x2 problems; the rest are validation and test
-    n_val: int = 200
-    n_test: int = 500
+    # Chosen on seeds 100-102 (README): with its trace a 1M-parameter model learns the chain within 400 steps in
+    # every seed; without one it stays near the answer's base rate. 2x2 multiplication needed ~1,600 steps and was
+    # learned in some seeds only.
+    name: str = "state_chain"
+    options: dict[str, Any] = field(default_factory=lambda: {"n_moves": 7, "rule": "distance"})
+    n_train: int = 6000
+    n_val: int = 100
+    n_test: int = 300
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1600
-    batch_size: int = 64
+    max_steps: int = 400
+    batch_size: int = 32
     lr: float | None = None  # None: 3e-3 from scratch, a pretrained rate for a checkpoint (recipes.models.learning_rate)
     warmup_steps: int = 100
-    val_every: int = 400
+    val_every: int = 200
     eval_batch_size: int = 128
-    max_new_tokens: int = 64
+    max_new_tokens: int = 32
     accelerator: str = "auto"
     precision: str = "32-true"
 
@@ -91,7 +96,7 @@ class TrainConfig:
 
 def main(
     out: Path = Path("runs"),
-    seeds: list[int] = [0, 1],
+    seeds: list[int] = [0, 1, 2],
     arms: list[Arm] = list(ARMS),
     task: TaskConfig = TaskConfig(),
     model: ModelConfig = ModelConfig(),
@@ -153,7 +158,10 @@ def main(
     if stages:
         plot_curves(stages, experiment.path("accuracy_vs_stage.png"), xlabel="curriculum stage",
                     ylabel="validation accuracy", title=f"{task.name}: accuracy per curriculum stage")
-    atomic_write_text(experiment.path("report.md"), _report(results, task, model, train, latent, bool(stages)))
+    # The negative control of the headline: what always answering the commonest test answer scores.
+    base_rate = max(Counter(example.answer for example in splits["test"]).values()) / len(splits["test"])
+    atomic_write_text(experiment.path("report.md"),
+                      _report(results, task, model, train, latent, bool(stages), base_rate))
     print(f"results: {experiment.directory}")
     return experiment.directory
 
@@ -198,7 +206,7 @@ def _train_and_test(
 
 
 def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig,
-            latent: LatentCurriculum, has_stages: bool) -> str:
+            latent: LatentCurriculum, has_stages: bool, base_rate: float) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     metrics = ["accuracy", "step_validity", "tokens_generated", "train_time_s"]
     published = {"Coconut, ProsQA, GPT-2 (published accuracy)": PUBLISHED_PROSQA}
@@ -206,8 +214,14 @@ def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig,
                   f"{latent.max_stage} then the final stage ({latent.max_stage * latent.thoughts_per_step} thoughts, "
                   f"no language step), {latent.steps_per_stage(train.max_steps)} steps per stage.\n")
     stages = "\n![validation accuracy per curriculum stage](accuracy_vs_stage.png)\n" if has_stages else ""
+    arms = {row["arm"] for row in results}
+    headline = ("## With a visible trace vs without one\n\nTest accuracy in % [95% Wilson interval] (correct/total) "
+                f"per seed, same test problems:\n\n{paired_table(results, 'arm', 'cot', 'none', 'accuracy')}\n"
+                f"Always giving the commonest test answer scores {100 * base_rate:.1f}%.\n"
+                if {"cot", "none"} <= arms else "")
     return f"""# Reasoning modes on {task.name}
 
+{headline}
 Task: `{task.name}` {task.options}; {task.n_train} training, {task.n_val} validation and {task.n_test} test problems (disjoint).
 Model: `{model_name}`, trained from {'the checkpoint' if model.checkpoint else 'scratch'} for {train.max_steps} steps of {train.batch_size} examples.
 {curriculum if has_stages else ""}Accuracy and step validity in %, mean ± std over seeds; tokens generated per test answer (thoughts included).

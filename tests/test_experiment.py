@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 
 import lightning as L
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from framework.callbacks import ProbeEvery
 from framework.data.datamodule import ReasoningDataModule, generate_splits
 from framework.experiment import Experiment, FitSettings
+from framework.experiment import run as run_module
 from framework.models import LatentConfig, Reasoner, build_model
 from framework.regimes import SFT, LatentSFT, OptimizerConfig
 from framework.report import logged_rows
@@ -131,6 +133,18 @@ def test_a_cell_that_keeps_a_model_is_unfinished_until_the_model_is_saved(tmp_pa
     with pytest.raises(RuntimeError, match="saved none"):
         experiment.cell("base/seed0", 0, lambda cell: {"results": []}, keeps_model=True)
     assert not experiment.path("cells", "base", "seed0", "DONE.json").exists()
+
+
+def test_runs_started_in_the_same_second_get_a_directory_each(tmp_path, monkeypatch):
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(run_module, "datetime", Frozen)
+    runs = [Experiment("demo", tmp_path, {"n": n}, progress_bar=False) for n in range(3)]
+    assert [run.directory.name for run in runs] == ["20260102-030405", "20260102-030405-2", "20260102-030405-3"]
+    assert [yaml.safe_load((run.directory / "config.yaml").read_text()) for run in runs] == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
 def test_resume_refuses_another_configuration_and_names_where_it_differs(tmp_path):

@@ -30,7 +30,7 @@ def test_smoke_run_writes_config_results_report_and_figure(tmp_path):
         assert 0.0 <= float(row["accuracy"]) <= 1.0 and int(row["accuracy_total"]) == 6 and int(row["steps"]) == 4
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["train"]["max_steps"] == 4 and config["task"]["n_train"] == 64  # flags beat the preset
-    assert config["task"]["options"] == {"digits_a": 2, "digits_b": 2}  # the preset beats main's defaults
+    assert config["task"]["options"] == {"n_moves": 7, "rule": "distance"}  # the preset sets the task
     report = (run_dir / "report.md").read_text()
     assert "| cot | 2 |" in report and "| none | 2 |" in report
     assert (run_dir / "accuracy_vs_step.png").stat().st_size > 1000
@@ -43,8 +43,9 @@ def test_latent_arms_report_their_curriculum_stages(tmp_path):
     with open(run_dir / "results.csv") as f:
         rows = {r["arm"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"latent", "latent_no_curriculum", "pause_as_thought"}
-    # Continuous thoughts count as generated tokens (Coconut's convention): 2 thoughts + at least `</think>` and EOS.
-    assert float(rows["latent"]["tokens_generated"]) >= 4
+    # Continuous thoughts count as generated tokens (Coconut's convention): 2 thoughts + at least the token that ends
+    # the generation.
+    assert float(rows["latent"]["tokens_generated"]) >= 3
     stages = [stage for stage, _ in validation_curve(run_dir / "cells" / "latent" / "seed0" / "logs" / "metrics.csv",
                                                       x="val/stage")]
     assert stages == [1, 3]  # 4 steps = 4 stages (0, 1, 2, final) of one step; validated after steps 2 and 4

@@ -11,6 +11,7 @@ from framework.report import (
     interval_cell,
     logged_rows,
     mean_std_cell,
+    paired_table,
     per_seed_table,
     summary_table,
 )
@@ -26,6 +27,17 @@ def test_a_proportion_becomes_columns_that_its_cell_reads_back():
     table = per_seed_table([row], ["arm", "seed"], [("success", "success"), ("articulation", "articulation")])
     assert table.splitlines()[0] == "| arm | seed | success | articulation |"
     assert table.splitlines()[2].startswith("| cot | 0 | 37.5 [") and table.splitlines()[2].endswith("| n/a (0/0) |")
+
+
+def test_a_paired_table_puts_two_arms_side_by_side_per_seed_with_their_difference():
+    rows = [{"arm": arm, "seed": seed, **Proportion(hits, 20).columns("accuracy")}
+            for arm, seed, hits in [("cot", 0, 19), ("none", 0, 4), ("pause", 0, 20), ("cot", 1, 10), ("none", 1, 12),
+                                    ("cot", 2, 20)]]
+    lines = paired_table(rows, "arm", "cot", "none", "accuracy").splitlines()
+    assert lines[0] == "| seed | cot | none | cot − none (points) |"
+    assert len(lines) == 4  # seed 2 has no `none` row, and `pause` is neither side
+    assert lines[2].startswith("| 0 | 95.0 [") and "(19/20) | 20.0 [" in lines[2] and lines[2].endswith("| +75.0 |")
+    assert lines[3].endswith("(12/20) | -10.0 |")
 
 
 def test_mean_std_cells_skip_missing_values_and_say_when_there_are_none():

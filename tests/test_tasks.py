@@ -12,14 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from framework.data.sample import Example
-from framework.data.tasks import TASKS, AdditionChain, Multiplication, ProsQA, Task, make_task
+from framework.data.tasks import TASKS, AdditionChain, Multiplication, ProsQA, StateChain, Task, make_task
 
 SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
 FEW = settings(max_examples=15, deadline=None)
-ALL_TASKS = [Multiplication(), AdditionChain(), ProsQA()]
+ALL_TASKS = [Multiplication(), AdditionChain(), ProsQA(), StateChain()]
 ALL_CONFIGS = ALL_TASKS + [
     Multiplication(2, 3), Multiplication(5, 1), AdditionChain(6, 20), AdditionChain(8, 9, modulus=10),
-    ProsQA(n_nodes=12, min_depth=2, n_concepts=30),
+    ProsQA(n_nodes=12, min_depth=2, n_concepts=30), StateChain(12, n_states=5), StateChain(rule="walk"),
+    StateChain(3, n_states=20, rule="walk", max_move=7),
 ]  # fmt: skip
 
 
@@ -90,16 +91,17 @@ def test_extra_steps_are_invalid(task: Task) -> None:
 
 
 def test_registry_builds_tasks_and_names_what_is_wrong() -> None:
-    assert set(TASKS) == {"multiplication", "addition_chain", "prosqa"}
+    assert set(TASKS) == {"multiplication", "addition_chain", "prosqa", "state_chain"}
     assert make_task("multiplication", digits_a=2, digits_b=3) == Multiplication(2, 3)
-    with pytest.raises(ValueError, match="'sudoku'.*addition_chain, multiplication, prosqa"):
+    with pytest.raises(ValueError, match="'sudoku'.*addition_chain, multiplication, prosqa, state_chain"):
         make_task("sudoku")
     with pytest.raises(ValueError, match="digits_c.*digits_a, digits_b"):
         make_task("multiplication", digits_c=3)
     for name, field, value in [
         ("multiplication", "digits_b", 0), ("addition_chain", "n_terms", 1),
         ("addition_chain", "max_operand", 0), ("prosqa", "min_depth", 0), ("prosqa", "n_nodes", 4),
-        ("prosqa", "n_concepts", 5), ("prosqa", "mean_parents", 0),
+        ("prosqa", "n_concepts", 5), ("prosqa", "mean_parents", 0), ("state_chain", "n_moves", 0),
+        ("state_chain", "n_states", 1), ("state_chain", "rule", "sum"),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=field):
             make_task(name, **{field: value})
@@ -239,6 +241,49 @@ def test_addition_chain_judges_each_step_on_the_generated_running_value() -> Non
     assert task.check_steps(example, f"{a} + {b} = 0{a + b}") == [False]
     assert not task.check_answer(example, str(sum(terms) + 1))
     assert not task.check_answer(example, f"{sum(terms)} .")
+
+
+# --- state chains -----------------------------------------------------------
+
+
+@FEW
+@given(seed=SEEDS, n_moves=st.integers(1, 9), n_states=st.integers(2, 15))
+def test_a_distance_chain_writes_each_distance_to_the_next_number(seed: int, n_moves: int, n_states: int) -> None:
+    example = StateChain(n_moves, n_states).generate(random.Random(seed))
+    start, *numbers = (int(word) for word in example.prompt.split())
+    assert len(numbers) == n_moves and all(0 <= n < n_states for n in [start, *numbers])
+    state, written = start, []
+    for number in numbers:
+        state = abs(state - number)
+        written.append(str(state))
+    assert list(example.steps) == written and example.trace == " ".join(written) and example.answer == written[-1]
+
+
+@FEW
+@given(seed=SEEDS, n_moves=st.integers(1, 9), max_move=st.integers(1, 4))
+def test_a_walk_stays_between_the_walls(seed: int, n_moves: int, max_move: int) -> None:
+    with pytest.raises(ValueError, match="max_move"):
+        StateChain(n_moves, 6, rule="walk", max_move=6)
+    example = StateChain(n_moves, 6, rule="walk", max_move=max_move).generate(random.Random(seed))
+    start, *moves = example.prompt.split()
+    assert all(move == "0" or (move[0] in "+-" and 1 <= int(move[1:]) <= max_move) for move in moves)
+    state = int(start)
+    for move, step in zip(moves, example.steps, strict=True):
+        state = min(5, max(0, state + int(move)))
+        assert step == str(state)
+
+
+def test_a_state_chain_judges_each_step_on_the_generated_state() -> None:
+    task = StateChain(3, 10)
+    example = Example(prompt="3 7 1 4", trace="4 3 1", answer="1", steps=("4", "3", "1"),
+                      metadata={"moves": ["7", "1", "4"], "states": [3, 4, 3, 1]})
+    assert task.check_steps(example, "4 3 1") == [True, True, True]
+    # A wrong state carried forward: only the wrong step is flagged (|5 - 1| = 4, |4 - 4| = 0).
+    assert task.check_steps(example, "5 4 0") == [False, True, True]
+    # The reference after a wrong state: the next step does not follow from it.
+    assert task.check_steps(example, "5 3 1") == [False, False, True]
+    assert task.check_steps(example, "4 03 1") == [True, False, False]
+    assert not task.check_answer(example, "4") and task.check_answer(example, " 1 ")
 
 
 # --- ProsQA -----------------------------------------------------------------

@@ -99,8 +99,7 @@ class Experiment:
         self.config = _plain({key: value for key, value in config.items() if key not in LOCATION_KEYS})
         self.progress_bar = progress_bar
         if resume is None:
-            self.directory = Path(out) / recipe / datetime.now().strftime("%Y%m%d-%H%M%S")
-            self.directory.mkdir(parents=True, exist_ok=False)
+            self.directory = _new_run_directory(Path(out) / recipe, datetime.now().strftime("%Y%m%d-%H%M%S"))
             atomic_write_text(self.directory / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
         else:
             self.directory = Path(resume)
@@ -179,3 +178,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (torch.Tensor, np.generic)):
         return value.item()
     return value
+
+
+def _new_run_directory(parent: Path, stamp: str) -> Path:
+    """`parent/stamp`, or `stamp-2`, `stamp-3`, … when runs started in the same second took it (mkdir is atomic,
+    so two runs never share one)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        directory = parent / (stamp if number == 1 else f"{stamp}-{number}")
+        try:
+            directory.mkdir()
+            return directory
+        except FileExistsError:
+            number += 1

@@ -9,11 +9,12 @@ from framework.data.tasks.addition_chain import AdditionChain
 from framework.data.tasks.base import Task
 from framework.data.tasks.multiplication import Multiplication
 from framework.data.tasks.prosqa import ProsQA
+from framework.data.tasks.state_chain import StateChain
 from framework.errors import ConfigError
 
-__all__ = ["TASKS", "AdditionChain", "Multiplication", "ProsQA", "Task", "make_task"]
+__all__ = ["TASKS", "AdditionChain", "Multiplication", "ProsQA", "StateChain", "Task", "make_task"]
 
-TASKS: dict[str, type] = {task.name: task for task in (Multiplication, AdditionChain, ProsQA)}
+TASKS: dict[str, type] = {task.name: task for task in (Multiplication, AdditionChain, ProsQA, StateChain)}
 
 
 def make_task(name: str, **options: Any) -> Task:
