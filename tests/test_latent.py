@@ -4,14 +4,14 @@ full-sequence passes, batched rollouts against a naive loop, checkpoints and bad
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from functools import partial
 
 import pytest
 import torch
+from _rounding import rounding_tolerance
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-from _rounding import rounding_tolerance
 
 import framework.models.latent as latent_module
 from framework.data.collate import collate_latent
@@ -253,6 +253,42 @@ def test_one_cached_position_per_thought_column_and_never_the_lm_head(word_token
     assert len(steps) == 4  # the most thoughts in a row, not one pass per thought per row
     assert all(shape[:2] == (4, 1) for shape in steps)
     assert head_calls == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matched_thoughts_enter_at_the_mean_embedding_norm(word_tokenizer, addition_task, monkeypatch, dtype):
+    # A freshly built model, as training starts from: its last hidden states (after the final RMSNorm, ~sqrt(H))
+    # dwarf its input embeddings (initialised at std 0.02), as a pretrained model's do (README: 17.5x for SmolLM2).
+    model = build_model("llama", "1m", word_tokenizer, seed=0).to(dtype)
+    reasoner = Reasoner(model, word_tokenizer, "latent", latent=replace(CONFIG, match_norm=True))
+    batch = _staged_batch(reasoner, _examples(addition_task, 4), [CONFIG.final_stage] * 4)  # thoughts share columns
+    fed = []
+    original = latent_module.forward_one_position
+
+    def recording(model, inputs_embeds, *args):
+        fed.append(inputs_embeds)
+        return original(model, inputs_embeds, *args)
+
+    monkeypatch.setattr(latent_module, "forward_one_position", recording)
+    embedding_norm = model.get_input_embeddings().weight.double().norm(dim=-1).mean()
+    ratios = {}
+    for match_norm in (False, True):
+        fed.clear()
+        hidden = run_with_thoughts(model, batch["input_ids"], batch["attention_mask"],
+                                   latent_token_id=reasoner.latent_token_id, match_norm=match_norm).hidden
+        ratios[match_norm] = torch.cat(fed, dim=1).double().norm(dim=-1) / embedding_norm
+        assert len(fed) == CONFIG.num_thoughts(CONFIG.final_stage) and torch.isfinite(hidden).all()
+    assert ratios[False].min() > 10  # the problem: plain feedback is far from any token's embedding
+    # Matched: each thought's norm is the target, up to the rounding of two norms over H terms in `dtype`.
+    bound = 4 * model.config.hidden_size * torch.finfo(dtype).eps
+    torch.testing.assert_close(ratios[True], torch.ones_like(ratios[True]), rtol=0, atol=bound)
+    # The thought's direction, not its norm, is what the next position gets; gradients reach the embeddings.
+    loss = hidden_states_loss(model, run_with_thoughts(model, batch["input_ids"], batch["attention_mask"],
+                                                       latent_token_id=reasoner.latent_token_id,
+                                                       match_norm=True).hidden,
+                              *TRAIN_ON_COMPLETION.apply(batch["input_ids"], batch["roles"]))
+    loss.backward()
+    assert torch.isfinite(model.get_input_embeddings().weight.grad).all()
 
 
 # -- rollouts ------------------------------------------------------------------------------------

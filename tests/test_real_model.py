@@ -17,12 +17,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import framework.models.latent as latent_module
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.sample import Example, Role
 from framework.data.tokenizer import REASONING_TOKENS, add_reasoning_tokens
-from framework.models import ChatRendering, Reasoner, format_for, load_pretrained, load_tokenizer
+from framework.models import ChatRendering, LatentConfig, Reasoner, format_for, load_pretrained, load_tokenizer
+from framework.models.latent import run_with_thoughts
 from framework.models.pretrained import CACHE_ENV, PRETRAINED, pretrained_dir
-from framework.regimes import SFT, OptimizerConfig
+from framework.regimes import SFT, LatentSFT, OptimizerConfig
 from framework.rollout.sampling import SamplingConfig, sample
 
 NAME = "smollm2-135m-instruct"
@@ -116,3 +118,49 @@ def test_chat_rendering_roles_on_the_real_tokenizer(smollm2, monkeypatch, mode):
     assert tokenizer.decode(trained, skip_special_tokens=False) == written + "<|im_end|>"
     assert trained[-1] == tokenizer.eos_token_id  # SmolLM2's EOS is its end of turn
     assert "You are a helpful AI assistant named SmolLM" in text  # the default system prompt, all PROMPT tokens
+
+
+def test_latent_sft_on_the_real_model_feeds_thoughts_back_at_the_embeddings_norm(smollm2, monkeypatch, addition_task,
+                                                                                   tmp_path):
+    """SmolLM2's last hidden states are ~17x its input embeddings: fed back as they are, thoughts are far from any
+    token. With `match_norm` they enter at the embeddings' mean norm, and 50 LatentSFT steps lower the loss."""
+    monkeypatch.setenv(CACHE_ENV, str(smollm2.parents[1]))
+    L.seed_everything(0)
+    model, tokenizer = load_pretrained(NAME)
+    add_reasoning_tokens(tokenizer, model)
+    config = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=addition_task.step_separator,
+                          match_norm=True)
+    reasoner = Reasoner(model, tokenizer, "latent", latent=config)
+    data = ReasoningDataModule.from_task(addition_task, reasoner.tokenize, pad_token_id=tokenizer.pad_token_id,
+                                         n_train=64, n_val=2, batch_size=2)
+    module = LatentSFT(reasoner, addition_task, curriculum=False, optimizer=OptimizerConfig(lr=1e-4, warmup_steps=0))
+    examples = data.splits["train"][:8]
+    batch = module.objective.batch(examples, [config.final_stage] * len(examples))
+
+    fed = []
+    original = latent_module.forward_one_position
+
+    def recording(model, inputs_embeds, *args):
+        fed.append(inputs_embeds.detach())
+        return original(model, inputs_embeds, *args)
+
+    monkeypatch.setattr(latent_module, "forward_one_position", recording)
+    embedding_norm = model.get_input_embeddings().weight.detach().norm(dim=-1).mean()
+    ratios = {}
+    with torch.no_grad():
+        for match_norm in (False, True):
+            fed.clear()
+            run_with_thoughts(model, batch["input_ids"], batch["attention_mask"],
+                              latent_token_id=reasoner.latent_token_id, match_norm=match_norm)
+            ratios[match_norm] = torch.cat(fed, dim=1).norm(dim=-1) / embedding_norm
+        before = module.loss(batch).item()
+    assert ratios[False].min() > 5, ratios[False]
+    assert 0.5 < ratios[True].min() and ratios[True].max() < 2, ratios[True]
+
+    trainer = L.Trainer(max_steps=50, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, data)
+    with torch.no_grad():
+        after = module.loss(batch).item()
+    assert math.isfinite(before) and math.isfinite(after) and after < before, (before, after)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

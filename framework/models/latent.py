@@ -7,7 +7,9 @@ this module fills the slots and runs the model through them.
 Thoughts. The input embedding of each `<latent>` slot is replaced by the
 backbone's last hidden state (`model.base_model(...).last_hidden_state`,
 after the final norm, as Coconut feeds back) at the position before it,
-optionally through a learned `LatentProjection` (CODI's idea; off by default).
+optionally through a learned `LatentProjection` (CODI's idea; off by default)
+and optionally rescaled to the input embeddings' mean norm (`match_norm`: a
+pretrained model's last hidden states are an order of magnitude larger).
 The "pause as thought" ablation (`thought="pause"`) writes `<pause>` tokens in
 the slots instead: their own learned embedding, nothing fed back, so a plain
 forward pass computes them.
@@ -53,6 +55,13 @@ class LatentProjection(nn.Linear):
             self.bias.zero_()
 
 
+def matched_to_embeddings(thought: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
+    """`thought` rescaled to the mean norm of `model`'s input embedding rows (read without gradient: the target
+    follows the embeddings as they train, the thought's direction carries the gradient)."""
+    target = model.get_input_embeddings().weight.detach().norm(dim=-1).mean()
+    return thought * (target / thought.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(thought.dtype).tiny))
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, … over each row's real tokens, so left padding does not shift positions (as HF generate does)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -95,13 +104,15 @@ def run_with_thoughts(
     *,
     latent_token_id: int,
     projection: nn.Module | None = None,
+    match_norm: bool = False,
 ) -> ThoughtPass:
     """Run `input_ids`, feeding each `<latent>` slot the hidden state of the position before it.
 
     The prefix before the first slot of any row is one pass; each column from
     there to the last slot of any row is one `forward_one_position` call, where
     a row with a slot in that column gets its previous hidden state (through
-    `projection` if given) and other rows their token's embedding; the rest is
+    `projection` if given, then `matched_to_embeddings` with `match_norm`) and
+    other rows their token's embedding; the rest is
     one pass against the cache. Position ids come from `attention_mask`, so
     left padding is transparent. Differentiable end to end.
     """
@@ -128,6 +139,8 @@ def run_with_thoughts(
     previous = prefix[:, -1:]
     for column in range(first, last + 1):
         thought = projection(previous) if projection is not None else previous
+        if match_norm:
+            thought = matched_to_embeddings(thought, model)
         inputs = torch.where(slots[:, column, None, None], thought.to(embeds.dtype), embeds[:, column : column + 1])
         previous = forward_one_position(
             model, inputs, attention_mask[:, : column + 1], positions[:, column : column + 1], cache
@@ -149,6 +162,7 @@ def latent_forward(
     *,
     latent_token_id: int,
     projection: nn.Module | None = None,
+    match_norm: bool = False,
 ) -> torch.Tensor:
     """Last hidden states `[B, T, H]` of a teacher-forced latent sequence (see `run_with_thoughts`).
 
@@ -156,7 +170,7 @@ def latent_forward(
     applied by the fused loss, and only at labelled positions.
     """
     return run_with_thoughts(
-        model, input_ids, attention_mask, latent_token_id=latent_token_id, projection=projection
+        model, input_ids, attention_mask, latent_token_id=latent_token_id, projection=projection, match_norm=match_norm
     ).hidden
 
 

@@ -108,7 +108,8 @@ class LatentPolicy:
         model, projection = _parts(module)
         prompt_ids, prompt_mask, completion_ids, completion_mask = _checked(inputs)
         thought_pass = run_with_thoughts(
-            model, prompt_ids, prompt_mask, latent_token_id=self.reasoner.latent_token_id, projection=projection
+            model, prompt_ids, prompt_mask, latent_token_id=self.reasoner.latent_token_id, projection=projection,
+            match_norm=self.reasoner.latent.match_norm,
         )
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         positions = position_ids_from_mask(attention_mask)[:, prompt_ids.shape[1] :]

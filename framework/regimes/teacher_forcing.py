@@ -92,6 +92,7 @@ class LatentLoss:
             batch["attention_mask"],
             latent_token_id=self.reasoner.latent_token_id,
             projection=self.reasoner.projection,
+            match_norm=self.reasoner.latent.match_norm,
         )
         return hidden_states_loss(model, hidden, labels, loss_weights)
 

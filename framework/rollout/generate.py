@@ -64,5 +64,6 @@ def rollout_latent(
         eos_token_id=reasoner.stop_token_id,
         config=config,
         projection=reasoner.projection,
+        match_norm=reasoner.latent.match_norm,
         return_thoughts=return_thoughts,
     )

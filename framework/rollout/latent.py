@@ -52,6 +52,7 @@ def latent_rollout(
     eos_token_id: int,
     config: SamplingConfig = SamplingConfig(),
     projection: nn.Module | None = None,
+    match_norm: bool = False,
     return_thoughts: bool = False,
 ) -> LatentRollout:
     """Think (one cached position per `<latent>` slot), then decode every prompt's completion.
@@ -72,7 +73,8 @@ def latent_rollout(
     with eval_mode(model):
         # Fill the cache for every column but the last: generate runs that one and decodes on.
         filled = run_with_thoughts(
-            model, input_ids[:, :-1], attention_mask[:, :-1], latent_token_id=latent_token_id, projection=projection
+            model, input_ids[:, :-1], attention_mask[:, :-1], latent_token_id=latent_token_id, projection=projection,
+            match_norm=match_norm,
         )
     completions = generate_completions(
         model,

@@ -52,6 +52,9 @@ class LatentConfig:
         thought: `continuous` (hidden states fed back) or `pause` (the
             pause-as-thought ablation: learned `<pause>` embeddings in the slots).
         projection: feed thoughts back through a learned `LatentProjection`.
+        match_norm: rescale each thought to the mean norm of the input embeddings before it is fed back. A
+            pretrained model's last hidden states are far larger than its input embeddings (17.5x for
+            SmolLM2-135M-Instruct, README), so fed back as they are, thoughts are inputs unlike any token.
     """
 
     thoughts_per_step: int = 1
@@ -59,6 +62,7 @@ class LatentConfig:
     step_separator: str | None = None
     thought: Thought = "continuous"
     projection: bool = False
+    match_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.thoughts_per_step < 1:
@@ -69,6 +73,8 @@ class LatentConfig:
             raise ValueError(f"thought must be 'continuous' or 'pause', got {self.thought!r}")
         if self.projection and self.thought == "pause":
             raise ValueError("projection=True feeds hidden states back; it has no meaning with thought='pause'")
+        if self.match_norm and self.thought == "pause":
+            raise ValueError("match_norm=True rescales fed-back hidden states; it has no meaning with thought='pause'")
 
     @property
     def final_stage(self) -> int:
