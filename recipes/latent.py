@@ -19,7 +19,9 @@ class LatentCurriculum:
     thoughts_per_step: int = 1
     max_stage: int = 2  # stages 0 … max_stage, then the final stage with max_stage·c thoughts and no language
     mix_prob: float = 0.0  # probability that a row trains at another stage (Coconut's uniform_prob)
-    match_norm: bool = False  # feed thoughts back at the input embeddings' norm (LatentConfig.match_norm)
+    # Feed thoughts back at the input embeddings' mean norm (LatentConfig.match_norm). Continuous thoughts only:
+    # the pause_as_thought arm feeds nothing back, so it ignores this.
+    match_norm: bool = False
 
     def steps_per_stage(self, max_steps: int) -> int:
         """Stages 0 … max_stage and the final one share the budget; the final stage also gets the remainder."""
@@ -32,9 +34,9 @@ class LatentCurriculum:
                               f"stages (latent.max_stage={self.max_stage}, plus stage 0 and the final stage)")
 
     def reasoner(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
-                 thought: Literal["continuous", "pause"] = "continuous") -> Reasoner:
+                 thought: Literal["continuous", "pause"] = "continuous", rendering: str = "completion") -> Reasoner:
         """A latent reasoner over `model` whose thoughts replace `task`'s steps under this curriculum."""
         config = LatentConfig(thoughts_per_step=self.thoughts_per_step, max_stage=self.max_stage,
                               step_separator=task.step_separator, thought=thought,
                               match_norm=self.match_norm and thought == "continuous")
-        return Reasoner(model, tokenizer, "latent", latent=config)
+        return Reasoner(model, tokenizer, "latent", latent=config, rendering=rendering)

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
+from framework.errors import ConfigError
 from framework.models import build_model, load_pretrained, load_tokenizer
 
 
@@ -28,6 +29,14 @@ class ModelConfig:
     # LoRA adapters of this rank on every linear layer but the head (peft; the base weights stay frozen); 0 trains
     # every weight. It fits a pretrained model's fine-tuning into a CPU budget.
     lora_rank: int = 0
+    # How the format's text becomes ids: "completion" (plain text) or "chat" (the checkpoint's chat template: the
+    # prompt is the user turn, the format's completion the assistant's; what an instruct model was trained on).
+    rendering: Literal["completion", "chat"] = "completion"
+
+    def __post_init__(self) -> None:
+        if self.rendering == "chat" and not self.checkpoint:
+            raise ConfigError("model.rendering=chat needs model.checkpoint: a tiny model's word tokenizer has no chat "
+                              "template")
 
 
 def tokenizer_for(config: ModelConfig, vocabulary: Iterable[str]) -> PreTrainedTokenizerBase:

@@ -50,7 +50,7 @@ from framework.models import Pause, Reasoner, count_parameters
 from framework.models.pretrained import resolve_checkpoint
 from framework.probes.organism_metrics import Proportion
 from framework.regimes import SFT, LatentSFT, OptimizerConfig
-from framework.report import paired_table, per_seed_table, plot_curves, summary_table, validation_curve
+from framework.report import interval_cell, paired_table, per_seed_table, plot_curves, summary_table, validation_curve
 from framework.rollout import SamplingConfig
 from recipes.cli import config_of
 from recipes.latent import LatentCurriculum
@@ -158,10 +158,11 @@ def main(
     if stages:
         plot_curves(stages, experiment.path("accuracy_vs_stage.png"), xlabel="curriculum stage",
                     ylabel="validation accuracy", title=f"{task.name}: accuracy per curriculum stage")
-    # The negative control of the headline: what always answering the commonest test answer scores.
-    base_rate = max(Counter(example.answer for example in splits["test"]).values()) / len(splits["test"])
+    # The negative control of the headline: always giving the commonest training answer, scored on the test split.
+    commonest = Counter(example.answer for example in splits["train"]).most_common(1)[0][0]
+    base_rate = Proportion(sum(example.answer == commonest for example in splits["test"]), len(splits["test"]))
     atomic_write_text(experiment.path("report.md"),
-                      _report(results, task, model, train, latent, bool(stages), base_rate))
+                      _report(results, task, model, train, latent, bool(stages), (commonest, base_rate)))
     print(f"results: {experiment.directory}")
     return experiment.directory
 
@@ -174,9 +175,11 @@ def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, trai
     options = {"optimizer": OptimizerConfig(lr=lr, warmup_steps=train.warmup_steps),
                "eval_sampling": SamplingConfig(max_new_tokens=train.max_new_tokens)}
     if arm not in LATENT_ARMS:
-        reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm)
+        reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm,
+                            rendering=model_config.rendering)
         return SFT(reasoner, task, mask="train_on_completion", **options)
-    reasoner = latent.reasoner(model, tokenizer, task, thought="pause" if arm == "pause_as_thought" else "continuous")
+    reasoner = latent.reasoner(model, tokenizer, task, thought="pause" if arm == "pause_as_thought" else "continuous",
+                               rendering=model_config.rendering)
     if arm == "latent_no_curriculum":
         return LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
     return LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), mix_prob=latent.mix_prob,
@@ -206,7 +209,7 @@ def _train_and_test(
 
 
 def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig,
-            latent: LatentCurriculum, has_stages: bool, base_rate: float) -> str:
+            latent: LatentCurriculum, has_stages: bool, base_rate: tuple[str, Proportion]) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     metrics = ["accuracy", "step_validity", "tokens_generated", "train_time_s"]
     published = {"Coconut, ProsQA, GPT-2 (published accuracy)": PUBLISHED_PROSQA}
@@ -217,7 +220,8 @@ def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig,
     arms = {row["arm"] for row in results}
     headline = ("## With a visible trace vs without one\n\nTest accuracy in % [95% Wilson interval] (correct/total) "
                 f"per seed, same test problems:\n\n{paired_table(results, 'arm', 'cot', 'none', 'accuracy')}\n"
-                f"Always giving the commonest test answer scores {100 * base_rate:.1f}%.\n"
+                f"Always giving the commonest training answer (`{base_rate[0]}`) scores "
+                f"{interval_cell(base_rate[1].columns('rate'), 'rate')} of the test problems.\n"
                 if {"cot", "none"} <= arms else "")
     return f"""# Reasoning modes on {task.name}
 

@@ -30,6 +30,8 @@ from framework.data.tokenizer import (
 from framework.models import FAMILIES, LatentConfig, Reasoner, build_model, latent_forward, load_pretrained
 from framework.models.latent import position_ids_from_mask, run_with_thoughts
 from framework.probes import thought_features
+from framework.regimes import LatentSFT
+from framework.regimes.latent_policy import LatentPolicy
 from framework.regimes.loss import hidden_states_loss
 from framework.rollout import SamplingConfig, generate, latent_rollout, rollout_latent
 
@@ -258,7 +260,7 @@ def test_one_cached_position_per_thought_column_and_never_the_lm_head(word_token
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matched_thoughts_enter_at_the_mean_embedding_norm(word_tokenizer, addition_task, monkeypatch, dtype):
     # A freshly built model, as training starts from: its last hidden states (after the final RMSNorm, ~sqrt(H))
-    # dwarf its input embeddings (initialised at std 0.02), as a pretrained model's do (README: 17.5x for SmolLM2).
+    # dwarf its input embeddings (initialised at std 0.02), as a pretrained model's do (README: 14-15x for SmolLM2).
     model = build_model("llama", "1m", word_tokenizer, seed=0).to(dtype)
     reasoner = Reasoner(model, word_tokenizer, "latent", latent=replace(CONFIG, match_norm=True))
     batch = _staged_batch(reasoner, _examples(addition_task, 4), [CONFIG.final_stage] * 4)  # thoughts share columns
@@ -282,13 +284,51 @@ def test_matched_thoughts_enter_at_the_mean_embedding_norm(word_tokenizer, addit
     # Matched: each thought's norm is the target, up to the rounding of two norms over H terms in `dtype`.
     bound = 4 * model.config.hidden_size * torch.finfo(dtype).eps
     torch.testing.assert_close(ratios[True], torch.ones_like(ratios[True]), rtol=0, atol=bound)
-    # The thought's direction, not its norm, is what the next position gets; gradients reach the embeddings.
+    # The loss backpropagates through the rescaled thoughts to finite gradients.
     loss = hidden_states_loss(model, run_with_thoughts(model, batch["input_ids"], batch["attention_mask"],
                                                        latent_token_id=reasoner.latent_token_id,
                                                        match_norm=True).hidden,
                               *TRAIN_ON_COMPLETION.apply(batch["input_ids"], batch["roles"]))
     loss.backward()
     assert torch.isfinite(model.get_input_embeddings().weight.grad).all()
+
+
+def test_training_rollouts_and_rl_all_feed_matched_thoughts(word_tokenizer, addition_task, monkeypatch):
+    """`match_norm` is the reasoner's setting, so every path that feeds thoughts back honours it: LatentSFT's loss,
+    latent rollouts and the latent policy's log-probs (GRPO)."""
+    model = build_model("llama", "1m", word_tokenizer, seed=0)  # plain feedback would enter at ~52x (test above)
+    reasoner = Reasoner(model, word_tokenizer, "latent", latent=replace(CONFIG, match_norm=True))
+    fed = []
+    original = latent_module.forward_one_position
+
+    def recording(model, inputs_embeds, *args):
+        fed.append(inputs_embeds.detach())
+        return original(model, inputs_embeds, *args)
+
+    monkeypatch.setattr(latent_module, "forward_one_position", recording)
+    target = model.get_input_embeddings().weight.detach().double().norm(dim=-1).mean()
+    bound = 4 * model.config.hidden_size * torch.finfo(torch.float32).eps
+
+    def assert_matched():
+        assert fed, "no thought was fed back"
+        ratios = torch.cat(fed, dim=1).double().norm(dim=-1) / target
+        torch.testing.assert_close(ratios, torch.ones_like(ratios), rtol=0, atol=bound)
+        fed.clear()
+
+    examples = _examples(addition_task, 3)  # every row at the final stage: every thought-column input is a thought
+    sft = LatentSFT(reasoner, addition_task, curriculum=False)
+    with torch.no_grad():
+        sft.loss(sft.objective.batch(examples, [CONFIG.final_stage] * len(examples)))
+    assert_matched()
+    reasoner.stage = CONFIG.final_stage
+    rollout_latent(reasoner, examples, SamplingConfig(max_new_tokens=2))
+    assert_matched()
+    policy = LatentPolicy(reasoner)
+    rollout = policy.rollout(examples, SamplingConfig(max_new_tokens=2))
+    fed.clear()
+    with torch.no_grad():
+        policy.logprobs(policy.module, rollout.inputs)
+    assert_matched()
 
 
 # -- rollouts ------------------------------------------------------------------------------------
@@ -406,7 +446,7 @@ def test_new_tokens_grow_the_model_and_a_latent_checkpoint_round_trips(family, t
         model.config.tie_word_embeddings = False  # exercise a separate output matrix too
         model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
     assert add_reasoning_tokens(tokenizer, model) == list(REASONING_TOKENS)  # how they start: test_reasoning_tokens
-    config = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ", projection=True)
+    config = LatentConfig(thoughts_per_step=1, max_stage=2, step_separator=" ; ", projection=True, match_norm=True)
     reasoner = Reasoner(model, tokenizer, "latent", latent=config)
     with torch.no_grad():
         reasoner.projection.weight.add_(0.05 * torch.randn_like(reasoner.projection.weight))

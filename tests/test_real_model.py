@@ -122,8 +122,8 @@ def test_chat_rendering_roles_on_the_real_tokenizer(smollm2, monkeypatch, mode):
 
 def test_latent_sft_on_the_real_model_feeds_thoughts_back_at_the_embeddings_norm(smollm2, monkeypatch, addition_task,
                                                                                    tmp_path):
-    """SmolLM2's last hidden states are ~17x its input embeddings: fed back as they are, thoughts are far from any
-    token. With `match_norm` they enter at the embeddings' mean norm, and 50 LatentSFT steps lower the loss."""
+    """SmolLM2's last hidden states are ~15x its input embeddings' mean norm: fed back as they are, thoughts are
+    far from any token. With `match_norm` they enter at the embeddings' mean norm, and 50 LatentSFT steps lower the loss."""
     monkeypatch.setenv(CACHE_ENV, str(smollm2.parents[1]))
     L.seed_everything(0)
     model, tokenizer = load_pretrained(NAME)

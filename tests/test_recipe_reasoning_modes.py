@@ -33,6 +33,10 @@ def test_smoke_run_writes_config_results_report_and_figure(tmp_path):
     assert config["task"]["options"] == {"n_moves": 7, "rule": "distance"}  # the preset sets the task
     report = (run_dir / "report.md").read_text()
     assert "| cot | 2 |" in report and "| none | 2 |" in report
+    # The report opens with cot vs none per seed, then the control they are read against.
+    assert report.index("## With a visible trace vs without one") < report.index("| arm | seeds |")
+    assert report.count(" | +") + report.count(" | -") >= 2  # one signed difference per seed
+    assert "Always giving the commonest training answer (`" in report
     assert (run_dir / "accuracy_vs_step.png").stat().st_size > 1000
 
 
@@ -58,6 +62,7 @@ def test_latent_arms_report_their_curriculum_stages(tmp_path):
     (["--preset", "huge"], "--preset huge: unknown for recipe 'reasoning_modes'"),
     (["--task.name", "sudoku"], "unknown task 'sudoku'; known tasks"),
     (["--train.max_steps", "-5"], "train.max_steps must be positive, got -5"),
+    (["--model.rendering", "chat"], "model.rendering=chat needs model.checkpoint"),
     (["--train.batch_size", "0"], "train.batch_size must be positive, got 0"),
     (["--arms", "[cot, coconut]"], 'Parser key "arms"'),
     (["--nonsense", "1"], "unrecognized arguments: --nonsense 1"),

@@ -55,11 +55,22 @@ class LatentProjection(nn.Linear):
             self.bias.zero_()
 
 
-def matched_to_embeddings(thought: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
-    """`thought` rescaled to the mean norm of `model`'s input embedding rows (read without gradient: the target
-    follows the embeddings as they train, the thought's direction carries the gradient)."""
-    target = model.get_input_embeddings().weight.detach().norm(dim=-1).mean()
-    return thought * (target / thought.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(thought.dtype).tiny))
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def embedding_norm(model: PreTrainedModel) -> torch.Tensor:
+    """The mean norm of `model`'s input embedding rows, without gradient: the norm `match_norm` gives each thought
+    (it follows the embeddings as they train; the thought's direction carries the gradient)."""
+    return _at_least_float32(model.get_input_embeddings().weight.detach()).norm(dim=-1).mean()
+
+
+def matched_to_embeddings(thought: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`thought` rescaled to norm `target` (`embedding_norm`); norms in float32 at least, so a half-precision thought
+    cannot overflow to inf on the way."""
+    wide = _at_least_float32(thought)
+    norm = wide.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(wide.dtype).eps)
+    return (wide * (target / norm)).to(thought.dtype)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -137,10 +148,11 @@ def run_with_thoughts(
     )
     pieces = [prefix]
     previous = prefix[:, -1:]
+    target = embedding_norm(model) if match_norm else None
     for column in range(first, last + 1):
         thought = projection(previous) if projection is not None else previous
-        if match_norm:
-            thought = matched_to_embeddings(thought, model)
+        if target is not None:
+            thought = matched_to_embeddings(thought, target)
         inputs = torch.where(slots[:, column, None, None], thought.to(embeds.dtype), embeds[:, column : column + 1])
         previous = forward_one_position(
             model, inputs, attention_mask[:, : column + 1], positions[:, column : column + 1], cache

@@ -53,8 +53,8 @@ class LatentConfig:
             pause-as-thought ablation: learned `<pause>` embeddings in the slots).
         projection: feed thoughts back through a learned `LatentProjection`.
         match_norm: rescale each thought to the mean norm of the input embeddings before it is fed back. A
-            pretrained model's last hidden states are far larger than its input embeddings (17.5x for
-            SmolLM2-135M-Instruct, README), so fed back as they are, thoughts are inputs unlike any token.
+            pretrained model's last hidden states are far larger than its input embeddings (14-15x their mean
+            norm for SmolLM2-135M-Instruct, README), so fed back as they are, thoughts are inputs unlike any token.
     """
 
     thoughts_per_step: int = 1
