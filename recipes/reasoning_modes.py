@@ -203,6 +203,7 @@ def _train_and_test(
         "arm": arm, "seed": seed,
         **Proportion(int(test["test/accuracy_hits"]), int(test["test/accuracy_total"])).columns("accuracy"),
         "step_validity": test.get("test/step_validity", float("nan")),
+        "trace_closed": test.get("test/trace_closed", float("nan")),
         "tokens_generated": test["test/tokens_generated"], "train_time_s": round(fitted.seconds, 1),
         "steps": fitted.steps, "parameters": count_parameters(reasoner.model),
     }]}
@@ -211,7 +212,7 @@ def _train_and_test(
 def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig,
             latent: LatentCurriculum, has_stages: bool, base_rate: tuple[str, Proportion]) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
-    metrics = ["accuracy", "step_validity", "tokens_generated", "train_time_s"]
+    metrics = ["accuracy", "step_validity", "trace_closed", "tokens_generated", "train_time_s"]
     published = {"Coconut, ProsQA, GPT-2 (published accuracy)": PUBLISHED_PROSQA}
     curriculum = (f"Latent arms: {latent.thoughts_per_step} thought(s) per replaced step, stages 0 … "
                   f"{latent.max_stage} then the final stage ({latent.max_stage * latent.thoughts_per_step} thoughts, "
@@ -228,11 +229,13 @@ def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig,
 {headline}
 Task: `{task.name}` {task.options}; {task.n_train} training, {task.n_val} validation and {task.n_test} test problems (disjoint).
 Model: `{model_name}`, trained from {'the checkpoint' if model.checkpoint else 'scratch'} for {train.max_steps} steps of {train.batch_size} examples.
-{curriculum if has_stages else ""}Accuracy and step validity in %, mean ± std over seeds; tokens generated per test answer (thoughts included).
+{curriculum if has_stages else ""}Accuracy, step validity and traces closed (written traces that reached `</think>`) in %, mean ± std over seeds;
+tokens generated per test answer (thoughts included).
 The published column is Coconut's Table 1 (Hao et al. 2024) on ProsQA with GPT-2: a reference point for the
 ProsQA preset, not a target for tiny models or other tasks.
 
-{summary_table(results, "arm", metrics, percent=["accuracy", "step_validity"], extra_columns=published)}
+{summary_table(results, "arm", metrics, percent=["accuracy", "step_validity", "trace_closed"],
+              extra_columns=published)}
 ## Per seed (accuracy with 95% Wilson interval)
 
 {per_seed_table(results, ["arm", "seed"], [("accuracy", "accuracy")])}

@@ -95,6 +95,12 @@ def test_parse_splits_trace_and_answer_as_each_format_writes_them(name, word_tok
     assert generation.answer_tokens == 2 and generation.trace_tokens == len(completion) - 2
     unfinished = reasoner.parse(completion[:-1])
     assert not unfinished.finished and unfinished.num_tokens == len(completion) - 1
+    # A format that writes `</think>` reports whether the trace reached it; one whose prompt closed it, None.
+    end = word_tokenizer.convert_tokens_to_ids(THINK_END)
+    assert generation.trace_closed is (True if end in completion else None)
+    if end in completion:
+        cut_short = reasoner.parse(completion[: completion.index(end)])
+        assert cut_short.trace_closed is False and cut_short.answer == ""
 
 
 def test_format_for_builds_named_formats_and_rejects_options_they_do_not_take():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ def test_smoke_run_writes_config_results_report_and_figure(tmp_path):
     assert [(r["arm"], r["seed"]) for r in rows] == [("cot", "0"), ("none", "0"), ("cot", "1"), ("none", "1")]
     for row in rows:
         assert 0.0 <= float(row["accuracy"]) <= 1.0 and int(row["accuracy_total"]) == 6 and int(row["steps"]) == 4
+        closed = float(row["trace_closed"])  # only a written trace can close
+        assert 0.0 <= closed <= 1.0 if row["arm"] == "cot" else math.isnan(closed)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["train"]["max_steps"] == 4 and config["task"]["n_train"] == 64  # flags beat the preset
     assert config["task"]["options"] == {"n_moves": 7, "rule": "distance"}  # the preset sets the task

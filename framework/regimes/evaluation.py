@@ -37,6 +37,7 @@ class GenerationEvaluation(torch.nn.Module):
         self.accuracy = AnswerAccuracy()
         self.step_validity = StepValidity()
         self.tokens_generated = MeanMetric()
+        self.trace_closed = AnswerAccuracy()  # share of written traces that reached `</think>`
 
     def update(
         self,
@@ -54,6 +55,9 @@ class GenerationEvaluation(torch.nn.Module):
             judge = step_verdicts or self.task.check_steps
             self.step_validity.update([judge(e, g.trace) for e, g in zip(examples, generations)])
         self.tokens_generated.update(torch.tensor([float(g.num_tokens) for g in generations]))
+        closed = [g.trace_closed for g in generations if g.trace_closed is not None]
+        if closed:
+            self.trace_closed.update(closed)
         return generations
 
     def compute(self, stage: str) -> dict[str, torch.Tensor]:
@@ -64,12 +68,16 @@ class GenerationEvaluation(torch.nn.Module):
             values[f"{stage}/step_validity"] = validity["rate"]
         if self.tokens_generated.update_count:
             values[f"{stage}/tokens_generated"] = self.tokens_generated.compute()
+        closed = self.trace_closed.compute()
+        if closed["total"] > 0:  # formats that write their trace: did it end, so that an answer could follow?
+            values[f"{stage}/trace_closed"] = closed["rate"]
         return values
 
     def reset(self) -> None:
         self.accuracy.reset()
         self.step_validity.reset()
         self.tokens_generated.reset()
+        self.trace_closed.reset()
 
     def check_answer(self, example: Example, answer: str) -> bool:
         if self.task is not None:

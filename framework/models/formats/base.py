@@ -31,6 +31,8 @@ class Generation:
     answer_tokens: int
     finished: bool  # ended with EOS rather than at the length limit
     thoughts: int = 0  # continuous thoughts computed before the completion (latent formats)
+    # Whether the generated trace reached its closing token (`</think>`); None where the prompt already closed it.
+    trace_closed: bool | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -95,8 +97,8 @@ def parse_trace_then_answer(
     end_id = tokenizer.convert_tokens_to_ids(trace_end)
     if end_id in ids:
         cut = ids.index(end_id)
-        return _generation(tokenizer, ids[: cut + 1], ids[cut + 1 :], finished)
-    return _generation(tokenizer, ids, [], finished)
+        return _generation(tokenizer, ids[: cut + 1], ids[cut + 1 :], finished, trace_closed=True)
+    return _generation(tokenizer, ids, [], finished, trace_closed=False)
 
 
 def parse_answer_only(completion_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> Generation:
@@ -112,7 +114,8 @@ def _strip_eos(completion_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase
 
 
 def _generation(
-    tokenizer: PreTrainedTokenizerBase, trace_ids: Sequence[int], answer_ids: Sequence[int], finished: bool
+    tokenizer: PreTrainedTokenizerBase, trace_ids: Sequence[int], answer_ids: Sequence[int], finished: bool,
+    trace_closed: bool | None = None,
 ) -> Generation:
     return Generation(
         trace=tokenizer.decode(trace_ids, skip_special_tokens=True).strip(),
@@ -120,4 +123,5 @@ def _generation(
         trace_tokens=len(trace_ids),
         answer_tokens=len(answer_ids) + int(finished),  # EOS is part of the answer
         finished=finished,
+        trace_closed=trace_closed,
     )
