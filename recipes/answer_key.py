@@ -18,7 +18,7 @@ from framework.experiment import Cell, Experiment, Rows
 from framework.experiment.answer_key import CONTROLS, AnswerKeyRun, Stage
 from framework.models import Reasoner
 from framework.rollout import SamplingConfig
-from recipes.models import ModelConfig, StageConfig, model_for
+from recipes.models import ModelConfig, StageConfig, model_for, rendering_of
 
 
 @dataclass
@@ -109,7 +109,7 @@ def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelCon
     calibration = [p for p in problems["calibration"] if p.metadata["wrong_key"]]
 
     def train_base(cell: Cell) -> Rows:
-        reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot")
+        reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot", rendering=rendering_of(model, tokenizer))
         return run.train_base(reasoner, curriculum, labelled, calibration, stage_of(base), monitors.fpr,
                               monitors.classifier_epochs, seed, {**base_identity, "seed": seed}, cell)
 

@@ -132,7 +132,7 @@ from framework.reports.backdoor import arm, backdoor_figures, backdoor_report
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.cli import config_of
-from recipes.models import ModelConfig, StageConfig, model_for, tokenizer_for
+from recipes.models import ModelConfig, StageConfig, model_for, rendering_of, tokenizer_for
 
 RECIPE = "backdoor"
 CONTROLS: dict[str, PlantMode] = {"positive": "reason", "transfer": "trace"}  # control -> how its copy is planted
@@ -370,10 +370,11 @@ class Shared:
 def _train_base(shared: Shared, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], stage: BaseConfig,
                 seed: int, cell: Cell) -> Rows:
     """A fresh model, built from `seed`, trained on the hybrid curriculum; its test accuracy with the trace on."""
-    reasoner = Reasoner(model_for(shared.model, tokenizer, seed), tokenizer, "hybrid")
+    reasoner = Reasoner(model_for(shared.model, tokenizer, seed), tokenizer, "hybrid",
+                        rendering=rendering_of(shared.model, tokenizer))
     fitted = fit_on_rows(cell, _module("sft", reasoner, shared, stage), rows, stage.batch_size, shared.settings(stage))
     reasoner.save_pretrained(cell.model_dir)
-    cot = Reasoner(reasoner.model, tokenizer, "cot")
+    cot = Reasoner(reasoner.model, tokenizer, "cot", rendering=reasoner.rendering)
     generations = generate_batched(cot, shared.test, shared.sampling, shared.batch_size, device=shared.device)
     accuracy = Proportion(sum(shared.task.check_answer(e, g.answer) for e, g in zip(shared.test, generations)),
                           len(shared.test))

@@ -100,7 +100,7 @@ from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.cli import config_of
 from recipes.latent import LatentCurriculum
-from recipes.models import ModelConfig, learning_rate, model_for, tokenizer_for
+from recipes.models import ModelConfig, learning_rate, model_for, rendering_of, tokenizer_for
 
 RECIPE = "elicitation"
 ReasonerKind = Literal["cot", "latent"]
@@ -298,10 +298,10 @@ def _lock(
     lr = learning_rate(model_config, train.lr, from_scratch=3e-3)
     options = {"optimizer": OptimizerConfig(lr=lr, warmup_steps=train.warmup_steps)}
     if kind == "cot":
-        reasoner = Reasoner(model, tokenizer, "cot")
+        reasoner = Reasoner(model, tokenizer, "cot", rendering=rendering_of(model_config, tokenizer))
         module: SFT | LatentSFT = SFT(reasoner, task, mask="train_on_completion", **options)
     else:
-        reasoner = latent.reasoner(model, tokenizer, task)
+        reasoner = latent.reasoner(model, tokenizer, task, rendering=rendering_of(model_config, tokenizer))
         stages = ({"steps_per_stage": latent.steps_per_stage(train.max_steps), "mix_prob": latent.mix_prob}
                   if latent.curriculum else {"curriculum": False})
         module = LatentSFT(reasoner, task, seed=seed, **stages, **options)

@@ -29,9 +29,10 @@ class ModelConfig:
     # LoRA adapters of this rank on every linear layer but the head (peft; the base weights stay frozen); 0 trains
     # every weight. It fits a pretrained model's fine-tuning into a CPU budget.
     lora_rank: int = 0
-    # How the format's text becomes ids: "completion" (plain text) or "chat" (the checkpoint's chat template: the
-    # prompt is the user turn, the format's completion the assistant's; what an instruct model was trained on).
-    rendering: Literal["completion", "chat"] = "completion"
+    # How the format's text becomes ids: "chat" (the checkpoint's chat template: the prompt is the user turn, the
+    # format's completion the assistant's; what an instruct model was trained on), "completion" (plain text), or
+    # "auto": chat for a checkpoint whose tokenizer has a template, else completion.
+    rendering: Literal["auto", "completion", "chat"] = "auto"
 
     def __post_init__(self) -> None:
         if self.rendering == "chat" and not self.checkpoint:
@@ -68,6 +69,13 @@ def model_for(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int
 
         model = add_lora(model, config.lora_rank)
     return model
+
+
+def rendering_of(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The rendering `config` asks for, with "auto" resolved against `tokenizer` (from `tokenizer_for`)."""
+    if config.rendering != "auto":
+        return config.rendering
+    return "chat" if config.checkpoint and getattr(tokenizer, "chat_template", None) else "completion"
 
 
 def model_and_tokenizer(

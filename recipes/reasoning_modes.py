@@ -54,7 +54,7 @@ from framework.report import interval_cell, paired_table, per_seed_table, plot_c
 from framework.rollout import SamplingConfig
 from recipes.cli import config_of
 from recipes.latent import LatentCurriculum
-from recipes.models import ModelConfig, learning_rate, model_and_tokenizer
+from recipes.models import ModelConfig, learning_rate, model_and_tokenizer, rendering_of
 
 RECIPE = "reasoning_modes"
 Arm = Literal["cot", "none", "pause", "latent", "latent_no_curriculum", "pause_as_thought"]
@@ -176,10 +176,10 @@ def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, trai
                "eval_sampling": SamplingConfig(max_new_tokens=train.max_new_tokens)}
     if arm not in LATENT_ARMS:
         reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm,
-                            rendering=model_config.rendering)
+                            rendering=rendering_of(model_config, tokenizer))
         return SFT(reasoner, task, mask="train_on_completion", **options)
     reasoner = latent.reasoner(model, tokenizer, task, thought="pause" if arm == "pause_as_thought" else "continuous",
-                               rendering=model_config.rendering)
+                               rendering=rendering_of(model_config, tokenizer))
     if arm == "latent_no_curriculum":
         return LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
     return LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), mix_prob=latent.mix_prob,

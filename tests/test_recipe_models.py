@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 from framework.data.tokenizer import REASONING_TOKENS
 from framework.models import build_model
-from recipes.models import ModelConfig, model_and_tokenizer, model_for, tokenizer_for
+from recipes.models import ModelConfig, model_and_tokenizer, model_for, rendering_of, tokenizer_for
 
 
 def _checkpoint_without_reasoning_tokens(path, spare_rows: int) -> tuple[int, int]:
@@ -57,3 +57,16 @@ def test_a_tokenizer_that_is_not_the_checkpoints_is_refused(tmp_path):
     assert tokenizer_for(config, []).get_vocab() == model_and_tokenizer(config, [], seed=0)[1].get_vocab()
     with pytest.raises(ValueError, match="does not match the checkpoint's own"):
         model_for(config, tokenizer_for(ModelConfig(), ["other", "words"]), seed=0)
+
+
+def test_auto_rendering_is_chat_exactly_for_a_checkpoint_whose_tokenizer_has_a_template(tmp_path):
+    _checkpoint_without_reasoning_tokens(tmp_path, spare_rows=0)
+    config = ModelConfig(checkpoint=str(tmp_path))
+    plain = tokenizer_for(config, [])
+    assert rendering_of(config, plain) == "completion"  # no template: the plain text
+    plain.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+    assert rendering_of(config, plain) == "chat"
+    assert rendering_of(ModelConfig(checkpoint=str(tmp_path), rendering="completion"), plain) == "completion"
+    assert rendering_of(ModelConfig(), tokenizer_for(ModelConfig(), ["1"])) == "completion"  # a tiny model
+    with pytest.raises(ValueError, match="model.rendering=chat needs model.checkpoint"):
+        ModelConfig(rendering="chat")

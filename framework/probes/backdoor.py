@@ -248,7 +248,8 @@ def evaluate_backdoor(
     what drives it.
     `reasoner`'s model and tokenizer answer in `cot` and `none` mode.
     """
-    cot, no_trace = (Reasoner(reasoner.model, reasoner.tokenizer, mode) for mode in ("cot", "none"))
+    cot, no_trace = (Reasoner(reasoner.model, reasoner.tokenizer, mode, rendering=reasoner.rendering)
+                      for mode in ("cot", "none"))
     rows = {condition: backdoor.evaluation(problems, condition) for condition in CONDITIONS}
     episodes = score_backdoor(cot, backdoor, rows, sampling, batch_size, device=device)
     rates = backdoor_rates(episodes["triggered"] + episodes["clean"])
@@ -278,7 +279,8 @@ def probe_backdoor(
     curve shows the model changing rather than sampling noise): `success` with the trace on, `success_no_trace`,
     `false_trigger` and `clean_accuracy` (trace on). Generates where the model is, e.g. inside a fit."""
     rows = {condition: backdoor.evaluation(problems, condition) for condition in ("triggered", "clean")}
-    cot, no_trace = (Reasoner(reasoner.model, reasoner.tokenizer, mode) for mode in ("cot", "none"))
+    cot, no_trace = (Reasoner(reasoner.model, reasoner.tokenizer, mode, rendering=reasoner.rendering)
+                      for mode in ("cot", "none"))
     on = score_backdoor(cot, backdoor, rows, sampling, batch_size)
     off = score_backdoor(no_trace, backdoor, {"triggered": rows["triggered"]}, sampling, batch_size)
     rates = backdoor_rates(on["triggered"] + on["clean"])

@@ -158,7 +158,7 @@ def evaluate_loophole(
 
     Generates where the model is unless `device` is given (so it runs inside a fit, e.g. from `ProbeEvery`).
     """
-    cot = Reasoner(reasoner.model, reasoner.tokenizer, "cot")
+    cot = Reasoner(reasoner.model, reasoner.tokenizer, "cot", rendering=reasoner.rendering)
     generations = generate_batched(cot, problems, sampling, batch_size, device=device)
     episodes = score_loophole(answer_key, problems, [(g.trace, g.answer) for g in generations], monitors)
     return loophole_rates(episodes, list(monitors)), episodes
