@@ -15,9 +15,11 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+import framework.models.latent as latent_module
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import BOS, EOS, PAD, UNK, build_word_tokenizer, wrap_tokenizer
 
@@ -45,6 +47,21 @@ def _no_deprecated_calls():
     finally:
         logger.removeHandler(handler)
     assert not handler.messages, f"deprecated call logged by transformers: {handler.messages[0]}"
+
+
+@pytest.fixture
+def fed_inputs(monkeypatch) -> list[torch.Tensor]:
+    """The inputs `[B, 1, H]` of every `forward_one_position` call while the test runs (detached): what
+    `run_with_thoughts` feeds the model at each thought column."""
+    fed: list[torch.Tensor] = []
+    original = latent_module.forward_one_position
+
+    def recording(model, inputs_embeds, *args):
+        fed.append(inputs_embeds.detach())
+        return original(model, inputs_embeds, *args)
+
+    monkeypatch.setattr(latent_module, "forward_one_position", recording)
+    return fed
 
 
 @pytest.fixture(scope="session")

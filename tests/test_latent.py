@@ -13,7 +13,6 @@ from _rounding import rounding_tolerance
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-import framework.models.latent as latent_module
 from framework.data.collate import collate_latent
 from framework.data.masks import TRAIN_ON_COMPLETION
 from framework.data.sample import Example, Role
@@ -235,43 +234,28 @@ def test_batched_rows_equal_each_row_alone(word_tokenizer, addition_task):
                                    atol=rounding_tolerance(alone_loss, gold_loss))
 
 
-def test_one_cached_position_per_thought_column_and_never_the_lm_head(word_tokenizer, addition_task, monkeypatch):
+def test_one_cached_position_per_thought_column_and_never_the_lm_head(word_tokenizer, addition_task, fed_inputs):
     reasoner = Reasoner(_random_model("llama", word_tokenizer), word_tokenizer, "latent", latent=CONFIG)
     batch = _mixed_batch(reasoner, addition_task)
-    steps = []
-    original = latent_module.forward_one_position
-
-    def counting(model, inputs_embeds, *args):
-        steps.append(inputs_embeds.shape)
-        return original(model, inputs_embeds, *args)
-
-    monkeypatch.setattr(latent_module, "forward_one_position", counting)
     head_calls = []
     handle = reasoner.model.get_output_embeddings().register_forward_hook(lambda *args: head_calls.append(1))
     try:
         run_with_thoughts(reasoner.model, batch["input_ids"], batch["attention_mask"], latent_token_id=reasoner.latent_token_id)
     finally:
         handle.remove()
-    assert len(steps) == 4  # the most thoughts in a row, not one pass per thought per row
-    assert all(shape[:2] == (4, 1) for shape in steps)
+    assert len(fed_inputs) == 4  # the most thoughts in a row, not one pass per thought per row
+    assert all(inputs.shape[:2] == (4, 1) for inputs in fed_inputs)
     assert head_calls == []
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matched_thoughts_enter_at_the_mean_embedding_norm(word_tokenizer, addition_task, monkeypatch, dtype):
+def test_matched_thoughts_enter_at_the_mean_embedding_norm(word_tokenizer, addition_task, fed_inputs, dtype):
     # A freshly built model, as training starts from: its last hidden states (after the final RMSNorm, ~sqrt(H))
     # dwarf its input embeddings (initialised at std 0.02), as a pretrained model's do (README: 14-15x for SmolLM2).
     model = build_model("llama", "1m", word_tokenizer, seed=0).to(dtype)
     reasoner = Reasoner(model, word_tokenizer, "latent", latent=replace(CONFIG, match_norm=True))
     batch = _staged_batch(reasoner, _examples(addition_task, 4), [CONFIG.final_stage] * 4)  # thoughts share columns
-    fed = []
-    original = latent_module.forward_one_position
-
-    def recording(model, inputs_embeds, *args):
-        fed.append(inputs_embeds)
-        return original(model, inputs_embeds, *args)
-
-    monkeypatch.setattr(latent_module, "forward_one_position", recording)
+    fed = fed_inputs
     embedding_norm = model.get_input_embeddings().weight.double().norm(dim=-1).mean()
     ratios = {}
     for match_norm in (False, True):
@@ -293,19 +277,12 @@ def test_matched_thoughts_enter_at_the_mean_embedding_norm(word_tokenizer, addit
     assert torch.isfinite(model.get_input_embeddings().weight.grad).all()
 
 
-def test_training_rollouts_and_rl_all_feed_matched_thoughts(word_tokenizer, addition_task, monkeypatch):
+def test_training_rollouts_and_rl_all_feed_matched_thoughts(word_tokenizer, addition_task, fed_inputs):
     """`match_norm` is the reasoner's setting, so every path that feeds thoughts back honours it: LatentSFT's loss,
     latent rollouts and the latent policy's log-probs (GRPO)."""
     model = build_model("llama", "1m", word_tokenizer, seed=0)  # plain feedback would enter at ~52x (test above)
     reasoner = Reasoner(model, word_tokenizer, "latent", latent=replace(CONFIG, match_norm=True))
-    fed = []
-    original = latent_module.forward_one_position
-
-    def recording(model, inputs_embeds, *args):
-        fed.append(inputs_embeds.detach())
-        return original(model, inputs_embeds, *args)
-
-    monkeypatch.setattr(latent_module, "forward_one_position", recording)
+    fed = fed_inputs
     target = model.get_input_embeddings().weight.detach().double().norm(dim=-1).mean()
     bound = 4 * model.config.hidden_size * torch.finfo(torch.float32).eps
 

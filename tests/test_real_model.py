@@ -17,7 +17,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import framework.models.latent as latent_module
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.sample import Example, Role
 from framework.data.tokenizer import REASONING_TOKENS, add_reasoning_tokens
@@ -121,7 +120,7 @@ def test_chat_rendering_roles_on_the_real_tokenizer(smollm2, monkeypatch, mode):
 
 
 def test_latent_sft_on_the_real_model_feeds_thoughts_back_at_the_embeddings_norm(smollm2, monkeypatch, addition_task,
-                                                                                   tmp_path):
+                                                                                   fed_inputs):
     """SmolLM2's last hidden states are ~15x its input embeddings' mean norm: fed back as they are, thoughts are
     far from any token. With `match_norm` they enter at the embeddings' mean norm, and 50 LatentSFT steps lower the loss."""
     monkeypatch.setenv(CACHE_ENV, str(smollm2.parents[1]))
@@ -137,14 +136,7 @@ def test_latent_sft_on_the_real_model_feeds_thoughts_back_at_the_embeddings_norm
     examples = data.splits["train"][:8]
     batch = module.objective.batch(examples, [config.final_stage] * len(examples))
 
-    fed = []
-    original = latent_module.forward_one_position
-
-    def recording(model, inputs_embeds, *args):
-        fed.append(inputs_embeds.detach())
-        return original(model, inputs_embeds, *args)
-
-    monkeypatch.setattr(latent_module, "forward_one_position", recording)
+    fed = fed_inputs
     embedding_norm = model.get_input_embeddings().weight.detach().norm(dim=-1).mean()
     ratios = {}
     with torch.no_grad():
