@@ -171,15 +171,15 @@ def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, trai
                 latent: LatentCurriculum) -> SFT | LatentSFT:
     """The reasoner of an arm, built from `seed`, inside the regime that trains it."""
     model, tokenizer = model_and_tokenizer(model_config, task.vocabulary(), seed)
+    rendering = rendering_of(model_config, tokenizer)
     lr = learning_rate(model_config, train.lr, from_scratch=3e-3)
     options = {"optimizer": OptimizerConfig(lr=lr, warmup_steps=train.warmup_steps),
                "eval_sampling": SamplingConfig(max_new_tokens=train.max_new_tokens)}
     if arm not in LATENT_ARMS:
-        reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm,
-                            rendering=rendering_of(model_config, tokenizer))
+        reasoner = Reasoner(model, tokenizer, Pause(pause_tokens) if arm == "pause" else arm, rendering=rendering)
         return SFT(reasoner, task, mask="train_on_completion", **options)
     reasoner = latent.reasoner(model, tokenizer, task, thought="pause" if arm == "pause_as_thought" else "continuous",
-                               rendering=rendering_of(model_config, tokenizer))
+                               rendering=rendering)
     if arm == "latent_no_curriculum":
         return LatentSFT(reasoner, task, curriculum=False, seed=seed, **options)
     return LatentSFT(reasoner, task, steps_per_stage=latent.steps_per_stage(train.max_steps), mix_prob=latent.mix_prob,

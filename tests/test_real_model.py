@@ -44,6 +44,12 @@ def smollm2(tmp_path_factory) -> Path:
         yield path
 
 
+def _fit(module: L.LightningModule, data: L.LightningDataModule, max_steps: int) -> None:
+    """`max_steps` of training in a plain Trainer: no logger, checkpoint, progress bar or validation."""
+    L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(module, data)
+
+
 def test_the_named_model_loads_with_its_chat_template_and_tied_embeddings(smollm2, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(smollm2.parents[1]))
     model, tokenizer = load_pretrained(NAME)  # by name: the cached directory, not converted again
@@ -73,9 +79,7 @@ def test_sft_generate_save_and_reload_the_real_model(smollm2, monkeypatch, addit
     batch = next(iter(data.train_dataloader()))
     with torch.no_grad():
         before = module.loss(batch).item()
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, data)
+    _fit(module, data, max_steps=3)
     with torch.no_grad():
         after = module.loss(batch).item()
     # Three steps on 12 rows of one format: the new format's tokens are what a step learns first.
@@ -149,9 +153,7 @@ def test_latent_sft_on_the_real_model_feeds_thoughts_back_at_the_embeddings_norm
     assert ratios[False].min() > 5, ratios[False]
     assert 0.5 < ratios[True].min() and ratios[True].max() < 2, ratios[True]
 
-    trainer = L.Trainer(max_steps=50, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, data)
+    _fit(module, data, max_steps=50)
     with torch.no_grad():
         after = module.loss(batch).item()
     assert math.isfinite(before) and math.isfinite(after) and after < before, (before, after)
