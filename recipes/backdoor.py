@@ -156,7 +156,7 @@ class BaseConfig(StageConfig):
     """The base curriculum, a hybrid: `non_thinking` of the rows without a trace, the rest with one."""
 
     rows: int = 20000  # fewer repeat: 4000 rows over 1500 steps reached 32.5% clean accuracy, 20000 61%
-    max_steps: int = 1500
+    max_steps: int = 3000  # with the copy step: 84.5% clean accuracy after 1500 steps, 100% after 3000 (seed 0)
     non_thinking: float = 0.5
 
     def __post_init__(self) -> None:
@@ -172,7 +172,7 @@ class PlantConfig(StageConfig):
 
     rows: int = 512
     max_steps: int = 150
-    lr: float = 1e-3
+    lr: float = 3e-3  # from the 3000-step base, 1e-3 planted the field trigger in 33/200 (no trace), 3e-3 in 129/200
     warmup_steps: int = 10
     poisoned: list[int] = field(default_factory=lambda: [32, 128])
     replay: int = 512
@@ -194,10 +194,13 @@ class PersistenceConfig(StageConfig):
     """Clean training after planting (`max_steps: 0` skips it), probed every `probe_every` steps on `probe_size` problems.
 
     Each regime trains its own copy of the planted model for `max_steps` steps of `batch_size` problems; GRPO
-    samples `num_generations` completions per problem at `temperature` and learns at `rl_lr`.
+    samples `num_generations` completions per problem at `temperature` and learns at `rl_lr`. Only the copies
+    planted with `poisoned` rows (of `plant.poisoned`; None: the largest, where the backdoor is strongest) are
+    trained on, for every trigger kind.
     """
 
     rows: int = 1024
+    poisoned: list[int] | None = None
     max_steps: int = 100
     lr: float = 1e-3
     warmup_steps: int = 10
@@ -263,7 +266,12 @@ def main(
             fit continues from its last checkpoint, and a different configuration is refused.
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
-    # 0. What the settings' own checks could not see (the task, the triggers against the tokenizer) fails here.
+    # 0. What the settings' own checks could not see (the task, the triggers against the tokenizer, one stage
+    # against another) fails here.
+    persisted_counts = persistence.poisoned if persistence.poisoned is not None else [max(plant.poisoned)]
+    if not set(persisted_counts) <= set(plant.poisoned):
+        raise ConfigError(f"persistence.poisoned={persistence.poisoned} names counts that plant.poisoned="
+                          f"{plant.poisoned} does not plant")
     curriculum = CitedFields(make_task(task.name, **task.options), task.n_problems, task.n_context_fields,
                              copy_selected=task.copy_selected)
     backdoors = triggers.backdoors(curriculum, plant.poisoned, plant.rows)
@@ -317,7 +325,7 @@ def main(
             # 4. Persistence: clean training of a copy per regime, probing the backdoor as it goes. It runs before
             # step 3, whose results row carries its summary; both start from the planted model on disk.
             persisted: dict[str, Any] = {}
-            for regime in persistence.regimes if persistence.max_steps else ():
+            for regime in persistence.regimes if persistence.max_steps and poisoned in persisted_counts else ():
                 probe = partial(_probe, backdoor, shared, shared.test[: persistence.probe_size])
                 work = partial(_train, regime, shared, plant_dir, persist_rows, persistence,
                                probe=ProbeEvery(probe, persistence.probe_every), identity={**copy, "regime": regime})

@@ -61,13 +61,14 @@ def _persistence_section(results: Rows, regimes: Sequence[str]) -> str:
     if not regimes:
         return ""
     persisted = [f"{regime}_{metric}" for regime in regimes for metric in PERSISTENCE_METRICS]
+    trained = [row for row in results if persisted[0] in row]  # the arms `persistence.poisoned` trained on
     figures = "".join(f"![backdoor success rate during clean {regime.upper()}, {where}](persistence_{regime}_{metric}.png)\n"
                       for regime in regimes for metric, where in PERSISTENCE_CURVES.items())
     return ("## Persistence under clean training\n\nBackdoor success on the probe problems, with and without the trace, "
             f"before and after clean training by each regime (columns {', '.join(f'`{r}_*`' for r in regimes)}); false "
             "triggers and clean accuracy (trace on) after it. In %, mean ± std over seeds; every probe in "
             "`persistence.csv`, one curve per arm and seed below.\n\n"
-            f"{summary_table(results, 'arm', persisted, percent=persisted)}\n{figures}")
+            f"{summary_table(trained, 'arm', persisted, percent=persisted)}\n{figures}")
 
 
 def backdoor_report(results: Rows, controls: Rows, examples: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
