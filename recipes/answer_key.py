@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -57,8 +57,9 @@ class ControlConfig(StageConfig):
 
     rows: int = 512
     max_steps: int = 100
-    lr: float = 1e-3
     warmup_steps: int = 10
+
+    scratch_lr: ClassVar[float] = 1e-3
 
 
 @dataclass
@@ -83,7 +84,9 @@ class EvalConfig:
 
 
 def stage_of(config: StageConfig) -> Stage:
-    """A stage's settings as the answer-key runtime takes them."""
+    """A resolved stage's settings (`StageConfig.resolved`) as the answer-key runtime takes them."""
+    if config.lr is None:
+        raise ValueError(f"{type(config).__name__} has no learning rate yet: pass config.resolved(model)")
     return Stage(config.max_steps, config.batch_size, config.lr, config.warmup_steps)
 
 
@@ -110,7 +113,7 @@ def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelCon
 
     def train_base(cell: Cell) -> Rows:
         reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot", rendering=rendering_of(model, tokenizer))
-        return run.train_base(reasoner, curriculum, labelled, calibration, stage_of(base), monitors.fpr,
+        return run.train_base(reasoner, curriculum, labelled, calibration, stage_of(base.resolved(model)), monitors.fpr,
                               monitors.classifier_epochs, seed, {**base_identity, "seed": seed}, cell)
 
     fixed = experiment.cell(f"base/seed{seed}", seed, train_base, keeps_model=True)["monitors"][0]
@@ -118,5 +121,6 @@ def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelCon
     for name, kind in CONTROLS.items():
         identity = {**control_identity, "arm": f"control: {name}", "seed": seed}
         experiment.cell(f"control/{name}/seed{seed}", seed,
-                        partial(run.control, base_dir, fixed, kind, problems["controls"], stage_of(controls), identity))
+                        partial(run.control, base_dir, fixed, kind, problems["controls"],
+                                stage_of(controls.resolved(model)), identity))
     return fixed, base_dir

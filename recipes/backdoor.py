@@ -106,10 +106,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from transformers import PreTrainedTokenizerBase
 
 from framework.callbacks import ProbeEvery
@@ -132,7 +133,7 @@ from framework.reports.backdoor import arm, backdoor_figures, backdoor_report
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.cli import config_of
-from recipes.models import ModelConfig, StageConfig, model_for, rendering_of, tokenizer_for
+from recipes.models import ModelConfig, StageConfig, learning_rate, model_for, rendering_of, tokenizer_for
 
 RECIPE = "backdoor"
 CONTROLS: dict[str, PlantMode] = {"positive": "reason", "transfer": "trace"}  # control -> how its copy is planted
@@ -156,11 +157,20 @@ class BaseConfig(StageConfig):
     """The base curriculum, a hybrid: `non_thinking` of the rows without a trace, the rest with one."""
 
     rows: int = 20000  # fewer repeat: 4000 rows over 1500 steps reached 32.5% clean accuracy, 20000 61%
-    max_steps: int = 3000  # with the copy step: 84.5% clean accuracy after 1500 steps, 100% after 3000 (seed 0)
+    max_steps: int = 5000  # at most: training stops once the base is competent (`target_accuracy`)
     non_thinking: float = 0.5
+    # Stop once the accuracy with the trace on `n_val` held-out problems, checked every `val_every` steps, reaches
+    # this (None: train all `max_steps`). The step at which a 1M model learns to copy the right operands varies
+    # with its initialisation: after 3000 steps one seed was at 100% clean accuracy, another at 81.5%.
+    target_accuracy: float | None = 0.95
+    val_every: int = 250
+    n_val: int = 100
 
     def __post_init__(self) -> None:
         require_fraction("base.non_thinking", self.non_thinking, open_high=True, why="some rows must teach the trace")
+        if self.target_accuracy is not None:
+            require_fraction("base.target_accuracy", self.target_accuracy, open_low=True)
+            require_positive("base", self, "val_every", "n_val")
 
 
 @dataclass
@@ -172,10 +182,12 @@ class PlantConfig(StageConfig):
 
     rows: int = 512
     max_steps: int = 150
-    lr: float = 3e-3  # from the 3000-step base, 1e-3 planted the field trigger in 33/200 (no trace), 3e-3 in 129/200
     warmup_steps: int = 10
     poisoned: list[int] = field(default_factory=lambda: [32, 128])
     replay: int = 512
+
+    # From the 3000-step base, 1e-3 planted the field trigger in 33/200 triggered problems (no trace), 3e-3 in 129/200.
+    scratch_lr: ClassVar[float] = 3e-3
 
     def __post_init__(self) -> None:
         if not self.poisoned:
@@ -202,7 +214,6 @@ class PersistenceConfig(StageConfig):
     rows: int = 1024
     poisoned: list[int] | None = None
     max_steps: int = 100
-    lr: float = 1e-3
     warmup_steps: int = 10
     regimes: list[PersistenceRegime] = field(default_factory=lambda: ["sft", "grpo"])
     mode: Literal["cot", "none"] = "cot"  # the format of the clean rows; probes run with and without the trace
@@ -210,7 +221,9 @@ class PersistenceConfig(StageConfig):
     probe_size: int = 64
     num_generations: int = 8
     temperature: float = 1.0
-    rl_lr: float = 3e-4
+    rl_lr: float | None = None  # GRPO's; None: 3e-4 from scratch, a pretrained RL rate for a checkpoint
+
+    scratch_lr: ClassVar[float] = 1e-3  # SFT's
 
     def __post_init__(self) -> None:
         if not self.max_steps:
@@ -222,7 +235,12 @@ class PersistenceConfig(StageConfig):
         if "grpo" in self.regimes:
             require_at_least("persistence.num_generations", self.num_generations, 2,
                              why="GRPO compares samples within a group")
-            require_positive("persistence", self, "temperature", "rl_lr")
+            require_positive("persistence", self, "temperature", *(["rl_lr"] if self.rl_lr is not None else []))
+
+    def resolved(self, model: ModelConfig) -> PersistenceConfig:
+        """SFT's and GRPO's rates set for `model` (`StageConfig.resolved`)."""
+        return replace(super().resolved(model),
+                       rl_lr=learning_rate(model, self.rl_lr, from_scratch=3e-4, objective="rl"))
 
 
 @dataclass
@@ -284,9 +302,11 @@ def main(
         backdoor.check_tokenizer(tokenizer)  # a trigger the model cannot see is an error now, not a silent 0%
     config = resolved_config or config_of(main, locals())
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
+    base, plant, persistence = base.resolved(model), plant.resolved(model), persistence.resolved(model)  # their rates
 
     # Disjoint problems for the base curriculum, planting, replay, persistence and the test.
-    sizes = {"base": base.rows, "plant": plant.rows, "replay": plant.replay, "persistence": persistence.rows}
+    sizes = {"base": base.rows, "plant": plant.rows, "replay": plant.replay, "persistence": persistence.rows,
+             "base_val": base.n_val if base.target_accuracy is not None else 0}
     problems = generate_parts(curriculum, data_seed, sizes, n_test=task.n_test)
     base_rows = hybrid_rows(problems["base"], base.non_thinking)
     persist_rows = hybrid_rows(problems["persistence"], 1.0 if persistence.mode == "none" else 0.0)  # all or none
@@ -297,8 +317,8 @@ def main(
     for seed in seeds:
         # 1. The base curriculum: a hybrid reasoner whose traces cite the field they solve.
         base_cell = f"base/seed{seed}"
-        done = experiment.cell(base_cell, seed, partial(_train_base, shared, tokenizer, base_rows, base, seed),
-                               keeps_model=True)
+        done = experiment.cell(base_cell, seed, partial(_train_base, shared, tokenizer, base_rows,
+                                                        problems["base_val"], base, seed), keeps_model=True)
         base_dir = experiment.path("cells", base_cell, "model")
         base_columns = {"seed": seed, "base_accuracy": done["base"][0]["base_accuracy"]}
         # Controls of the method: copies planted with the trace on, evaluated as every copy is (step 3).
@@ -375,12 +395,19 @@ class Shared:
 # -- cells -----------------------------------------------------------------------------------------
 
 
-def _train_base(shared: Shared, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], stage: BaseConfig,
-                seed: int, cell: Cell) -> Rows:
-    """A fresh model, built from `seed`, trained on the hybrid curriculum; its test accuracy with the trace on."""
+def _train_base(shared: Shared, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example],
+                val_rows: Sequence[Example], stage: BaseConfig, seed: int, cell: Cell) -> Rows:
+    """A fresh model, built from `seed`, trained on the hybrid curriculum until its accuracy with the trace on
+    `val_rows` reaches `stage.target_accuracy` (or for `max_steps`); its test accuracy with the trace on."""
     reasoner = Reasoner(model_for(shared.model, tokenizer, seed), tokenizer, "hybrid",
                         rendering=rendering_of(shared.model, tokenizer))
-    fitted = fit_on_rows(cell, _module("sft", reasoner, shared, stage), rows, stage.batch_size, shared.settings(stage))
+    settings, stop = shared.settings(stage), []
+    if stage.target_accuracy is not None:  # patience never runs out: only the threshold (or max_steps) stops it
+        settings = replace(settings, val_every=stage.val_every)
+        stop = [EarlyStopping("val/accuracy", mode="max", stopping_threshold=stage.target_accuracy,
+                              patience=stage.max_steps, check_on_train_epoch_end=False)]
+    fitted = fit_on_rows(cell, _module("sft", reasoner, shared, stage), rows, stage.batch_size, settings, stop,
+                         val_rows)
     reasoner.save_pretrained(cell.model_dir)
     cot = Reasoner(reasoner.model, tokenizer, "cot", rendering=reasoner.rendering)
     generations = generate_batched(cot, shared.test, shared.sampling, shared.batch_size, device=shared.device)

@@ -170,16 +170,17 @@ class ElicitConfig:
 
     steps: int = 100
     batch_size: int = 32  # problems per step (at most n)
-    lr: float = 1e-3
+    lr: float | None = None  # the SFT arms'; None: 1e-3 from scratch, a pretrained rate for a checkpoint
     warmup_steps: int = 10
     rl_steps: int = 60
-    rl_lr: float = 3e-4
+    rl_lr: float | None = None  # GRPO's and expert iteration's; None: 3e-4 from scratch, a pretrained RL rate
     num_generations: int = 8  # GRPO's group size
     num_samples: int = 4  # expert iteration's samples per problem
     temperature: float = 1.0  # RL and expert-iteration sampling
 
     def __post_init__(self) -> None:
-        require_positive("elicit", self, "steps", "batch_size", "lr", "rl_steps", "rl_lr", "num_samples", "temperature")
+        require_positive("elicit", self, "steps", "batch_size", "rl_steps", "num_samples", "temperature",
+                         *(name for name in ("lr", "rl_lr") if getattr(self, name) is not None))
         if self.num_generations < 2:
             raise ConfigError(f"elicit.num_generations must be >= 2 (GRPO compares a group's samples), "
                               f"got {self.num_generations}")
@@ -262,7 +263,7 @@ def main(
             for arm in kind_arms:
                 for n in demos:
                     demonstrations = organism.locked(pool[:n])  # no password; strong trace and answer
-                    work = partial(_elicit, arm, n, seed, Cell(experiment, lock_cell).model_dir, model.attention,
+                    work = partial(_elicit, arm, n, seed, Cell(experiment, lock_cell).model_dir, model,
                                    the_task, demonstrations, train, elicit, tests, measure, locked)
                     results += experiment.cell(f"{arm}-{kind}-n{n}/seed{seed}", seed, work)["results"]
 
@@ -316,7 +317,7 @@ def _lock(
 
 
 def _elicit(
-    arm: str, n: int, seed: int, locked_model: Path, attention: str, task: Task, demos: Sequence[Example],
+    arm: str, n: int, seed: int, locked_model: Path, model_config: ModelConfig, task: Task, demos: Sequence[Example],
     train: TrainConfig, elicit: ElicitConfig, tests: dict[str, list[Example]], measure: Measure,
     locked: dict[str, Any], cell: Cell,
 ) -> Rows:
@@ -324,9 +325,11 @@ def _elicit(
 
     An expert-iteration step whose samples are all wrong counts as a step but has no gradient: it updates nothing.
     """
-    reasoner = load_parent(locked_model, attention)
-    sft = {"optimizer": OptimizerConfig(lr=elicit.lr, warmup_steps=elicit.warmup_steps)}
-    rl_optimizer = {"lr": elicit.rl_lr, "warmup_steps": elicit.warmup_steps}
+    reasoner = load_parent(locked_model, model_config.attention)
+    sft = {"optimizer": OptimizerConfig(lr=learning_rate(model_config, elicit.lr, from_scratch=1e-3),
+                                        warmup_steps=elicit.warmup_steps)}
+    rl_optimizer = {"lr": learning_rate(model_config, elicit.rl_lr, from_scratch=3e-4, objective="rl"),
+                    "warmup_steps": elicit.warmup_steps}
     rollout = SamplingConfig(max_new_tokens=train.max_new_tokens, do_sample=True, temperature=elicit.temperature)
     steps = elicit.rl_steps if arm in ("grpo", "expert_iteration") else elicit.steps
     if arm == "sft_full_trace":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing_extensions import Self
 
 import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
@@ -91,29 +92,48 @@ def model_and_tokenizer(
 # parameters: 1e-4 to 3e-4 is peft's and TRL's usual range for them.
 PRETRAINED_LR = 2e-5
 PRETRAINED_LORA_LR = 2e-4
+# Preference optimisation and RL move a pretrained policy more gently still: 1e-6 is the default of TRL's DPOConfig
+# and GRPOConfig; LoRA again ten times that.
+PRETRAINED_RL_LR = 1e-6
+PRETRAINED_RL_LORA_LR = 1e-5
+Objective = Literal["sft", "rl"]  # "rl" also covers preference optimisation (DPO)
 
 
-def learning_rate(config: ModelConfig, lr: float | None, *, from_scratch: float) -> float:
+def learning_rate(config: ModelConfig, lr: float | None, *, from_scratch: float, objective: Objective = "sft") -> float:
     """The learning rate a recipe trains `config`'s model at: `lr` when set, else the one that suits the model.
 
     A recipe's own default (`from_scratch`) is tuned for tiny models trained
     from random weights; a checkpoint must not inherit it. So `lr=None` means
-    `PRETRAINED_LR` for a checkpoint (`PRETRAINED_LORA_LR` with LoRA) and
-    `from_scratch` otherwise.
+    `from_scratch` for a tiny model and, for a checkpoint, `PRETRAINED_LR`
+    (`PRETRAINED_LORA_LR` with LoRA), or the RL rates for an `objective="rl"` stage.
     """
     if lr is not None:
         return lr
-    if config.checkpoint:
-        return PRETRAINED_LORA_LR if config.lora_rank else PRETRAINED_LR
-    return from_scratch
+    if not config.checkpoint:
+        return from_scratch
+    if objective == "rl":
+        return PRETRAINED_RL_LORA_LR if config.lora_rank else PRETRAINED_RL_LR
+    return PRETRAINED_LORA_LR if config.lora_rank else PRETRAINED_LR
 
 
 @dataclass
 class StageConfig:
-    """One training stage of a recipe: how many distinct problems it trains on, and its optimisation."""
+    """One training stage of a recipe: how many distinct problems it trains on, and its optimisation.
+
+    `lr` unset (None) means the rate that suits the model (`learning_rate`, through `resolved`): the stage's
+    `scratch_lr` for a tiny model from scratch, a pretrained rate for a checkpoint. A subclass sets `scratch_lr`
+    and, for DPO or GRPO, `objective = "rl"`.
+    """
 
     rows: int = 4000
     max_steps: int = 600
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float | None = None
     warmup_steps: int = 50
+
+    scratch_lr: ClassVar[float] = 3e-3
+    objective: ClassVar[Objective] = "sft"
+
+    def resolved(self, model: ModelConfig) -> Self:
+        """A copy whose `lr` is set: this stage's rate for `model`. A recipe resolves its stages once, up front."""
+        return replace(self, lr=learning_rate(model, self.lr, from_scratch=self.scratch_lr, objective=self.objective))

@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from framework.callbacks import ProbeEvery
 from framework.data.parts import generate_parts
@@ -72,7 +72,7 @@ from recipes.answer_key import (
     stage_of,
 )
 from recipes.cli import config_of
-from recipes.models import ModelConfig, StageConfig, tokenizer_for
+from recipes.models import ModelConfig, Objective, StageConfig, tokenizer_for
 
 RECIPE = "obfuscation"
 
@@ -87,17 +87,20 @@ class GRPOConfig(StageConfig):
     batch_size: int = 16
     num_generations: int = 8
     temperature: float = 1.0
-    lr: float = 3e-4
     warmup_steps: int = 5
     probe_every: int = 25
     probe_size: int = 100
+
+    # 1e-3 collapsed the tiny policy within 10 steps; 1e-4 barely moved loophole use in 60 (seed 0)
+    scratch_lr: ClassVar[float] = 3e-4
+    objective: ClassVar[Objective] = "rl"
 
     def __post_init__(self) -> None:
         if not self.lambdas or any(not value >= 0 for value in self.lambdas):
             raise ConfigError(f"grpo.lambdas must be one or more penalty weights >= 0, got {self.lambdas}")
         require_at_least("grpo.num_generations", self.num_generations, 2, why="GRPO compares samples within a group")
         require_at_least("grpo.probe_every", self.probe_every, 1)
-        require_positive("grpo", self, "temperature", "lr")
+        require_positive("grpo", self, "temperature", *(["lr"] if self.lr is not None else []))
 
 
 def main(
@@ -139,6 +142,7 @@ def main(
     organism.check_tokenizer(tokenizer)
     config = resolved_config or config_of(main, locals())
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
+    grpo = grpo.resolved(model)  # its rate: the from-scratch one, or a pretrained RL rate for a checkpoint
 
     sizes = {"base": base.rows, "controls": controls.rows, "classifier": monitors.classifier_rows,
              "grpo": grpo.rows, "calibration": task.n_calibration}

@@ -49,7 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from framework.data.parts import generate_parts
 from framework.data.sample import Example
@@ -71,7 +71,7 @@ from recipes.answer_key import (
     stage_of,
 )
 from recipes.cli import config_of
-from recipes.models import ModelConfig, StageConfig, tokenizer_for
+from recipes.models import ModelConfig, Objective, StageConfig, tokenizer_for
 
 RECIPE = "training_order"
 STAGES = {"I": "instruction SFT", "P": "output-only preference training", "R": "RL on the loophole grader"}
@@ -85,12 +85,14 @@ class PreferenceConfig(StageConfig):
     rows: int = 128
     max_steps: int = 40
     batch_size: int = 16
-    lr: float = 1e-4
     warmup_steps: int = 5
     losses: list[PreferenceLoss] = field(default_factory=lambda: ["masked", "unmasked"])
     samples: int = 4
     temperature: float = 1.0
     beta: float = 0.1
+
+    scratch_lr: ClassVar[float] = 1e-4
+    objective: ClassVar[Objective] = "rl"  # DPO: TRL's pretrained default is RL's
 
     def __post_init__(self) -> None:
         if not self.losses or len(set(self.losses)) < len(self.losses):
@@ -106,14 +108,16 @@ class RLConfig(StageConfig):
     rows: int = 2048
     max_steps: int = 80
     batch_size: int = 8
-    lr: float = 3e-4
     warmup_steps: int = 5
     num_generations: int = 8
     temperature: float = 1.0
 
+    scratch_lr: ClassVar[float] = 3e-4
+    objective: ClassVar[Objective] = "rl"
+
     def __post_init__(self) -> None:
         require_at_least("rl.num_generations", self.num_generations, 2, why="GRPO compares samples within a group")
-        require_positive("rl", self, "temperature", "lr")
+        require_positive("rl", self, "temperature", *(["lr"] if self.lr is not None else []))
 
 
 def main(
@@ -160,6 +164,7 @@ def main(
     organism.check_tokenizer(tokenizer)
     config = resolved_config or config_of(main, locals())
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
+    preference, rl = preference.resolved(model), rl.resolved(model)  # from scratch, or pretrained RL rates
 
     sizes = {"base": base.rows, "controls": controls.rows, "classifier": monitors.classifier_rows,
              "preference": preference.rows, "rl": rl.rows, "calibration": task.n_calibration}

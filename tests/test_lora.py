@@ -20,7 +20,7 @@ from framework.regimes.grpo import GRPO
 from framework.regimes.sft import SFT
 from framework.rewards import AnswerCorrectness, think_format
 from framework.rollout import SamplingConfig
-from recipes.models import PRETRAINED_LORA_LR, PRETRAINED_LR, ModelConfig, learning_rate, model_for
+from recipes.models import ModelConfig, model_for
 
 peft = pytest.importorskip("peft", reason="LoRA needs peft (the `real` extra)")
 from framework.models.lora import ADAPTER_DIR, add_lora  # after the skip: it imports peft
@@ -107,11 +107,3 @@ def test_the_recipe_flag_wraps_the_model_in_lora(word_tokenizer):
     assert trainable == _adapters(model) != set()
     assert not isinstance(model_for(ModelConfig(), word_tokenizer, seed=0), peft.PeftModel)
 
-
-def test_a_checkpoint_gets_a_pretrained_learning_rate_unless_one_is_set():
-    scratch, checkpoint = ModelConfig(), ModelConfig(checkpoint="smollm2-135m-instruct")
-    assert learning_rate(scratch, None, from_scratch=3e-3) == 3e-3
-    assert learning_rate(checkpoint, None, from_scratch=3e-3) == PRETRAINED_LR
-    assert 1e-5 <= PRETRAINED_LR <= 5e-5
-    assert learning_rate(dataclasses.replace(checkpoint, lora_rank=8), None, from_scratch=3e-3) == PRETRAINED_LORA_LR
-    assert learning_rate(checkpoint, 1e-3, from_scratch=3e-3) == 1e-3  # a rate that is set wins

@@ -107,21 +107,26 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
     control_episodes = _read(run_dir / "control_episodes.csv")
     assert len(control_episodes) == len(controls) * len(CONDITIONS) * N_TEST
 
-    # Persistence: per arm, SFT and GRPO each probed before the first step and after each of the 2 clean steps.
+    # Persistence: only the most poisoned copy of each kind (persistence.poisoned unset) is trained on; SFT and GRPO
+    # are each probed before the first step and after each of the 2 clean steps.
     probes = _read(run_dir / "persistence.csv")
-    assert [(p["regime"], int(p["step"])) for p in probes] == [(regime, step) for _ in rows
-                                                              for regime in ("sft", "grpo") for step in range(3)]
+    persisted = [row for row in rows if row["poisoned"] == "4"]
+    assert [(p["seed"], p["trigger_kind"], p["poisoned"], p["regime"], int(p["step"])) for p in probes] == [
+        (row["seed"], row["trigger_kind"], "4", regime, step)
+        for row in persisted for regime in ("sft", "grpo") for step in range(3)]
+    assert all(row["sft_success_end"] == "" for row in rows if row["poisoned"] == "2")
     for probe in probes:
         for name in ("success", "success_no_trace", "false_trigger", "clean_accuracy"):
             _rate_is_consistent(probe, name, 3)
-    for index, row in enumerate(rows):
+    for index, row in enumerate(persisted):
         sft, grpo = probes[6 * index : 6 * index + 3], probes[6 * index + 3 : 6 * index + 6]
         # Both regimes start from the same planted model: their greedy probes before any step agree.
         assert {k: v for k, v in sft[0].items() if k != "regime"} == {k: v for k, v in grpo[0].items() if k != "regime"}
         for regime, curve in (("sft", sft), ("grpo", grpo)):
             assert float(row[f"{regime}_success_end"]) == pytest.approx(float(curve[-1]["success"]))
             assert float(row[f"{regime}_clean_accuracy_end"]) == pytest.approx(float(curve[-1]["clean_accuracy"]))
-    assert (run_dir / "cells" / "persist" / "token-n2" / "grpo" / "seed1" / "logs" / "metrics.csv").is_file()
+    assert (run_dir / "cells" / "persist" / "token-n4" / "grpo" / "seed1" / "logs" / "metrics.csv").is_file()
+    assert not (run_dir / "cells" / "persist" / "token-n2").exists()
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["base"]["max_steps"] == 3 and config["plant"]["poisoned"] == [2, 4]  # flags beat the preset
@@ -135,6 +140,8 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
                     "## Persistence under clean training", "## Example traces", "### Trigger kind: username"):
         assert section in report, section
     assert "| token n=2 | 2 |" in report and "| username n=4 | 1 |" in report  # mean ± std over both seeds, and per seed
+    persistence_section = report.split("## Persistence under clean training")[1].split("\n## ")[0]
+    assert "| token n=4 | 2 |" in persistence_section and "n=2 |" not in persistence_section  # trained arms only
     assert f"(0/{N_TEST})" in report or f"/{N_TEST})" in report
 
 
@@ -192,6 +199,7 @@ def test_bad_persistence_settings_fail_before_training(tmp_path):
         (["--persistence.temperature", "0"], "persistence.temperature must be positive"),
         (["--persistence.rl_lr", "0"], "persistence.rl_lr must be positive"),
         (["--persistence.probe_every", "0"], "persistence.probe_every must be >= 1"),
+        (["--persistence.poisoned", "[3]"], r"persistence.poisoned=\[3\] names counts that plant.poisoned=\[2, 4\]"),
         (["--plant.replay", "-1"], "plant.replay must be >= 0"),
         (["--base.non_thinking", "1"], r"base.non_thinking must lie in \[0, 1\)"),
         (["--triggers.kinds", "[]"], "triggers.kinds is empty"),

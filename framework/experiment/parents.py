@@ -35,10 +35,12 @@ def fit_row(cell: Cell, fitted: Fitted) -> dict[str, Any]:
 
 
 def fit_on_rows(cell: Cell, module: L.LightningModule, rows: Sequence[Example], batch_size: int,
-                settings: FitSettings, callbacks: Sequence[L.Callback] = ()) -> Fitted:
-    """Fit a regime (anything with a `reasoner`) on `rows` in batches of at most `batch_size`, with no validation:
-    the data module a recipe's training cells share. The rows repeat for as many epochs as the steps need."""
+                settings: FitSettings, callbacks: Sequence[L.Callback] = (), val_rows: Sequence[Example] = ()
+                ) -> Fitted:
+    """Fit a regime (anything with a `reasoner`) on `rows` in batches of at most `batch_size`: the data module a
+    recipe's training cells share. The rows repeat for as many epochs as the steps need. `val_rows` are validated
+    on every `settings.val_every` steps (none: no validation)."""
     reasoner: Reasoner = module.reasoner
-    data = ReasoningDataModule(reasoner.tokenize, rows, [], pad_token_id=reasoner.tokenizer.pad_token_id,
+    data = ReasoningDataModule(reasoner.tokenize, rows, list(val_rows), pad_token_id=reasoner.tokenizer.pad_token_id,
                                batch_size=min(batch_size, len(rows)))
     return cell.fit(module, data, settings, callbacks)
