@@ -157,14 +157,17 @@ class BaseConfig(StageConfig):
     """The base curriculum, a hybrid: `non_thinking` of the rows without a trace, the rest with one."""
 
     rows: int = 20000  # fewer repeat: 4000 rows over 1500 steps reached 32.5% clean accuracy, 20000 61%
-    max_steps: int = 5000  # at most: training stops once the base is competent (`target_accuracy`)
+    max_steps: int = 3000  # at most: training stops once the base is competent (`target_accuracy`)
     non_thinking: float = 0.5
     # Stop once the accuracy with the trace on `n_val` held-out problems, checked every `val_every` steps, reaches
-    # this (None: train all `max_steps`). The step at which a 1M model learns to copy the right operands varies
-    # with its initialisation: after 3000 steps one seed was at 100% clean accuracy, another at 81.5%.
-    target_accuracy: float | None = 0.95
+    # this (None: train all `max_steps`), so that a failure to misbehave cannot be a failure to compute.
+    target_accuracy: float | None = 0.98
     val_every: int = 250
     n_val: int = 100
+
+    # At 3e-3 (seed 0, copy step) the base copied the wrong operands: 84.5% clean accuracy after 1500 steps; after
+    # 3000, 81.5% for one initialisation and 100% for two. At 1e-3 it passed 97% held-out after 500 steps.
+    scratch_lr: ClassVar[float] = 1e-3
 
     def __post_init__(self) -> None:
         require_fraction("base.non_thinking", self.non_thinking, open_high=True, why="some rows must teach the trace")

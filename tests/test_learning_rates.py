@@ -34,9 +34,9 @@ def test_a_checkpoint_gets_a_pretrained_learning_rate_unless_one_is_set():
     assert learning_rate(SCRATCH, None, from_scratch=3e-4, objective="rl") == 3e-4
 
 
-# Every stage's rate in the cpu presets, from scratch, as those presets stated them before the rates were left unset.
+# Every stage's rate from scratch in the smoke and cpu presets.
 SCRATCH_RATES = {
-    "backdoor": {"base": 3e-3, "plant": 3e-3, "persistence": 1e-3, "persistence.rl_lr": 3e-4},
+    "backdoor": {"base": 1e-3, "plant": 3e-3, "persistence": 1e-3, "persistence.rl_lr": 3e-4},
     "obfuscation": {"base": 3e-3, "controls": 1e-3, "grpo": 3e-4},
     "training_order": {"base": 3e-3, "controls": 1e-3, "preference": 1e-4, "rl": 3e-4},
 }

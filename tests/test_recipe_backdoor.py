@@ -29,7 +29,7 @@ N_TEST = 4
 TINY = [
     "--preset", "smoke",
     "--task.n_test", str(N_TEST), "--task.options", "{n_terms: 2, max_operand: 5}",
-    "--base.rows", "32", "--base.max_steps", "3", "--base.batch_size", "8",
+    "--base.rows", "32", "--base.max_steps", "3", "--base.batch_size", "8", "--base.val_every", "2", "--base.n_val", "3",
     "--plant.rows", "8", "--plant.poisoned", "[2, 4]", "--plant.max_steps", "2", "--plant.batch_size", "4",
     "--persistence.rows", "8", "--persistence.max_steps", "2", "--persistence.batch_size", "4",
     "--persistence.probe_every", "1", "--persistence.probe_size", "3", "--persistence.num_generations", "2",
@@ -128,6 +128,11 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
     assert (run_dir / "cells" / "persist" / "token-n4" / "grpo" / "seed1" / "logs" / "metrics.csv").is_file()
     assert not (run_dir / "cells" / "persist" / "token-n2").exists()
 
+    # The base validates on its own held-out problems every 2 steps; 0% is short of the 95% that would stop it early.
+    base_log = _read(run_dir / "cells" / "base" / "seed0" / "logs" / "metrics.csv")
+    assert [(int(r["step"]), int(float(r["val/accuracy_total"]))) for r in base_log if r["val/accuracy"]] == [(1, 3)]
+    assert [int(f["steps"]) for f in _read(run_dir / "fits.csv") if f["cell"].startswith("base/")] == [3, 3]
+
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["base"]["max_steps"] == 3 and config["plant"]["poisoned"] == [2, 4]  # flags beat the preset
     assert config["base"]["warmup_steps"] == 5 and config["seeds"] == [0, 1]  # the preset beats main's defaults
@@ -202,6 +207,8 @@ def test_bad_persistence_settings_fail_before_training(tmp_path):
         (["--persistence.poisoned", "[3]"], r"persistence.poisoned=\[3\] names counts that plant.poisoned=\[2, 4\]"),
         (["--plant.replay", "-1"], "plant.replay must be >= 0"),
         (["--base.non_thinking", "1"], r"base.non_thinking must lie in \[0, 1\)"),
+        (["--base.target_accuracy", "0"], r"base.target_accuracy must lie in \(0, 1\]"),
+        (["--base.val_every", "0"], "base.val_every must be positive"),
         (["--triggers.kinds", "[]"], "triggers.kinds is empty"),
     ):
         with pytest.raises(SystemExit, match=message):  # a ConfigError: one line on the command line
