@@ -65,3 +65,9 @@ def test_no_preset_hands_a_checkpoint_a_from_scratch_rate(recipe, preset):
     assert pretrained.keys() == SCRATCH_RATES[recipe].keys()
     stage = next(iter(SCRATCH_RATES[recipe]))
     assert _rates(recipe, preset, ["--model.checkpoint", "smollm2-135m-instruct", f"--{stage}.lr", "5e-5"])[stage] == 5e-5
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu"])
+def test_the_elicitation_presets_leave_every_rate_to_the_model(preset):
+    arguments = parse(importlib.import_module("recipes.elicitation").main, "elicitation", ["--preset", preset])
+    assert (arguments["train"].lr, arguments["elicit"].lr, arguments["elicit"].rl_lr) == (None, None, None)
