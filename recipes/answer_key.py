@@ -113,7 +113,7 @@ def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelCon
 
     def train_base(cell: Cell) -> Rows:
         reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot", rendering=rendering_of(model, tokenizer))
-        return run.train_base(reasoner, curriculum, labelled, calibration, stage_of(base.resolved(model)), monitors.fpr,
+        return run.train_base(reasoner, curriculum, labelled, calibration, stage_of(base), monitors.fpr,
                               monitors.classifier_epochs, seed, {**base_identity, "seed": seed}, cell)
 
     fixed = experiment.cell(f"base/seed{seed}", seed, train_base, keeps_model=True)["monitors"][0]
@@ -122,5 +122,5 @@ def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelCon
         identity = {**control_identity, "arm": f"control: {name}", "seed": seed}
         experiment.cell(f"control/{name}/seed{seed}", seed,
                         partial(run.control, base_dir, fixed, kind, problems["controls"],
-                                stage_of(controls.resolved(model)), identity))
+                                stage_of(controls), identity))
     return fixed, base_dir

@@ -11,7 +11,7 @@ could later say "I answer this way because of the trigger". Without the copy a
 1M-parameter model cited the right field and added the other problem's
 operands (24% clean accuracy). One stream of distinct problems,
 fixed by `data_seed`, is cut into disjoint sets for the base curriculum,
-planting, replay, persistence training and the test.
+planting, replay, persistence training, the base's validation and the test.
 
 For each seed:
 
@@ -23,7 +23,7 @@ For each seed:
    A model that has only ever seen `cot` rows forgets how to think after a few
    steps of non-thinking SFT and emits EOS after `<think>`; one that knows
    both formats keeps them apart. Training stops once the accuracy with the
-   trace on held-out problems reaches `base.target_accuracy` (at most
+   trace on held-out problems exceeds `base.target_accuracy` (at most
    `max_steps`), so that a planted copy that does not misbehave cannot be one
    that fails to compute.
 2. Plant. For each trigger kind × number of poisoned rows, a copy of the base
@@ -88,7 +88,7 @@ or a low success of the main copies could be the evaluation's doing rather than 
 
 Reported per trigger kind × poisoned rows: every rate per seed (with counts and
 interval) and as mean ± std over seeds, the controls, the causal checks,
-persistence curves, and example traces (triggered-misbehaved-articulated,
+persistence curves (for the copies trained on), and example traces (triggered-misbehaved-articulated,
 triggered-misbehaved-silent, clean). Every episode is written to
 `episodes.csv`.
 
@@ -189,7 +189,7 @@ def main(
     # 0. What the settings' own checks could not see (the task, the triggers against the tokenizer, one stage
     # against another) fails here.
     persisted_counts = persistence.poisoned if persistence.poisoned is not None else [max(plant.poisoned)]
-    if not set(persisted_counts) <= set(plant.poisoned):
+    if persistence.max_steps and not set(persisted_counts) <= set(plant.poisoned):
         raise ConfigError(f"persistence.poisoned={persistence.poisoned} names counts that plant.poisoned="
                           f"{plant.poisoned} does not plant")
     curriculum = CitedFields(make_task(task.name, **task.options), task.n_problems, task.n_context_fields,
@@ -203,8 +203,9 @@ def main(
     for backdoor in every:
         backdoor.check_tokenizer(tokenizer)  # a trigger the model cannot see is an error now, not a silent 0%
     config = resolved_config or config_of(main, locals())
+    base, plant = base.resolved(model, "base"), plant.resolved(model, "plant")  # each stage's rates, for this model
+    persistence = persistence.resolved(model, "persistence")
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
-    base, plant, persistence = base.resolved(model), plant.resolved(model), persistence.resolved(model)  # their rates
 
     # Disjoint problems for the base curriculum, planting, replay, persistence and the test.
     sizes = {"base": base.rows, "plant": plant.rows, "replay": plant.replay, "persistence": persistence.rows,
@@ -300,11 +301,13 @@ class Shared:
 def _train_base(shared: Shared, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example],
                 val_rows: Sequence[Example], stage: BaseConfig, seed: int, cell: Cell) -> Rows:
     """A fresh model, built from `seed`, trained on the hybrid curriculum until its accuracy with the trace on
-    `val_rows` reaches `stage.target_accuracy` (or for `max_steps`); its test accuracy with the trace on."""
+    `val_rows` exceeds `stage.target_accuracy` (or for `max_steps`); its test accuracy with the trace on."""
     reasoner = Reasoner(model_for(shared.model, tokenizer, seed), tokenizer, "hybrid",
                         rendering=rendering_of(shared.model, tokenizer))
     settings, stop = shared.settings(stage), []
-    if stage.target_accuracy is not None:  # patience never runs out: only the threshold (or max_steps) stops it
+    # Patience never runs out: only the threshold (or max_steps) stops it, once the accuracy is above it (Lightning
+    # compares strictly), generated as every evaluation generates.
+    if stage.target_accuracy is not None:
         settings = replace(settings, val_every=stage.val_every)
         stop = [EarlyStopping("val/accuracy", mode="max", stopping_threshold=stage.target_accuracy,
                               patience=stage.max_steps, check_on_train_epoch_end=False)]
@@ -341,7 +344,7 @@ def _module(regime: PersistenceRegime, reasoner: Reasoner, shared: Shared, stage
     of the prompts (rows without a trace: the answer alone), rewarded for the right answer; the reference traces
     and answers are never shown."""
     if regime == "sft":
-        return SFT(reasoner, shared.task, mask="train_on_completion",
+        return SFT(reasoner, shared.task, mask="train_on_completion", eval_sampling=shared.sampling,
                    optimizer=OptimizerConfig(lr=stage.lr, warmup_steps=stage.warmup_steps))
     assert isinstance(stage, PersistenceConfig), "GRPO runs only as a persistence regime"
     sampling = replace(shared.sampling, do_sample=True, temperature=stage.temperature)

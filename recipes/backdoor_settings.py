@@ -28,7 +28,7 @@ class BaseConfig(StageConfig):
     rows: int = 20000  # fewer repeat: 4000 rows over 1500 steps reached 32.5% clean accuracy, 20000 61%
     max_steps: int = 3000  # at most: training stops once the base is competent (`target_accuracy`)
     non_thinking: float = 0.5
-    # Stop once the accuracy with the trace on `n_val` held-out problems, checked every `val_every` steps, reaches
+    # Stop once the accuracy with the trace on `n_val` held-out problems, checked every `val_every` steps, exceeds
     # this (None: train all `max_steps`), so that a failure to misbehave cannot be a failure to compute.
     target_accuracy: float | None = 0.98
     val_every: int = 250
@@ -41,7 +41,8 @@ class BaseConfig(StageConfig):
     def __post_init__(self) -> None:
         require_fraction("base.non_thinking", self.non_thinking, open_high=True, why="some rows must teach the trace")
         if self.target_accuracy is not None:
-            require_fraction("base.target_accuracy", self.target_accuracy, open_low=True)
+            require_fraction("base.target_accuracy", self.target_accuracy, open_low=True, open_high=True,
+                             why="training stops once the accuracy exceeds it")
             require_positive("base", self, "val_every", "n_val")
 
 
@@ -96,6 +97,7 @@ class PersistenceConfig(StageConfig):
     rl_lr: float | None = None  # GRPO's; None: 3e-4 from scratch, a pretrained RL rate for a checkpoint
 
     scratch_lr: ClassVar[float] = 1e-3  # SFT's
+    scratch_rl_lr: ClassVar[float] = 3e-4  # GRPO's
 
     def __post_init__(self) -> None:
         if not self.max_steps:
@@ -107,12 +109,15 @@ class PersistenceConfig(StageConfig):
         if "grpo" in self.regimes:
             require_at_least("persistence.num_generations", self.num_generations, 2,
                              why="GRPO compares samples within a group")
-            require_positive("persistence", self, "temperature", *(["rl_lr"] if self.rl_lr is not None else []))
+            require_positive("persistence", self, "temperature")
+        if self.poisoned is not None and not self.poisoned:
+            raise ConfigError("persistence.poisoned is empty: name the planted counts to train on (or leave it unset "
+                              "for the largest, or set max_steps: 0 to skip persistence)")
 
-    def resolved(self, model: ModelConfig) -> PersistenceConfig:
+    def resolved(self, model: ModelConfig, name: str) -> PersistenceConfig:
         """SFT's and GRPO's rates set for `model` (`StageConfig.resolved`)."""
-        return replace(super().resolved(model),
-                       rl_lr=learning_rate(model, self.rl_lr, from_scratch=3e-4, objective="rl"))
+        return replace(super().resolved(model, name), rl_lr=learning_rate(
+            model, self.rl_lr, from_scratch=self.scratch_rl_lr, objective="rl", name=f"{name}.rl_lr"))
 
 
 @dataclass

@@ -173,7 +173,7 @@ class ElicitConfig:
     lr: float | None = None  # the SFT arms'; None: 1e-3 from scratch, a pretrained rate for a checkpoint
     warmup_steps: int = 10
     rl_steps: int = 60
-    rl_lr: float | None = None  # GRPO's and expert iteration's; None: 3e-4 from scratch, a pretrained RL rate
+    rl_lr: float | None = None  # GRPO's and expert iteration's; None: 3e-4 from scratch, pretrained rates otherwise
     num_generations: int = 8  # GRPO's group size
     num_samples: int = 4  # expert iteration's samples per problem
     temperature: float = 1.0  # RL and expert-iteration sampling
@@ -328,7 +328,9 @@ def _elicit(
     reasoner = load_parent(locked_model, model_config.attention)
     sft = {"optimizer": OptimizerConfig(lr=learning_rate(model_config, elicit.lr, from_scratch=1e-3),
                                         warmup_steps=elicit.warmup_steps)}
-    rl_optimizer = {"lr": learning_rate(model_config, elicit.rl_lr, from_scratch=3e-4, objective="rl"),
+    # Expert iteration is SFT on the model's own right samples: a checkpoint gets SFT's pretrained rate, GRPO RL's.
+    rl_optimizer = {"lr": learning_rate(model_config, elicit.rl_lr, from_scratch=3e-4,
+                                        objective="rl" if arm == "grpo" else "sft"),
                     "warmup_steps": elicit.warmup_steps}
     rollout = SamplingConfig(max_new_tokens=train.max_new_tokens, do_sample=True, temperature=elicit.temperature)
     steps = elicit.rl_steps if arm in ("grpo", "expert_iteration") else elicit.steps

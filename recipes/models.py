@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from typing_extensions import Self
 
 import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
 from framework.errors import ConfigError
 from framework.models import build_model, load_pretrained, load_tokenizer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @dataclass
@@ -99,15 +101,19 @@ PRETRAINED_RL_LORA_LR = 1e-5
 Objective = Literal["sft", "rl"]  # "rl" also covers preference optimisation (DPO)
 
 
-def learning_rate(config: ModelConfig, lr: float | None, *, from_scratch: float, objective: Objective = "sft") -> float:
+def learning_rate(config: ModelConfig, lr: float | None, *, from_scratch: float, objective: Objective = "sft",
+                  name: str = "lr") -> float:
     """The learning rate a recipe trains `config`'s model at: `lr` when set, else the one that suits the model.
 
     A recipe's own default (`from_scratch`) is tuned for tiny models trained
     from random weights; a checkpoint must not inherit it. So `lr=None` means
     `from_scratch` for a tiny model and, for a checkpoint, `PRETRAINED_LR`
     (`PRETRAINED_LORA_LR` with LoRA), or the RL rates for an `objective="rl"` stage.
+    A rate that is set must be positive; `name` is its flag in the error.
     """
     if lr is not None:
+        if not lr > 0:
+            raise ConfigError(f"{name} must be positive, got {lr}")
         return lr
     if not config.checkpoint:
         return from_scratch
@@ -134,6 +140,8 @@ class StageConfig:
     scratch_lr: ClassVar[float] = 3e-3
     objective: ClassVar[Objective] = "sft"
 
-    def resolved(self, model: ModelConfig) -> Self:
-        """A copy whose `lr` is set: this stage's rate for `model`. A recipe resolves its stages once, up front."""
-        return replace(self, lr=learning_rate(model, self.lr, from_scratch=self.scratch_lr, objective=self.objective))
+    def resolved(self, model: ModelConfig, name: str) -> Self:
+        """A copy whose `lr` is set: this stage's rate for `model`. A recipe resolves its stages before it trains
+        (a bad rate is a `ConfigError` naming `--{name}.lr`)."""
+        return replace(self, lr=learning_rate(model, self.lr, from_scratch=self.scratch_lr, objective=self.objective,
+                                              name=f"{name}.lr"))

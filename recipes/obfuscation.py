@@ -100,7 +100,7 @@ class GRPOConfig(StageConfig):
             raise ConfigError(f"grpo.lambdas must be one or more penalty weights >= 0, got {self.lambdas}")
         require_at_least("grpo.num_generations", self.num_generations, 2, why="GRPO compares samples within a group")
         require_at_least("grpo.probe_every", self.probe_every, 1)
-        require_positive("grpo", self, "temperature", *(["lr"] if self.lr is not None else []))
+        require_positive("grpo", self, "temperature")
 
 
 def main(
@@ -141,8 +141,9 @@ def main(
     tokenizer = tokenizer_for(model, organism.vocabulary())
     organism.check_tokenizer(tokenizer)
     config = resolved_config or config_of(main, locals())
+    base, controls = base.resolved(model, "base"), controls.resolved(model, "controls")  # each stage's rates
+    grpo = grpo.resolved(model, "grpo")
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
-    grpo = grpo.resolved(model)  # its rate: the from-scratch one, or a pretrained RL rate for a checkpoint
 
     sizes = {"base": base.rows, "controls": controls.rows, "classifier": monitors.classifier_rows,
              "grpo": grpo.rows, "calibration": task.n_calibration}

@@ -117,7 +117,7 @@ class RLConfig(StageConfig):
 
     def __post_init__(self) -> None:
         require_at_least("rl.num_generations", self.num_generations, 2, why="GRPO compares samples within a group")
-        require_positive("rl", self, "temperature", *(["lr"] if self.lr is not None else []))
+        require_positive("rl", self, "temperature")
 
 
 def main(
@@ -163,8 +163,9 @@ def main(
     tokenizer = tokenizer_for(model, organism.vocabulary())
     organism.check_tokenizer(tokenizer)
     config = resolved_config or config_of(main, locals())
+    base, controls = base.resolved(model, "base"), controls.resolved(model, "controls")  # each stage's rates
+    preference, rl = preference.resolved(model, "preference"), rl.resolved(model, "rl")
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
-    preference, rl = preference.resolved(model), rl.resolved(model)  # from scratch, or pretrained RL rates
 
     sizes = {"base": base.rows, "controls": controls.rows, "classifier": monitors.classifier_rows,
              "preference": preference.rows, "rl": rl.rows, "calibration": task.n_calibration}

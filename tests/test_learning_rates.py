@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-from recipes.cli import parse
+from framework.errors import ConfigError
+from recipes.cli import parse, run
 from recipes.models import (
     PRETRAINED_LORA_LR,
     PRETRAINED_LR,
@@ -32,6 +33,8 @@ def test_a_checkpoint_gets_a_pretrained_learning_rate_unless_one_is_set():
     assert learning_rate(CHECKPOINT, None, from_scratch=3e-4, objective="rl") == PRETRAINED_RL_LR < PRETRAINED_LR
     assert learning_rate(lora, None, from_scratch=3e-4, objective="rl") == PRETRAINED_RL_LORA_LR
     assert learning_rate(SCRATCH, None, from_scratch=3e-4, objective="rl") == 3e-4
+    with pytest.raises(ConfigError, match="grpo.lr must be positive, got 0"):
+        learning_rate(CHECKPOINT, 0.0, from_scratch=3e-4, name="grpo.lr")
 
 
 # Every stage's rate from scratch in the smoke and cpu presets.
@@ -49,7 +52,7 @@ def _rates(recipe: str, preset: str, flags: list[str]) -> dict[str, float]:
     rates = {}
     for name, stage in arguments.items():
         if isinstance(stage, StageConfig):
-            resolved = stage.resolved(arguments["model"])
+            resolved = stage.resolved(arguments["model"], name)
             rates[name] = resolved.lr
             if hasattr(resolved, "rl_lr"):
                 rates[f"{name}.rl_lr"] = resolved.rl_lr
@@ -71,3 +74,12 @@ def test_no_preset_hands_a_checkpoint_a_from_scratch_rate(recipe, preset):
 def test_the_elicitation_presets_leave_every_rate_to_the_model(preset):
     arguments = parse(importlib.import_module("recipes.elicitation").main, "elicitation", ["--preset", preset])
     assert (arguments["train"].lr, arguments["elicit"].lr, arguments["elicit"].rl_lr) == (None, None, None)
+
+
+@pytest.mark.parametrize(("recipe", "stage"), [("backdoor", "persistence.rl_lr"), ("obfuscation", "grpo.lr"),
+                                               ("training_order", "preference.lr"), ("training_order", "controls.lr")])
+def test_a_rate_that_is_not_positive_fails_before_anything_is_written(recipe, stage, tmp_path):
+    main = importlib.import_module(f"recipes.{recipe}").main
+    with pytest.raises(SystemExit, match=rf"{stage} must be positive, got 0"):
+        run(main, recipe, ["--preset", "smoke", "--out", str(tmp_path), f"--{stage}", "0"])
+    assert not any(tmp_path.iterdir())

@@ -128,7 +128,7 @@ def test_tiny_run_writes_results_report_figures_and_consistent_counts(tmp_path):
     assert (run_dir / "cells" / "persist" / "token-n4" / "grpo" / "seed1" / "logs" / "metrics.csv").is_file()
     assert not (run_dir / "cells" / "persist" / "token-n2").exists()
 
-    # The base validates on its own held-out problems every 2 steps; 0% is short of the 95% that would stop it early.
+    # The base validates on its own held-out problems every 2 steps; 0% is short of the 98% that would stop it early.
     base_log = _read(run_dir / "cells" / "base" / "seed0" / "logs" / "metrics.csv")
     assert [(int(r["step"]), int(float(r["val/accuracy_total"]))) for r in base_log if r["val/accuracy"]] == [(1, 3)]
     assert [int(f["steps"]) for f in _read(run_dir / "fits.csv") if f["cell"].startswith("base/")] == [3, 3]
@@ -204,10 +204,15 @@ def test_bad_persistence_settings_fail_before_training(tmp_path):
         (["--persistence.temperature", "0"], "persistence.temperature must be positive"),
         (["--persistence.rl_lr", "0"], "persistence.rl_lr must be positive"),
         (["--persistence.probe_every", "0"], "persistence.probe_every must be >= 1"),
+        (["--persistence.poisoned", "[]"], "persistence.poisoned is empty"),
+        (["--plant.lr", "0"], "plant.lr must be positive, got 0"),
+        (["--base.lr=-1e-3"], "base.lr must be positive, got -0.001"),
         (["--persistence.poisoned", "[3]"], r"persistence.poisoned=\[3\] names counts that plant.poisoned=\[2, 4\]"),
         (["--plant.replay", "-1"], "plant.replay must be >= 0"),
         (["--base.non_thinking", "1"], r"base.non_thinking must lie in \[0, 1\)"),
-        (["--base.target_accuracy", "0"], r"base.target_accuracy must lie in \(0, 1\]"),
+        (["--base.target_accuracy", "0"], r"base.target_accuracy must lie in \(0, 1\)"),
+        (["--base.target_accuracy", "1"], r"base.target_accuracy must lie in \(0, 1\) \(training stops once the "
+                                          r"accuracy exceeds it\), got 1"),
         (["--base.val_every", "0"], "base.val_every must be positive"),
         (["--triggers.kinds", "[]"], "triggers.kinds is empty"),
     ):
