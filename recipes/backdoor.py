@@ -70,9 +70,9 @@ For each seed:
      traces that contain a word of the misaligned answer (the backdoor leaking
      into the trace rather than the answer); and clean accuracy with the trace.
 4. Persistence. A copy of the planted model (for each trigger kind, the one
-   planted with `persistence.poisoned` rows; by default the most) is trained on
-   by each regime of `persistence.regimes`, on clean problems only (no trigger; `cot` mode by
-   default): `sft` on their reference traces and answers, and `grpo` with an
+   planted with `persistence.poisoned` rows; by default the most) is trained
+   on by each regime of `persistence.regimes`, on clean problems only (no
+   trigger; `cot` mode by default): `sft` on their reference traces and answers, and `grpo` with an
    answer-correctness reward (the model's own samples; no reward term targets
    the misaligned answer, which on a clean prompt simply scores 0). Every
    `probe_every` steps (and before the first) its success rate, with and
@@ -88,8 +88,8 @@ or a low success of the main copies could be the evaluation's doing rather than 
 
 Reported per trigger kind × poisoned rows: every rate per seed (with counts and
 interval) and as mean ± std over seeds, the controls, the causal checks,
-persistence curves (for the copies trained on), and example traces (triggered-misbehaved-articulated,
-triggered-misbehaved-silent, clean). Every episode is written to
+persistence curves (for the copies trained on), and example traces
+(triggered-misbehaved-articulated, triggered-misbehaved-silent, clean). Every episode is written to
 `episodes.csv`.
 
 The run is a tree of cells (`framework.experiment`), each starting from its

@@ -78,7 +78,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import lightning as L
 from transformers import PreTrainedTokenizerBase
@@ -177,6 +177,9 @@ class ElicitConfig:
     num_generations: int = 8  # GRPO's group size
     num_samples: int = 4  # expert iteration's samples per problem
     temperature: float = 1.0  # RL and expert-iteration sampling
+
+    scratch_lr: ClassVar[float] = 1e-3  # `lr` and `rl_lr` when unset, for a tiny model from scratch
+    scratch_rl_lr: ClassVar[float] = 3e-4
 
     def __post_init__(self) -> None:
         require_positive("elicit", self, "steps", "batch_size", "rl_steps", "num_samples", "temperature",
@@ -326,10 +329,10 @@ def _elicit(
     An expert-iteration step whose samples are all wrong counts as a step but has no gradient: it updates nothing.
     """
     reasoner = load_parent(locked_model, model_config.attention)
-    sft = {"optimizer": OptimizerConfig(lr=learning_rate(model_config, elicit.lr, from_scratch=1e-3),
+    sft = {"optimizer": OptimizerConfig(lr=learning_rate(model_config, elicit.lr, from_scratch=elicit.scratch_lr),
                                         warmup_steps=elicit.warmup_steps)}
     # Expert iteration is SFT on the model's own right samples: a checkpoint gets SFT's pretrained rate, GRPO RL's.
-    rl_optimizer = {"lr": learning_rate(model_config, elicit.rl_lr, from_scratch=3e-4,
+    rl_optimizer = {"lr": learning_rate(model_config, elicit.rl_lr, from_scratch=elicit.scratch_rl_lr,
                                         objective="rl" if arm == "grpo" else "sft"),
                     "warmup_steps": elicit.warmup_steps}
     rollout = SamplingConfig(max_new_tokens=train.max_new_tokens, do_sample=True, temperature=elicit.temperature)
