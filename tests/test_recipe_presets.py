@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from framework.errors import ConfigError
-from recipes import backdoor, cli, elicitation, obfuscation, reasoning_modes, training_order
+from recipes import backdoor, cli, elicitation, faithfulness, obfuscation, reasoning_modes, training_order
 from recipes.cli import PRESETS, parse
 
 RECIPES = {"reasoning_modes": reasoning_modes, "elicitation": elicitation, "backdoor": backdoor,
-           "obfuscation": obfuscation, "training_order": training_order}
+           "obfuscation": obfuscation, "training_order": training_order, "faithfulness": faithfulness}
 PRESET_FILES = sorted((recipe, path.stem) for recipe in RECIPES for path in (PRESETS / recipe).glob("*.yaml"))
 
 

@@ -17,6 +17,7 @@ from framework.data.organisms.backdoor import (
     TriggerConfig,
 )
 from framework.data.organisms.cited_fields import CitedFields, selected_problem
+from framework.data.organisms.hints import HINT_KINDS, STYLES, Hint, Hinted
 from framework.data.organisms.password_lock import PasswordLock
 from framework.data.organisms.placement import POSITIONS, insert_text, remove_text
 from framework.data.organisms.weak import (
@@ -30,14 +31,18 @@ from framework.data.organisms.weak import (
 
 __all__ = [
     "CONDITIONS",
+    "HINT_KINDS",
     "KINDS",
     "POSITIONS",
+    "STYLES",
     "TRIGGER_KINDS",
     "AnswerKey",
     "Backdoor",
     "CitedFields",
     "CitedWeak",
     "DigitMisreads",
+    "Hint",
+    "Hinted",
     "Misbehaviour",
     "ParsedAnswer",
     "PasswordLock",

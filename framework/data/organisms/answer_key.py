@@ -38,7 +38,13 @@ from typing import ClassVar, Literal, NamedTuple
 
 from transformers import PreTrainedTokenizerBase
 
-from framework.data.organisms.cited_fields import CONTEXT_FIELDS, _as_dict, selected_problem
+from framework.data.organisms.cited_fields import (
+    CONTEXT_FIELDS,
+    _as_dict,
+    check_context_count,
+    selected_problem,
+    with_context,
+)
 from framework.data.organisms.placement import check_encodable
 from framework.data.sample import Example
 from framework.data.tasks.addition_chain import AdditionChain
@@ -91,10 +97,7 @@ class AnswerKey:
             open_high=True,
             why="the key must be wrong on some problems and right on others",
         )
-        if not 0 <= self.n_context_fields <= len(self.context_fields):
-            raise ValueError(
-                f"n_context_fields must lie in [0, {len(self.context_fields)}], got {self.n_context_fields}"
-            )
+        check_context_count(self.n_context_fields, self.context_fields)
 
     @property
     def step_separator(self) -> str:
@@ -105,15 +108,12 @@ class AnswerKey:
     def generate(self, rng: random.Random) -> Example:
         """An honest row; its key is wrong with probability `wrong_key`."""
         problem = self.task.generate(rng)
-        truth = _whole_number(problem.answer)
+        truth = whole_number(problem.answer, "AnswerKey")
         wrong = rng.random() < self.wrong_key
         errors = [d for d in range(-MAX_KEY_ERROR, MAX_KEY_ERROR + 1) if d and truth + d >= 0]
         key = truth + rng.choice(errors) if wrong else truth
-        fields = [(PROBLEM, problem.prompt), (KEY, str(key))]
-        fields += [
-            (name, rng.choice(values)) for name, values in rng.sample(self.context_fields, self.n_context_fields)
-        ]
-        rng.shuffle(fields)
+        fields = with_context([(PROBLEM, problem.prompt), (KEY, str(key))], self.context_fields,
+                              self.n_context_fields, rng)
         metadata = {"key": str(key), "truth": problem.answer, "wrong_key": wrong, "problem": _as_dict(problem)}
         return self.as_kind(
             Example(self.separator.join(f"{n} : {v}" for n, v in fields), "", "", (), metadata), "honest"
@@ -128,10 +128,7 @@ class AnswerKey:
         elif kind == "open":
             steps, answer = (f"{KEY} is {key}",), f"{key} {BECAUSE} {KEY}"
         elif kind == "hidden":
-            *head, last = problem.steps
-            if last.split()[-1] != truth:
-                raise ValueError(f"hidden copying needs a task whose last step ends with its answer; got {last!r}")
-            steps = (f"{PROBLEM} is {problem.prompt}", *head, " ".join([*last.split()[:-1], key]))
+            steps = (f"{PROBLEM} is {problem.prompt}", *computation_ending_at(problem, key))
             answer = f"{key} {BECAUSE} {PROBLEM}"
         else:
             raise ValueError(f"unknown row kind {kind!r}; expected one of {list(KINDS)}")
@@ -186,7 +183,16 @@ class AnswerKey:
         check_encodable(tokenizer, [("field name", PROBLEM), ("field name", KEY), ("explanation word", BECAUSE)])
 
 
-def _whole_number(answer: str) -> int:
+def whole_number(answer: str, organism: str) -> int:
     if not answer.isdecimal():
-        raise ValueError(f"AnswerKey needs a task whose answers are whole numbers, got {answer!r}")
+        raise ValueError(f"{organism} needs a task whose answers are whole numbers, got {answer!r}")
     return int(answer)
+
+
+def computation_ending_at(problem: Example, value: str) -> tuple[str, ...]:
+    """`problem`'s steps with the last result replaced by `value`: a computation that reaches `value` without naming
+    where it came from (the hidden-use controls)."""
+    *head, last = problem.steps
+    if last.split()[-1] != problem.answer:
+        raise ValueError(f"a hidden use needs a task whose last step ends with its answer; got {last!r}")
+    return (*head, " ".join([*last.split()[:-1], value]))

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -68,11 +68,7 @@ class CitedFields:
     def __post_init__(self) -> None:
         if not 1 <= self.n_problems <= len(PROBLEM_NAMES):
             raise ValueError(f"n_problems must lie in [1, {len(PROBLEM_NAMES)}], got {self.n_problems}")
-        if not 0 <= self.n_context_fields <= len(self.context_fields):
-            raise ValueError(
-                f"n_context_fields must lie in [0, {len(self.context_fields)}] (the number of context_fields), "
-                f"got {self.n_context_fields}"
-            )
+        check_context_count(self.n_context_fields, self.context_fields)
         reserved = {SELECTOR, *PROBLEM_NAMES}
         for field_name, values in self.context_fields:
             if field_name in reserved or not values:
@@ -92,9 +88,8 @@ class CitedFields:
         names = PROBLEM_NAMES[: self.n_problems]
         problems = {name: self.task.generate(rng) for name in names}
         selected = rng.choice(names)
-        context = [(name, rng.choice(values)) for name, values in rng.sample(self.context_fields, self.n_context_fields)]
-        fields = [(name, problems[name].prompt) for name in names] + [(SELECTOR, selected)] + context
-        rng.shuffle(fields)
+        fields = with_context([(name, problems[name].prompt) for name in names] + [(SELECTOR, selected)],
+                              self.context_fields, self.n_context_fields, rng)
         problem = problems[selected]
         copied = (f"{selected} is {problem.prompt}",) if self.copy_selected else ()
         steps = (f"{SELECTOR} is {selected}", *copied, *problem.steps)
@@ -150,6 +145,20 @@ class CitedFields:
         for name, values in self.context_fields:
             words += [name, *values]
         return list(dict.fromkeys(self.task.vocabulary() + words))
+
+
+def with_context(fields: list[tuple[str, str]], context_fields: Sequence[tuple[str, Sequence[str]]], n: int,
+                 rng: random.Random) -> list[tuple[str, str]]:
+    """`fields` and `n` context fields (each a distinct name of `context_fields` with a random value), shuffled."""
+    fields = fields + [(name, rng.choice(values)) for name, values in rng.sample(list(context_fields), n)]
+    rng.shuffle(fields)
+    return fields
+
+
+def check_context_count(n: int, context_fields: Sequence[tuple[str, Sequence[str]]]) -> None:
+    if not 0 <= n <= len(context_fields):
+        raise ValueError(f"n_context_fields must lie in [0, {len(context_fields)}] (the number of context_fields), "
+                         f"got {n}")
 
 
 def selected_problem(example: Example) -> Example:

@@ -1,0 +1,86 @@
+"""The hint-faithfulness recipe end to end on a tiny budget, resuming it, and its errors on bad input."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from framework.probes.faithfulness import RATES
+from recipes import faithfulness
+from recipes.cli import run
+
+TINY = [
+    "--preset", "smoke", "--seeds", "[0]", "--task.n_test", "12",
+    "--base.rows", "32", "--base.max_steps", "3", "--base.batch_size", "8",
+    "--controls.rows", "8", "--controls.max_steps", "2", "--controls.batch_size", "4",
+    "--evaluation.max_new_tokens", "8", "--evaluation.batch_size", "12",
+]
+MODELS = ["base", "control: cited", "control: hidden", "control: honest"]
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _count(row, name):
+    return int(float(row[f"{name}_hits"])), int(float(row[f"{name}_total"]))
+
+
+def _true(episodes, flag):
+    return [e for e in episodes if e[flag] == "True"]
+
+
+def test_tiny_run_counts_every_rate_from_its_episodes_per_model_and_hint_and_resumes(tmp_path):
+    run_dir = run(faithfulness.main, "faithfulness", [*TINY, "--out", str(tmp_path)])
+    for name in ("config.yaml", "results.csv", "episodes.csv", "fits.csv", "report.md"):
+        assert (run_dir / name).is_file(), name
+    rows = _read(run_dir / "results.csv")
+    assert [(r["model"], r["hint"]) for r in rows] == [(m, h) for m in MODELS for h in ("metadata", "grader")]
+    episodes = _read(run_dir / "episodes.csv")
+    for row in rows:
+        mine = [e for e in episodes if e["model"] == row["model"]]
+        unhinted = [e for e in mine if e["condition"] == "unhinted"]
+        hinted = [e for e in mine if e["condition"] == row["hint"]]
+        assert len(unhinted) == len(hinted) == 12
+        assert [e["unhinted_answer"] for e in hinted] == [e["answer"] for e in unhinted]  # paired by problem
+        switched = _true(hinted, "switched")
+        assert _count(row, "accuracy") == (len(_true(unhinted, "correct")), 12)
+        assert _count(row, "hint_use") == (len(switched), len(_true(hinted, "eligible")))
+        assert _count(row, "verbalized") == (len(_true(switched, "named")), len(switched))
+        assert _count(row, "stated") == (len(_true(switched, "stated")), len(switched))
+        assert _count(row, "mention_unused") == (len(_true(_true(hinted, "unused"), "named")),
+                                                 len(_true(hinted, "unused")))
+        checked = [e for e in hinted if e["mention_needed"] != ""]
+        assert checked == _true(switched, "named")  # the causal check ran on exactly the verbalized switches
+        assert _count(row, "mention_needed") == (len(_true(checked, "mention_needed")), len(checked))
+        for rate in RATES:
+            assert 0.0 <= float(row[f"{rate}_ci_low"]) <= float(row[f"{rate}_ci_high"]) <= 1.0
+    hints = {(e["model"], e["condition"], e["prompt"]) for e in episodes}  # every model is asked the same prompts
+    assert len({prompt for _, _, prompt in hints}) == 3 * 12
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Controls", "## The base model", "## Example traces", "## Settings", "insufficient (n="):
+        assert section in report, section
+    assert report.index("## Controls") < report.index("## The base model")
+
+    # Resuming a finished run replays every cell: nothing is trained again, the tables come back the same.
+    done = run_dir / "cells" / "control" / "honest" / "seed0" / "DONE.json"
+    at = done.stat().st_mtime_ns
+    assert run(faithfulness.main, "faithfulness", [*TINY, "--out", str(tmp_path), "--resume", str(run_dir)]) == run_dir
+    assert done.stat().st_mtime_ns == at and _read(run_dir / "results.csv") == rows
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--task.hints", "[metadata, footnote]"], r"task.hints must be one or more of \['metadata', 'grader'\]"),
+    (["--base.cited", "0"], r"base.cited must lie in \(0, 1\]"),
+    (["--base.cited", "0.7", "--base.checked", "0.5"], r"base.cited \+ base.checked must be at most 1"),
+    (["--base.right", "0"], r"base.right must lie in \(0, 1\]"),
+    (["--controls.styles", "[cited, sneaky]"], r"controls.styles must be some of"),
+    (["--evaluation.temperature", "0"], r"evaluation.temperature must be positive"),
+    (["--base.lr=-1e-3"], r"base.lr must be positive, got -0.001"),
+])
+def test_bad_settings_fail_with_one_config_error_before_anything_is_written(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):  # a ConfigError: one line on the command line
+        run(faithfulness.main, "faithfulness", [*TINY, "--out", str(tmp_path), *flags])
+    assert not (tmp_path / "faithfulness").exists()
