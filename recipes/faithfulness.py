@@ -30,9 +30,16 @@ For each seed:
    those steps: the share whose answer leaves the target). A rate among switches counted on fewer than 30 is
    reported as insufficient.
 
-Reported per model (base, controls) and hint kind: every rate per seed and as mean ± std over seeds, the controls
+4. A latent reasoner (Coconut): the same model family trained from scratch on the same curriculum by `LatentSFT`,
+   its steps replaced by continuous thoughts stage by stage, evaluated at the final stage (thoughts only, no trace)
+   on the same prompts. It has no trace to verbalize anything: a linear probe on its thoughts (their mean) predicts
+   whether the answer is the hint's target, fitted on half the hinted episodes; its held-out AUROC is reported beside
+   the same probe fitted on shuffled labels (the control: near 0.5).
+
+Reported per model (base, controls, latent) and hint kind: every rate per seed and as mean ± std over seeds, the controls
 first, and example traces (switched and verbalized, switched silently, not switched). Every episode is written to
-`episodes.csv`. The run is a tree of cells (`framework.experiment`): `base/seed<s>` → `control/<style>/seed<s>`;
+`episodes.csv`. The run is a tree of cells (`framework.experiment`): `base/seed<s>` → `control/<style>/seed<s>`,
+and `latent/seed<s>`;
 `--resume` skips finished cells and continues an unfinished fit.
 
     python -m recipes.faithfulness                    # the `cpu` preset
@@ -42,7 +49,7 @@ first, and example traces (switched and verbalized, switched silently, not switc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,6 +66,7 @@ from framework.reports.faithfulness import faithfulness_report
 from framework.rollout import SamplingConfig
 from recipes.answer_key import stage_of
 from recipes.cli import config_of
+from recipes.latent import LatentCurriculum
 from recipes.models import ModelConfig, StageConfig, model_for, rendering_of, tokenizer_for
 
 RECIPE = "faithfulness"
@@ -124,6 +132,18 @@ class ControlConfig(StageConfig):
 
 
 @dataclass
+class LatentConfig(LatentCurriculum):
+    """A latent reasoner taught the base curriculum by `LatentSFT` on Coconut's stages, at the base's batch size, rate
+    and warm-up, for `max_steps` (0: none)."""
+
+    max_steps: int = 800
+
+    def __post_init__(self) -> None:
+        if self.max_steps:
+            self.check(self.max_steps, "latent.max_steps")
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 200
     max_new_tokens: int = 32
@@ -141,6 +161,7 @@ def main(
     model: ModelConfig = ModelConfig(),
     base: BaseConfig = BaseConfig(),
     controls: ControlConfig = ControlConfig(),
+    latent: LatentConfig = LatentConfig(),
     evaluation: EvalConfig = EvalConfig(),
     accelerator: str = "auto",
     precision: str = "32-true",
@@ -157,6 +178,7 @@ def main(
         model: the model family and size, or a local checkpoint.
         base: the hint curriculum (SFT, `cot`).
         controls: SFT of the controls from the base, one per style.
+        latent: the latent reasoner's thoughts, curriculum and steps.
         evaluation: generation settings and how many example traces the report shows.
         accelerator, precision: Lightning's, for every stage.
         data_seed: fixes every problem and every test hint, shared by all seeds.
@@ -196,7 +218,18 @@ def main(
                             partial(run.from_parent, experiment.path("cells", f"base/seed{seed}"),
                                     control_rows[style], stage_of(controls), identity), keeps_model=True)
 
-    # 3. Report, from the tables the cells recorded.
+        # 3. A latent reasoner from scratch on the same curriculum: its thoughts, probed, stand in for a trace.
+        def latent_base(cell: Cell, seed: int = seed) -> Rows:
+            reasoner = latent.reasoner(model_for(model, tokenizer, seed), tokenizer, organism,
+                                       rendering=rendering_of(model, tokenizer))
+            stage = replace(stage_of(base), max_steps=latent.max_steps)
+            return run.train_latent(reasoner, curriculum, stage, latent.steps_per_stage(latent.max_steps),
+                                    latent.mix_prob, seed, {"model": "latent", "seed": seed}, cell)
+
+        if latent.max_steps:
+            experiment.cell(f"latent/seed{seed}", seed, latent_base, keeps_model=True)
+
+    # 4. Report, from the tables the cells recorded.
     atomic_write_text(experiment.path("report.md"),
                       faithfulness_report(experiment.tables, evaluation.examples, experiment.config))
     print(f"results: {experiment.directory}")

@@ -27,10 +27,10 @@ class LatentCurriculum:
         """Stages 0 … max_stage and the final one share the budget; the final stage also gets the remainder."""
         return max_steps // (self.max_stage + 2)
 
-    def check(self, max_steps: int) -> None:
-        """Every stage, the final one included, must get at least one training step."""
+    def check(self, max_steps: int, flag: str = "train.max_steps") -> None:
+        """Every stage, the final one included, must get at least one training step (`flag` names the budget)."""
         if self.steps_per_stage(max_steps) < 1:
-            raise ConfigError(f"train.max_steps={max_steps} cannot hold the latent curriculum's {self.max_stage + 2} "
+            raise ConfigError(f"{flag}={max_steps} cannot hold the latent curriculum's {self.max_stage + 2} "
                               f"stages (latent.max_stage={self.max_stage}, plus stage 0 and the final stage)")
 
     def reasoner(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,

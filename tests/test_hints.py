@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
 import pytest
+import torch
 
 from framework.data.organisms.hints import HINT_KINDS, Hint, Hinted
 from framework.data.parts import generate_parts
@@ -20,6 +22,7 @@ from framework.probes.faithfulness import (
     hinted_conditions,
     mention_needed,
     score_hinted,
+    thought_probe,
 )
 
 ORGANISM = Hinted(AdditionChain(n_terms=3, max_operand=5))
@@ -146,3 +149,19 @@ def test_the_causal_check_forces_each_trace_cut_before_its_first_mention_of_the_
     assert mention_needed(None, ORGANISM, episodes, None) == [False, True]
     assert forced == ["", "problem is 4 + 8 + 1"]
     assert mention_needed(None, ORGANISM, [], None) == []
+
+
+def test_the_thought_probe_reads_a_decision_written_in_the_thoughts_and_not_a_shuffled_one():
+    generator = torch.Generator().manual_seed(0)
+    follows = [i % 3 == 0 for i in range(300)]
+    direction = torch.randn(16, generator=generator)
+
+    def episode(follow: bool) -> Episode:  # 2 thoughts each; the decision shifts them along one direction
+        thoughts = torch.randn(2, 16, generator=generator) + (1.5 if follow else -1.5) * direction
+        return Episode("p", "", "", thoughts, {"follows": follow})
+
+    probed = thought_probe([episode(f) for f in follows], seed=1)
+    assert probed["probe_auroc"] > 0.95 and 0.3 < probed["probe_auroc_shuffled"] < 0.7
+    assert probed["probe_total"] == 150 and 0 < probed["probe_positives"] < 150
+    one_class = thought_probe([episode(False) for _ in range(20)], seed=1)  # nothing to tell apart: NaN, not a number
+    assert math.isnan(one_class["probe_auroc"]) and math.isnan(one_class["probe_auroc_shuffled"])

@@ -14,9 +14,9 @@ TINY = [
     "--preset", "smoke", "--seeds", "[0]", "--task.n_test", "12",
     "--base.rows", "32", "--base.max_steps", "3", "--base.batch_size", "8",
     "--controls.rows", "8", "--controls.max_steps", "2", "--controls.batch_size", "4",
-    "--evaluation.max_new_tokens", "8", "--evaluation.batch_size", "12",
+    "--latent.max_steps", "4", "--evaluation.max_new_tokens", "8", "--evaluation.batch_size", "12",
 ]
-MODELS = ["base", "control: cited", "control: hidden", "control: honest"]
+MODELS = ["base", "control: cited", "control: hidden", "control: honest", "latent"]
 
 
 def _read(path):
@@ -53,14 +53,18 @@ def test_tiny_run_counts_every_rate_from_its_episodes_per_model_and_hint_and_res
         assert _count(row, "mention_unused") == (len(_true(_true(hinted, "unused"), "named")),
                                                  len(_true(hinted, "unused")))
         checked = [e for e in hinted if e["mention_needed"] != ""]
-        assert checked == _true(switched, "named")  # the causal check ran on exactly the verbalized switches
+        verbalized = _true(switched, "named") if row["model"] != "latent" else []  # a latent reasoner: no trace
+        assert checked == verbalized  # the causal check ran on exactly the verbalized switches
         assert _count(row, "mention_needed") == (len(_true(checked, "mention_needed")), len(checked))
         for rate in RATES:
             assert 0.0 <= float(row[f"{rate}_ci_low"]) <= float(row[f"{rate}_ci_high"]) <= 1.0
+    for row in rows:  # the thought probe: a latent reasoner's only, scored on half its hinted episodes
+        assert (row["probe_total"] == "6") == (row["model"] == "latent")
     hints = {(e["model"], e["condition"], e["prompt"]) for e in episodes}  # every model is asked the same prompts
     assert len({prompt for _, _, prompt in hints}) == 3 * 12
     report = (run_dir / "report.md").read_text()
-    for section in ("## Controls", "## The base model", "## Example traces", "## Settings", "insufficient (n="):
+    for section in ("## Controls", "## The base model", "## The latent reasoner", "## Example traces", "## Settings",
+                    "insufficient (n="):
         assert section in report, section
     assert report.index("## Controls") < report.index("## The base model")
 
@@ -79,6 +83,7 @@ def test_tiny_run_counts_every_rate_from_its_episodes_per_model_and_hint_and_res
     (["--controls.styles", "[cited, sneaky]"], r"controls.styles must be some of"),
     (["--evaluation.temperature", "0"], r"evaluation.temperature must be positive"),
     (["--base.lr=-1e-3"], r"base.lr must be positive, got -0.001"),
+    (["--latent.max_steps", "3"], r"latent.max_steps=3 cannot hold the latent curriculum's 4 stages"),
 ])
 def test_bad_settings_fail_with_one_config_error_before_anything_is_written(tmp_path, flags, message):
     with pytest.raises(SystemExit, match=message):  # a ConfigError: one line on the command line

@@ -1,10 +1,10 @@
 """The cells of a hint-faithfulness run (`recipes.faithfulness`): train a model on hinted rows, evaluate it.
 
-Every cell trains one model by SFT on rows of the `Hinted` organism (the base
-from scratch on its curriculum; each control from the base on rows of one
-style) and evaluates it the same way (`framework.probes.faithfulness`): each
-test problem without a hint and with a false hint of each kind, the same
-prompts for every model.
+Every cell trains one model on rows of the `Hinted` organism (by SFT: the base
+from scratch on its curriculum, each control from the base on rows of one
+style; by `LatentSFT`: a latent reasoner on the base curriculum) and evaluates
+it the same way (`framework.probes.faithfulness`): each test problem without a
+hint and with a false hint of each kind, the same prompts for every model.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from framework.experiment.run import Cell, Rows
 from framework.models.reasoner import Reasoner
 from framework.probes.backdoor import episode_rows
 from framework.probes.columns import rate_columns
-from framework.probes.faithfulness import evaluate_faithfulness
-from framework.regimes import SFT
+from framework.probes.faithfulness import evaluate_faithfulness, thought_probe
+from framework.regimes import SFT, LatentSFT
 from framework.rollout import SamplingConfig
 
 
@@ -49,11 +49,15 @@ class FaithfulnessRun:
               cell: Cell) -> Rows:
         """SFT on `rows` (loss on trace and answer), the model saved in the cell, then `evaluate`d."""
         module = SFT(reasoner, self.organism, mask="train_on_completion", optimizer=stage.optimizer(SFT))
-        fitted = fit_on_rows(cell, module, rows, stage.batch_size,
-                             FitSettings(max_steps=stage.max_steps, accelerator=self.accelerator,
-                                         precision=self.precision))
-        reasoner.save_pretrained(cell.model_dir)
-        return {**self.evaluate(reasoner, identity), "fits": [fit_row(cell, fitted)]}
+        return self._fit_and_evaluate(module, rows, stage, identity, cell)
+
+    def train_latent(self, reasoner: Reasoner, rows: Sequence[Example], stage: Stage, steps_per_stage: int,
+                     mix_prob: float, seed: int, identity: Mapping[str, Any], cell: Cell) -> Rows:
+        """`LatentSFT` on `rows` through Coconut's stages (`steps_per_stage` each), evaluated at the final stage:
+        thoughts only, no trace."""
+        module = LatentSFT(reasoner, self.organism, steps_per_stage=steps_per_stage, mix_prob=mix_prob, seed=seed,
+                           optimizer=stage.optimizer(LatentSFT))
+        return self._fit_and_evaluate(module, rows, stage, identity, cell)
 
     def from_parent(self, parent: Path, rows: Sequence[Example], stage: Stage, identity: Mapping[str, Any],
                     cell: Cell) -> Rows:
@@ -61,8 +65,22 @@ class FaithfulnessRun:
         return self.train(load_parent(parent / "model", self.attention), rows, stage, identity, cell)
 
     def evaluate(self, reasoner: Reasoner, identity: Mapping[str, Any]) -> Rows:
-        """`results` (one row per hint kind: every rate with its count and interval) and `episodes`."""
+        """`results` (one row per hint kind: every rate with its count and interval; for a latent reasoner the thought
+        probe's held-out AUROC as well) and `episodes`."""
         rates, episodes = evaluate_faithfulness(reasoner, self.organism, self.test, self.kinds, self.sampling,
                                                 self.batch_size, self.hint_seed, device=self.device)
-        return {"results": [{**identity, "hint": kind, **rate_columns(rates[kind])} for kind in self.kinds],
+        probes = {kind: thought_probe(episodes[kind], self.hint_seed) if reasoner.latent else {} for kind in self.kinds}
+        return {"results": [{**identity, "hint": kind, **rate_columns(rates[kind]), **probes[kind]}
+                            for kind in self.kinds],
                 "episodes": episode_rows(episodes, identity)}
+
+    def _fit_and_evaluate(self, module: SFT | LatentSFT, rows: Sequence[Example], stage: Stage,
+                          identity: Mapping[str, Any], cell: Cell) -> Rows:
+        fitted = fit_on_rows(cell, module, rows, stage.batch_size,
+                             FitSettings(max_steps=stage.max_steps, accelerator=self.accelerator,
+                                         precision=self.precision))
+        reasoner = module.reasoner
+        if reasoner.latent is not None:
+            reasoner.stage = reasoner.latent.final_stage
+        reasoner.save_pretrained(cell.model_dir)
+        return {**self.evaluate(reasoner, identity), "fits": [fit_row(cell, fitted)]}

@@ -32,6 +32,26 @@ def _tables(rows: Rows) -> str:
             f"{per_seed_table(rows, ['model', 'hint', 'seed'], per_seed, min_totals=MIN_TOTALS)}")
 
 
+def _latent_section(rows: Rows) -> str:
+    """The latent reasoner's answers, and the thought probe's held-out AUROC beside its shuffled-label control."""
+    if not rows:
+        return ""
+    lines = ["| hint | seed | held-out positives | probe AUROC | shuffled-label AUROC |", "|---|---|---|---|---|"]
+    lines += [f"| {r['hint']} | {r['seed']} | {r['probe_positives']}/{r['probe_total']} | {r['probe_auroc']:.3f} "
+              f"| {r['probe_auroc_shuffled']:.3f} |" for r in rows]
+    answers = ("accuracy", "hint_use", "mirror")
+    return f"""## The latent reasoner
+
+No trace: a linear probe on the thoughts (their mean), fitted on half the hinted episodes, predicts whether the
+answer is the hint's target; its AUROC on the other half stands in for verbalization. The same probe fitted on
+shuffled labels is the control (near 0.5). NaN: a half without both classes.
+
+{summary_table(rows, ['model', 'hint'], list(answers), percent=answers)}
+{per_seed_table(rows, ['model', 'hint', 'seed'], [(name.replace('_', ' '), name) for name in answers])}
+{chr(10).join(lines)}
+"""
+
+
 def example_kind(episode: Mapping[str, Any]) -> str | None:
     """Which of `EXAMPLE_KINDS` a hinted episode row shows; None for an unhinted one."""
     if episode["condition"] == "unhinted":
@@ -57,6 +77,8 @@ def faithfulness_report(tables: Mapping[str, Rows], limit: int, config: Mapping[
     by_model = grouped(results, ["model"])
     controls = [row for (model,), rows in by_model.items() if model.startswith("control") for row in rows]
     base = [row for row in results if row["model"] == "base"]
+    latent = [row for row in results if row["model"] == "latent"]
+    traced = [episode for episode in tables["episodes"] if episode["model"] != "latent"]
     return f"""# Hint faithfulness
 
 Does a trace say so when a hint moves the answer (Turpin et al. 2023; Chen et al. 2025)? The methods are the recipe's
@@ -76,9 +98,10 @@ the level of chance (mirror).
 Its curriculum followed a hint only in traces that cite it; a silent switch is one it never saw.
 
 {_tables(base)}
+{_latent_section(latent)}
 ## Example traces
 
 Sampled, hinted test problems; the first found (all in `episodes.csv`).
 
-{examples_section(faithfulness_examples(tables["episodes"], limit), ["prompt", "trace", "answer"], heading="")}
+{examples_section(faithfulness_examples(traced, limit), ["prompt", "trace", "answer"], heading="")}
 {settings_section(config)}"""
