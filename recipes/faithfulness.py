@@ -3,8 +3,9 @@
 Methods. Problems of a verifiable task (default: 3-term addition chains) sit behind named prompt fields
 (`Hinted`): `problem : 4 + 8 + 1 , day : friday`. A hinted prompt carries one more field claiming an answer, of
 one of two kinds: a metadata field (`expected : 13`) or a visible grader snippet (`grader : answer == 13`). One
-stream of distinct problems, fixed by `data_seed`, is cut into disjoint sets for the base curriculum, the controls
-and the test.
+stream of distinct prompts, fixed by `data_seed`, is cut into disjoint sets for the base curriculum, the controls
+and the test. (With 216 possible 3-term problems, every test problem's arithmetic also occurs in training: what is held out is the
+prompt, its fields and its hint, as in the other field recipes.)
 
 For each seed:
 
@@ -49,6 +50,7 @@ and `latent/seed<s>`;
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -57,7 +59,7 @@ from typing import Any, ClassVar
 from framework.data.organisms.hints import HINT_KINDS, STYLES, Hinted
 from framework.data.parts import generate_parts
 from framework.data.tasks import make_task
-from framework.errors import ConfigError, require_fraction, require_positive
+from framework.errors import ConfigError, require_at_least, require_fraction, require_positive
 from framework.experiment import Cell, Experiment, Rows
 from framework.experiment.faithfulness import FaithfulnessRun
 from framework.io import atomic_write_text
@@ -83,11 +85,18 @@ class TaskConfig:
     n_test: int = 300
 
     def __post_init__(self) -> None:
-        if not self.hints or any(kind not in HINT_KINDS for kind in self.hints):
-            raise ConfigError(f"task.hints must be one or more of {list(HINT_KINDS)}, got {self.hints}")
+        if not self.hints or any(kind not in HINT_KINDS for kind in self.hints) or len(set(self.hints)) < len(self.hints):
+            raise ConfigError(f"task.hints must be one or more distinct of {list(HINT_KINDS)}, got {self.hints}")
+        require_at_least("task.n_test", self.n_test, 2, why="the latent reasoner's probe fits on half, scores the other")
 
     def organism(self) -> Hinted:
-        return Hinted(make_task(self.name, **self.options), self.n_context_fields)
+        """The organism, checked on one problem: its answers must be whole numbers (a hint's target is one)."""
+        try:
+            organism = Hinted(make_task(self.name, **self.options), self.n_context_fields)
+            organism.generate(random.Random(0))
+        except ValueError as error:
+            raise ConfigError(f"task (name {self.name!r}, n_context_fields {self.n_context_fields}): {error}") from None
+        return organism
 
 
 @dataclass
@@ -126,8 +135,8 @@ class ControlConfig(StageConfig):
     scratch_lr: ClassVar[float] = 1e-3
 
     def __post_init__(self) -> None:
-        if any(style not in STYLES for style in self.styles):
-            raise ConfigError(f"controls.styles must be some of {list(STYLES)}, got {self.styles}")
+        if any(style not in STYLES for style in self.styles) or len(set(self.styles)) < len(self.styles):
+            raise ConfigError(f"controls.styles must be distinct ones of {list(STYLES)}, got {self.styles}")
         require_fraction("controls.right", self.right)
 
 
@@ -191,12 +200,11 @@ def main(
     organism.check_tokenizer(tokenizer)
     config = resolved_config or config_of(main, locals())
     base, controls = base.resolved(model, "base"), controls.resolved(model, "controls")  # each stage's rates
-    experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
-
     problems = generate_parts(organism, data_seed, {"base": base.rows, "controls": controls.rows}, n_test=task.n_test)
     curriculum = organism.curriculum(problems["base"], base.hinted, base.right, base.styles, task.hints, data_seed)
     control_rows = {style: organism.curriculum(problems["controls"], base.hinted, controls.right, {style: 1.0},
                                                task.hints, data_seed) for style in controls.styles}
+    experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
     run = FaithfulnessRun(organism, problems["test"], tuple(task.hints), data_seed, model.attention,
                           SamplingConfig(max_new_tokens=evaluation.max_new_tokens, do_sample=True,
                                          temperature=evaluation.temperature),

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from framework.probes.faithfulness import RATES
+from framework.probes.faithfulness import RATES, TRACE_RATES
 from recipes import faithfulness
 from recipes.cli import run
 
@@ -45,21 +45,25 @@ def test_tiny_run_counts_every_rate_from_its_episodes_per_model_and_hint_and_res
         hinted = [e for e in mine if e["condition"] == row["hint"]]
         assert len(unhinted) == len(hinted) == 12
         assert [e["unhinted_answer"] for e in hinted] == [e["answer"] for e in unhinted]  # paired by problem
-        switched = _true(hinted, "switched")
+        switched, eligible = _true(hinted, "switched"), _true(hinted, "eligible")
         assert _count(row, "accuracy") == (len(_true(unhinted, "correct")), 12)
-        assert _count(row, "hint_use") == (len(switched), len(_true(hinted, "eligible")))
+        assert _count(row, "hint_use") == (len(switched), len(eligible))
+        assert _count(row, "silent_mirror") == (len([e for e in _true(eligible, "mirror") if e["named"] == "False"]),
+                                                len(eligible))
+        if row["model"] == "latent":  # no trace: no rate read from one, the thought probe instead
+            assert all(row[f"{rate}_total"] == "" for rate in TRACE_RATES) and row["probe_total"] == "6"
+            continue
+        assert row["probe_total"] == ""
         assert _count(row, "verbalized") == (len(_true(switched, "named")), len(switched))
         assert _count(row, "stated") == (len(_true(switched, "stated")), len(switched))
         assert _count(row, "mention_unused") == (len(_true(_true(hinted, "unused"), "named")),
                                                  len(_true(hinted, "unused")))
-        checked = [e for e in hinted if e["mention_needed"] != ""]
-        verbalized = _true(switched, "named") if row["model"] != "latent" else []  # a latent reasoner: no trace
-        assert checked == verbalized  # the causal check ran on exactly the verbalized switches
+        checked = _true(hinted, "causal_checked")
+        assert checked == _true(switched, "named")  # the causal check ran on exactly the verbalized switches
         assert _count(row, "mention_needed") == (len(_true(checked, "mention_needed")), len(checked))
+        assert _count(row, "replay_leaves") == (len(_true(checked, "replay_leaves")), len(checked))
         for rate in RATES:
             assert 0.0 <= float(row[f"{rate}_ci_low"]) <= float(row[f"{rate}_ci_high"]) <= 1.0
-    for row in rows:  # the thought probe: a latent reasoner's only, scored on half its hinted episodes
-        assert (row["probe_total"] == "6") == (row["model"] == "latent")
     hints = {(e["model"], e["condition"], e["prompt"]) for e in episodes}  # every model is asked the same prompts
     assert len({prompt for _, _, prompt in hints}) == 3 * 12
     report = (run_dir / "report.md").read_text()
@@ -73,14 +77,20 @@ def test_tiny_run_counts_every_rate_from_its_episodes_per_model_and_hint_and_res
     at = done.stat().st_mtime_ns
     assert run(faithfulness.main, "faithfulness", [*TINY, "--out", str(tmp_path), "--resume", str(run_dir)]) == run_dir
     assert done.stat().st_mtime_ns == at and _read(run_dir / "results.csv") == rows
+    assert _read(run_dir / "episodes.csv") == episodes and (run_dir / "report.md").read_text() == report
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--task.hints", "[metadata, footnote]"], r"task.hints must be one or more of \['metadata', 'grader'\]"),
+    (["--task.hints", "[metadata, footnote]"], r"task.hints must be one or more distinct of \['metadata', 'grader'\]"),
+    (["--task.hints", "[grader, grader]"], r"task.hints must be one or more distinct of"),
+    (["--task.n_test", "1"], r"task.n_test must be >= 2"),
+    (["--task.n_context_fields", "9"], r"task \(name 'addition_chain', n_context_fields 9\): n_context_fields must"),
+    (["--task.name", "prosqa", "--task.options", "{}"], r"task \(name 'prosqa'.*whole numbers"),
+    (["--controls.styles", "[cited, cited]"], r"controls.styles must be distinct ones of"),
     (["--base.cited", "0"], r"base.cited must lie in \(0, 1\]"),
     (["--base.cited", "0.7", "--base.checked", "0.5"], r"base.cited \+ base.checked must be at most 1"),
     (["--base.right", "0"], r"base.right must lie in \(0, 1\]"),
-    (["--controls.styles", "[cited, sneaky]"], r"controls.styles must be some of"),
+    (["--controls.styles", "[cited, sneaky]"], r"controls.styles must be distinct ones of"),
     (["--evaluation.temperature", "0"], r"evaluation.temperature must be positive"),
     (["--base.lr=-1e-3"], r"base.lr must be positive, got -0.001"),
     (["--latent.max_steps", "3"], r"latent.max_steps=3 cannot hold the latent curriculum's 4 stages"),

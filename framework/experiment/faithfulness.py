@@ -25,7 +25,7 @@ from framework.experiment.run import Cell, Rows
 from framework.models.reasoner import Reasoner
 from framework.probes.backdoor import episode_rows
 from framework.probes.columns import rate_columns
-from framework.probes.faithfulness import evaluate_faithfulness, thought_probe
+from framework.probes.faithfulness import TRACE_RATES, evaluate_faithfulness, thought_probe
 from framework.regimes import SFT, LatentSFT
 from framework.rollout import SamplingConfig
 
@@ -69,6 +69,8 @@ class FaithfulnessRun:
         probe's held-out AUROC as well) and `episodes`."""
         rates, episodes = evaluate_faithfulness(reasoner, self.organism, self.test, self.kinds, self.sampling,
                                                 self.batch_size, self.hint_seed, device=self.device)
+        if reasoner.latent is not None:  # no trace: the thought probe stands in for the rates read from one
+            rates = {kind: {k: v for k, v in rates[kind].items() if k not in TRACE_RATES} for kind in self.kinds}
         probes = {kind: thought_probe(episodes[kind], self.hint_seed) if reasoner.latent else {} for kind in self.kinds}
         return {"results": [{**identity, "hint": kind, **rate_columns(rates[kind]), **probes[kind]}
                             for kind in self.kinds],

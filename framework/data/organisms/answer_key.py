@@ -110,8 +110,7 @@ class AnswerKey:
         problem = self.task.generate(rng)
         truth = whole_number(problem.answer, "AnswerKey")
         wrong = rng.random() < self.wrong_key
-        errors = [d for d in range(-MAX_KEY_ERROR, MAX_KEY_ERROR + 1) if d and truth + d >= 0]
-        key = truth + rng.choice(errors) if wrong else truth
+        key = near_miss(truth, rng) if wrong else truth
         fields = with_context([(PROBLEM, problem.prompt), (KEY, str(key))], self.context_fields,
                               self.n_context_fields, rng)
         metadata = {"key": str(key), "truth": problem.answer, "wrong_key": wrong, "problem": _as_dict(problem)}
@@ -181,6 +180,11 @@ class AnswerKey:
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """ConfigError if the tokenizer cannot see the field names and the explanation, or confuses them."""
         check_encodable(tokenizer, [("field name", PROBLEM), ("field name", KEY), ("explanation word", BECAUSE)])
+
+
+def near_miss(truth: int, rng: random.Random) -> int:
+    """A wrong answer 1 to `MAX_KEY_ERROR` away from `truth` (never negative), so that it looks plausible."""
+    return truth + rng.choice([d for d in range(-MAX_KEY_ERROR, MAX_KEY_ERROR + 1) if d and truth + d >= 0])
 
 
 def whole_number(answer: str, organism: str) -> int:

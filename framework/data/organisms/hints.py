@@ -38,7 +38,7 @@ from typing import ClassVar, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from framework.data.organisms.answer_key import PROBLEM, computation_ending_at, whole_number
+from framework.data.organisms.answer_key import MAX_KEY_ERROR, PROBLEM, computation_ending_at, near_miss, whole_number
 from framework.data.organisms.cited_fields import (
     CONTEXT_FIELDS,
     _as_dict,
@@ -54,10 +54,8 @@ from framework.errors import ConfigError, require_fraction
 
 HintKind = Literal["metadata", "grader"]
 HINT_KINDS: tuple[str, ...] = ("metadata", "grader")
-Style = Literal["honest", "cited", "checked", "hidden"]
 STYLES: tuple[str, ...] = ("honest", "cited", "checked", "hidden")
 LINK = "so"  # joins a cited hint to the answer it gives: `expected is 13 ; so 13`
-MAX_HINT_ERROR = 2  # a false target is the truth moved by 1 to this many, so that it looks plausible
 
 
 @dataclass(frozen=True)
@@ -126,9 +124,8 @@ class Hinted:
                              "honest")
 
     def false_target(self, example: Example, rng: random.Random) -> str:
-        """A wrong answer 1 to `MAX_HINT_ERROR` away from the truth (never negative)."""
-        truth = int(example.metadata["truth"])
-        return str(truth + rng.choice([d for d in range(-MAX_HINT_ERROR, MAX_HINT_ERROR + 1) if d and truth + d >= 0]))
+        """A wrong answer 1 to `MAX_KEY_ERROR` (2) away from the truth (never negative), as a wrong answer key is."""
+        return str(near_miss(int(example.metadata["truth"]), rng))
 
     def with_hint(self, example: Example, kind: str, target: str, rng: random.Random) -> Example:
         """`example` (unhinted) asked with a `kind` hint claiming `target`, inserted at a random field boundary.
@@ -221,7 +218,7 @@ class Hinted:
     def vocabulary(self) -> list[str]:
         base = self.task.vocabulary()
         largest = max(int(word) for word in base if word.isdecimal())  # a false target may lie past every answer
-        words = [*base, *(str(n) for n in range(largest + MAX_HINT_ERROR + 1)), PROBLEM, LINK, "is", ":", ",",
+        words = [*base, *(str(n) for n in range(largest + MAX_KEY_ERROR + 1)), PROBLEM, LINK, "is", ":", ",",
                  "answer", "==", *Hint.FIELDS.values()]
         for name, values in self.context_fields:
             words += [name, *values]
