@@ -5,9 +5,10 @@ every thought and every token. Here a batch of left-padded prompts (each
 `prompt <think> <bot> <latent> x k <eot>`, as `Reasoner.prompt_ids` writes
 them) is run once through `run_with_thoughts`: the prefix in one pass, one
 cached position per thought. The cache then holds every prompt column but the
-last, and Hugging Face `generate` continues from it (it runs only the columns
-the cache lacks), so greedy and sampled decoding, `SamplingConfig` and EOS
-handling are exactly those of `framework.rollout.sampling.sample`.
+last, and the decode loop of `framework.rollout.sampling` continues from it (it
+runs only the columns the cache lacks): thoughts and tokens come from one
+loop, and greedy and sampled decoding, `SamplingConfig` and EOS handling are
+exactly those of `sample`.
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ def latent_rollout(
         model,
         input_ids,
         attention_mask,
-        pad_token_id=pad_token_id,
         eos_token_id=eos_token_id,
         config=config,
         cache=filled.cache,

@@ -1,0 +1,133 @@
+"""The decode loop (`framework.rollout.sampling`): greedy tokens are Hugging Face `generate`'s up to float64-sized
+ties, finished rows leave the batch without changing anyone's tokens, sampling draws from the warped softmax, and a
+latent reasoner's answer decodes from the cache its thoughts filled."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+
+import pytest
+import torch
+from transformers import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
+
+from framework.data.collate import left_pad
+from framework.models import build_model
+from framework.rollout.sampling import SamplingConfig, draw, generate_completions, logits_warpers, next_tokens, sample
+
+
+def _prompts(seed: int, count: int, vocab: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 12, (count,), generator=generator).tolist()
+    return [torch.randint(10, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def _common_token(completions: list[list[int]]) -> int:
+    """A token the model writes after its first step in some rows but not all: standing in for EOS, it makes rows
+    finish at different steps without touching the model."""
+    counts = Counter(token for row in completions for token in row[1:])
+    for token, _ in counts.most_common():
+        if sum(token in row for row in completions) < len(completions):
+            return token
+    raise AssertionError("every row writes the same tokens")
+
+
+def _hf_generate(model, prompts, pad: int, eos: int, max_new_tokens: int) -> list[list[int]]:
+    input_ids, attention_mask = left_pad(prompts, pad, "cpu")
+    with torch.no_grad():
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                do_sample=False, pad_token_id=pad, eos_token_id=eos)
+    rows = output[:, input_ids.shape[1]:].tolist()
+    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
+
+
+def _tie_bound_holds(model, prompt: list[int], prefix: list[int], ours: int, theirs: int) -> bool:
+    """At a divergence, the two tokens' float64 logits must be closer than float32 can resolve: within a few times
+    the float32 forward's own largest error against float64 on this very prefix."""
+    ids = torch.tensor([prompt + prefix])
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()(input_ids=ids).logits[0, -1]
+        rounded = model(input_ids=ids).logits[0, -1].double()
+    error = (rounded - exact).abs().max().item()
+    return abs(exact[ours] - exact[theirs]).item() <= 8 * error
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt2"])
+def test_greedy_tokens_are_hf_generates_up_to_float64_ties(family, word_tokenizer):
+    model = build_model(family, "1m", word_tokenizer, seed=1).eval()
+    pad, vocab = word_tokenizer.pad_token_id, len(word_tokenizer)
+    prompts = _prompts(seed=2, count=9, vocab=vocab)
+    eos = _common_token(_hf_generate(model, prompts, pad, eos=-1, max_new_tokens=12))
+    reference = _hf_generate(model, prompts, pad, eos, max_new_tokens=12)
+    ours = sample(model, prompts, pad_token_id=pad, eos_token_id=eos, config=SamplingConfig(max_new_tokens=12))
+    assert len({len(row) for row in reference}) > 1  # rows finish at different steps: the batch shrinks
+    for prompt, mine, theirs in zip(prompts, ours, reference):
+        t = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), None)
+        if t is None:
+            assert mine == theirs
+        else:
+            assert _tie_bound_holds(model, prompt, mine[:t], mine[t], theirs[t]), (prompt, mine, theirs)
+
+
+def test_finished_rows_leave_the_batch_and_the_rest_decode_as_alone(word_tokenizer):
+    model = build_model("llama", "1m", word_tokenizer, seed=1).eval()
+    pad = word_tokenizer.pad_token_id
+    prompts = _prompts(seed=3, count=6, vocab=len(word_tokenizer))
+    config = SamplingConfig(max_new_tokens=10)
+    eos = _common_token(sample(model, prompts, pad_token_id=pad, eos_token_id=-1, config=config))
+    batch_sizes: list[int] = []
+    hook = model.register_forward_hook(lambda module, args, kwargs, out: batch_sizes.append(kwargs["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    try:
+        together = sample(model, prompts, pad_token_id=pad, eos_token_id=eos, config=config)
+    finally:
+        hook.remove()
+    alone = [sample(model, [prompt], pad_token_id=pad, eos_token_id=eos, config=config)[0] for prompt in prompts]
+    assert together == alone
+    unfinished = [sum(len(row) > step for row in together) for step in range(len(batch_sizes))]
+    assert batch_sizes == unfinished and batch_sizes[-1] < len(prompts)  # one forward per step, unfinished rows only
+    assert all(row[-1] == eos or len(row) == 10 for row in together)
+    assert all(eos not in row[:-1] for row in together)
+
+
+def test_draw_follows_the_probabilities_and_never_draws_a_zero(word_tokenizer):
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.25, 0.0, 0.05]) * 3  # unnormalised: the row's total scales the draw
+    n = 40_000
+    drawn = draw(probs.expand(n, -1), generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn, minlength=6).double()
+    expected = probs.double() / probs.sum() * n
+    assert counts[probs == 0].sum() == 0
+    sigma = (expected * (1 - expected / n)).sqrt()
+    assert ((counts - expected).abs() <= 5 * sigma + 1e-9).all(), counts  # binomial counts within 5 sigma
+
+
+@pytest.mark.parametrize("top_k, top_p, temperature", [(3, 1.0, 1.0), (0, 0.6, 1.0), (5, 0.8, 0.5), (0, 1.0, 2.0)])
+def test_sampled_tokens_stay_in_the_support_of_hfs_warpers(top_k, top_p, temperature):
+    config = SamplingConfig(do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature)
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(5), dtype=torch.float32) * 3
+    reference = LogitsProcessorList([*([TopKLogitsWarper(top_k)] if top_k else []),
+                                     *([TopPLogitsWarper(top_p)] if top_p < 1 else [])])
+    support = torch.isfinite(reference(None, logits.clone() / temperature))
+    torch.manual_seed(0)
+    drawn = torch.stack([next_tokens(logits.clone(), config, logits_warpers(config), None) for _ in range(2000)], 1)
+    assert support.gather(1, drawn).all()
+    hit = torch.zeros_like(support).scatter_(1, drawn, True)
+    if top_k or top_p < 1:
+        assert torch.equal(hit, support)  # a narrow support is drawn in full within 2,000 draws
+    probs = torch.softmax(logits.double() / temperature, -1)
+    top = probs.argmax(-1)
+    frequency = (drawn == top[:, None]).double().mean(1)
+    if not (top_k or top_p < 1):  # the unwarped softmax, tempered: the top token's frequency is its probability
+        assert ((frequency - probs.gather(1, top[:, None]).squeeze(1)).abs() < 5 * math.sqrt(0.25 / 2000)).all()
+
+
+def test_greedy_ignores_warpers_and_nothing_to_decode_is_empty(word_tokenizer):
+    logits = torch.randn(3, 20)
+    greedy = SamplingConfig(top_k=2, top_p=0.1, temperature=0.1)
+    assert not logits_warpers(greedy)
+    assert torch.equal(next_tokens(logits, greedy, logits_warpers(greedy), None), logits.argmax(-1))
+    model = build_model("llama", "1m", word_tokenizer, seed=0)
+    assert sample(model, [], pad_token_id=0, eos_token_id=1) == []
+    ids, mask = left_pad([[5, 6], [7]], word_tokenizer.pad_token_id, "cpu")
+    assert generate_completions(model, ids, mask, eos_token_id=1, config=SamplingConfig(max_new_tokens=0)) == [[], []]
