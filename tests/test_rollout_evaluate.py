@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -14,7 +15,11 @@ GREEDY = SamplingConfig(max_new_tokens=6)
 
 
 def _examples(task, n=5):
-    return [task.generate(random.Random(seed)) for seed in range(n)]
+    """`n` problems of `task`, and before them two with fewer terms and after them one with more: the batches,
+    which group prompts by length, must still return every result in the examples' order."""
+    shorter, longer = dataclasses.replace(task, n_terms=task.n_terms - 1), dataclasses.replace(task, n_terms=task.n_terms + 1)
+    return ([longer.generate(random.Random(n))] + [task.generate(random.Random(seed)) for seed in range(n)]
+            + [shorter.generate(random.Random(n + 1)), shorter.generate(random.Random(n + 2))])
 
 
 def test_generate_batched_equals_one_batch_and_restores_train_mode(word_tokenizer, addition_task):
@@ -37,7 +42,7 @@ def test_rollout_latent_batched_joins_the_batches_with_their_thoughts(word_token
     examples = _examples(addition_task)
     batched = rollout_latent_batched(reasoner, examples, GREEDY, batch_size=2, return_thoughts=True)
     whole = rollout_latent(reasoner, examples, GREEDY, return_thoughts=True)
-    assert batched.completions == whole.completions and batched.num_thoughts == whole.num_thoughts == [2] * 5
+    assert batched.completions == whole.completions and batched.num_thoughts == whole.num_thoughts == [2] * 8
     for row, thoughts in zip(batched.thoughts, whole.thoughts):
         torch.testing.assert_close(row, thoughts)
     assert rollout_latent_batched(reasoner, examples, GREEDY, batch_size=3).thoughts is None

@@ -3,8 +3,11 @@
 A recipe scores a test set, or relabels demonstrations with a model's own
 traces, outside a Trainer: with more examples than fit in one batch, and on
 the device it evaluates on (`Experiment.evaluation_device`). These two
-functions are that loop, once; the batch size bounds memory and leaves every
-row's result unchanged (a batched row decodes as it would alone, see `sample`).
+functions are that loop, once. Each prompt is rendered to ids once; the
+batches group prompts of similar length (so little of a batch is padding)
+and the results come back in the examples' order. The batch size bounds
+memory and leaves every row's greedy result unchanged (a batched row decodes
+as it would alone, see `sample`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from framework.data.sample import Example
 from framework.eval_mode import eval_mode
 from framework.models.formats import Generation
 from framework.models.reasoner import Reasoner
-from framework.rollout.generate import generate, rollout_latent
+from framework.rollout.generate import generate_from_ids, rollout_latent_from_ids
 from framework.rollout.latent import LatentRollout
 from framework.rollout.sampling import SamplingConfig
 
@@ -33,9 +36,13 @@ def generate_batched(
 ) -> list[Generation]:
     """`generate` for every example, `batch_size` at a time; on `device` if given (the reasoner stays there)."""
     _place(reasoner, device)
+    prompts = [reasoner.prompt_ids(example) for example in examples]
+    generations: list[Generation | None] = [None] * len(prompts)
     with eval_mode(reasoner.model):
-        return [generation for batch in _batches(examples, batch_size) for generation in
-                generate(reasoner, batch, sampling)]
+        for rows in _batches_by_length(prompts, batch_size):
+            for row, generation in zip(rows, generate_from_ids(reasoner, [prompts[r] for r in rows], sampling)):
+                generations[row] = generation
+    return generations
 
 
 @torch.no_grad()
@@ -50,21 +57,28 @@ def rollout_latent_batched(
 ) -> LatentRollout:
     """`rollout_latent` for every example, `batch_size` at a time, joined into one rollout (thoughts if asked)."""
     _place(reasoner, device)
+    prompts = [reasoner.prompt_ids(example) for example in examples]
+    rows_done: list[tuple[list[int], int, torch.Tensor | None]] = [([], 0, None)] * len(prompts)
     with eval_mode(reasoner.model):
-        parts = [rollout_latent(reasoner, batch, sampling, return_thoughts=return_thoughts)
-                 for batch in _batches(examples, batch_size)]
+        for rows in _batches_by_length(prompts, batch_size):
+            part = rollout_latent_from_ids(reasoner, [prompts[r] for r in rows], sampling,
+                                           return_thoughts=return_thoughts)
+            for i, row in enumerate(rows):
+                rows_done[row] = (part.completions[i], part.num_thoughts[i], part.thoughts[i] if part.thoughts else None)
     return LatentRollout(
-        completions=[row for part in parts for row in part.completions],
-        num_thoughts=[k for part in parts for k in part.num_thoughts],
-        num_tokens=[k for part in parts for k in part.num_tokens],
-        thoughts=[row for part in parts for row in part.thoughts or ()] if return_thoughts else None,
+        completions=[completion for completion, _, _ in rows_done],
+        num_thoughts=[k for _, k, _ in rows_done],
+        num_tokens=[len(completion) for completion, _, _ in rows_done],
+        thoughts=[thoughts for _, _, thoughts in rows_done] if return_thoughts else None,
     )
 
 
-def _batches(examples: Sequence[Example], batch_size: int) -> list[Sequence[Example]]:
+def _batches_by_length(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of `batch_size`, the prompts sorted by length (ties in their order)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    return [examples[start:start + batch_size] for start in range(0, len(examples), batch_size)]
+    order = sorted(range(len(prompts)), key=lambda row: len(prompts[row]))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def _place(reasoner: Reasoner, device: torch.device | str | None) -> None:

@@ -22,15 +22,22 @@ def generate(
     reasoner: Reasoner, examples: Sequence[Example], config: SamplingConfig = SamplingConfig()
 ) -> list[Generation]:
     """Batched generation for `examples` (left-padded, KV-cached; a latent reasoner thinks first)."""
+    return generate_from_ids(reasoner, [reasoner.prompt_ids(example) for example in examples], config)
+
+
+def generate_from_ids(
+    reasoner: Reasoner, prompts: Sequence[Sequence[int]], config: SamplingConfig = SamplingConfig()
+) -> list[Generation]:
+    """`generate` for prompts already rendered by `reasoner.prompt_ids` (a caller that batches them keeps the ids)."""
     if reasoner.latent is not None:
-        rollout = rollout_latent(reasoner, examples, config)
+        rollout = rollout_latent_from_ids(reasoner, prompts, config)
         return [
             replace(reasoner.parse(until_eos(reasoner, ids)), thoughts=k)
             for ids, k in zip(rollout.completions, rollout.num_thoughts)
         ]
     completions = sample(
         reasoner.model,
-        [reasoner.prompt_ids(example) for example in examples],
+        prompts,
         pad_token_id=reasoner.tokenizer.pad_token_id,
         eos_token_id=reasoner.stop_token_id,
         config=config,
@@ -54,11 +61,24 @@ def rollout_latent(
     return_thoughts: bool = False,
 ) -> LatentRollout:
     """A latent reasoner's completions at its `stage`, with each row's thoughts `[k, H]` if asked."""
+    return rollout_latent_from_ids(
+        reasoner, [reasoner.prompt_ids(example) for example in examples], config, return_thoughts=return_thoughts
+    )
+
+
+def rollout_latent_from_ids(
+    reasoner: Reasoner,
+    prompts: Sequence[Sequence[int]],
+    config: SamplingConfig = SamplingConfig(),
+    *,
+    return_thoughts: bool = False,
+) -> LatentRollout:
+    """`rollout_latent` for prompts already rendered by `reasoner.prompt_ids`."""
     if reasoner.latent is None:
         raise ValueError(f"rollout_latent needs the latent mode; this reasoner is in {reasoner.mode!r} mode")
     return latent_rollout(
         reasoner.model,
-        [reasoner.prompt_ids(example) for example in examples],
+        prompts,
         latent_token_id=reasoner.latent_token_id,
         pad_token_id=reasoner.tokenizer.pad_token_id,
         eos_token_id=reasoner.stop_token_id,
