@@ -3,7 +3,8 @@
 Both sides train the same randomly initialised model (same family, size and
 seed) on the same prompts with the same reward function, group size,
 completion length, sampling (temperature 1, no top-k/top-p), loss (`dapo`,
-β = 0, one iteration), AdamW learning rate and gradient clipping. The
+β = 0, one iteration), AdamW learning rate and gradient clipping, in fp32
+without gradient checkpointing. The
 vocabulary is padded to a realistic size (32k words by default) so the LM
 head weighs what it does in a real model.
 
@@ -129,6 +130,9 @@ def run_trl(setting: Setting) -> dict[str, float]:
             output_dir=out, max_steps=setting.steps + 1, per_device_train_batch_size=setting.prompts * setting.group,
             num_generations=setting.group, steps_per_generation=1, max_completion_length=setting.max_new_tokens,
             temperature=1.0, top_p=1.0, top_k=0, beta=0.0, num_iterations=1, loss_type="dapo", scale_rewards="group",
+            # fp32 without gradient checkpointing, as thoughtlab trains here (TRL 1.16 defaults to bf16 and checkpointing,
+            # which on a CPU without bf16 arithmetic made its update about 5x slower, not a like-for-like comparison)
+            bf16=False, fp16=False, gradient_checkpointing=False,
             learning_rate=setting.lr, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="constant",
             use_cpu=True, report_to="none", logging_steps=1, save_strategy="no", shuffle_dataset=False,
             seed=setting.seed, dataloader_num_workers=0,
