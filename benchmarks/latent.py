@@ -54,6 +54,7 @@ from framework.models.backbone import cache_argument
 from framework.models.latent import position_ids_from_mask
 from framework.regimes.loss import hidden_states_loss
 from framework.rollout import SamplingConfig, latent_rollout
+from framework.rollout.sampling import cut_after_eos
 
 
 @dataclass(frozen=True)
@@ -246,10 +247,7 @@ def hf_cache_loop(model: PreTrainedModel, prompts: Sequence[Sequence[int]], *, l
         position = position + 1
         hidden = model.base_model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
                                   **cache_argument(cache), use_cache=True).last_hidden_state
-    completions = []
-    for row in torch.stack(generated, dim=1).tolist():
-        completions.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
-    return completions
+    return [cut_after_eos(row, eos_token_id) for row in torch.stack(generated, dim=1).tolist()]
 
 
 def thoughtlab_rollout(model: PreTrainedModel, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,

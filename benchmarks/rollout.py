@@ -49,7 +49,7 @@ from framework.data.tasks import AdditionChain
 from framework.models import build_model
 from framework.models.backbone import cache_argument
 from framework.models.latent import position_ids_from_mask
-from framework.rollout.sampling import SamplingConfig, sample
+from framework.rollout.sampling import SamplingConfig, cut_after_eos, sample
 
 PROVIDERS = ("hf generate", "cache loop", "thoughtlab")
 
@@ -114,10 +114,6 @@ def for_workload(setup: Setup, workload: Workload) -> Setup:
 # -- providers -----------------------------------------------------------------------------------
 
 
-def _cut(rows: list[list[int]], eos: int) -> list[list[int]]:
-    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
-
-
 @torch.no_grad()
 def hf_generate(setup: Setup, config: SamplingConfig) -> list[list[int]]:
     input_ids, attention_mask = left_pad(setup.prompts, setup.pad_token_id, "cpu")
@@ -126,7 +122,7 @@ def hf_generate(setup: Setup, config: SamplingConfig) -> list[list[int]]:
         do_sample=config.do_sample, temperature=1.0 if config.do_sample else None, top_k=0 if config.do_sample else None,
         top_p=1.0 if config.do_sample else None, pad_token_id=setup.pad_token_id, eos_token_id=setup.eos_token_id,
     )
-    return _cut(output[:, input_ids.shape[1]:].tolist(), setup.eos_token_id)
+    return [cut_after_eos(row, setup.eos_token_id) for row in output[:, input_ids.shape[1]:].tolist()]
 
 
 @torch.no_grad()
@@ -150,7 +146,7 @@ def cache_loop(setup: Setup, config: SamplingConfig) -> list[list[int]]:
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(done), 1)], 1)
         step_ids, step_positions = token[:, None], step_positions[:, -1:] + 1
-    return _cut(torch.stack(generated, 1).tolist(), eos)
+    return [cut_after_eos(row, eos) for row in torch.stack(generated, 1).tolist()]
 
 
 def thoughtlab(setup: Setup, config: SamplingConfig) -> list[list[int]]:

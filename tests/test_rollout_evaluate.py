@@ -15,19 +15,25 @@ GREEDY = SamplingConfig(max_new_tokens=6)
 
 
 def _examples(task, n=5):
-    """`n` problems of `task`, and before them two with fewer terms and after them one with more: the batches,
-    which group prompts by length, must still return every result in the examples' order."""
+    """One problem with more terms, `n` problems of `task`, then two with fewer terms: the batches, which group
+    prompts by length, must still return every result in the examples' order."""
     shorter, longer = dataclasses.replace(task, n_terms=task.n_terms - 1), dataclasses.replace(task, n_terms=task.n_terms + 1)
     return ([longer.generate(random.Random(n))] + [task.generate(random.Random(seed)) for seed in range(n)]
             + [shorter.generate(random.Random(n + 1)), shorter.generate(random.Random(n + 2))])
 
 
 def test_generate_batched_equals_one_batch_and_restores_train_mode(word_tokenizer, addition_task):
-    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    model = build_model("llama", "1m", word_tokenizer, seed=0)
+    with torch.no_grad():  # larger weights than the default init, so that each prompt gets its own completion
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.normal_(0.0, 0.3)
+    reasoner = Reasoner(model, word_tokenizer, "cot")
     examples = _examples(addition_task)
     reasoner.model.train()
     batched = generate_batched(reasoner, examples, GREEDY, batch_size=2, device="cpu")
     assert reasoner.model.training  # eval mode only while generating
+    assert len({(g.trace, g.answer) for g in batched}) > 2  # rows differ: results out of order would show
     with torch.no_grad():
         reasoner.model.eval()
         assert batched == generate(reasoner, examples, GREEDY)

@@ -6,8 +6,8 @@ the device it evaluates on (`Experiment.evaluation_device`). These two
 functions are that loop, once. Each prompt is rendered to ids once; the
 batches group prompts of similar length (so little of a batch is padding)
 and the results come back in the examples' order. The batch size bounds
-memory and leaves every row's greedy result unchanged (a batched row decodes
-as it would alone, see `sample`).
+memory; a row's greedy result does not depend on it up to float32 ties (a
+batched row decodes as it would alone, see `sample`).
 """
 
 from __future__ import annotations
@@ -37,12 +37,11 @@ def generate_batched(
     """`generate` for every example, `batch_size` at a time; on `device` if given (the reasoner stays there)."""
     _place(reasoner, device)
     prompts = [reasoner.prompt_ids(example) for example in examples]
-    generations: list[Generation | None] = [None] * len(prompts)
+    generations: dict[int, Generation] = {}
     with eval_mode(reasoner.model):
         for rows in _batches_by_length(prompts, batch_size):
-            for row, generation in zip(rows, generate_from_ids(reasoner, [prompts[r] for r in rows], sampling)):
-                generations[row] = generation
-    return generations
+            generations.update(zip(rows, generate_from_ids(reasoner, [prompts[r] for r in rows], sampling)))
+    return [generations[row] for row in range(len(prompts))]
 
 
 @torch.no_grad()
@@ -58,18 +57,19 @@ def rollout_latent_batched(
     """`rollout_latent` for every example, `batch_size` at a time, joined into one rollout (thoughts if asked)."""
     _place(reasoner, device)
     prompts = [reasoner.prompt_ids(example) for example in examples]
-    rows_done: list[tuple[list[int], int, torch.Tensor | None]] = [([], 0, None)] * len(prompts)
+    parts: dict[int, tuple[list[int], int, torch.Tensor | None]] = {}  # row: completion, thoughts' count, thoughts
     with eval_mode(reasoner.model):
         for rows in _batches_by_length(prompts, batch_size):
             part = rollout_latent_from_ids(reasoner, [prompts[r] for r in rows], sampling,
                                            return_thoughts=return_thoughts)
-            for i, row in enumerate(rows):
-                rows_done[row] = (part.completions[i], part.num_thoughts[i], part.thoughts[i] if part.thoughts else None)
+            thoughts = part.thoughts or [None] * len(rows)
+            parts.update(zip(rows, zip(part.completions, part.num_thoughts, thoughts)))
+    ordered = [parts[row] for row in range(len(prompts))]
     return LatentRollout(
-        completions=[completion for completion, _, _ in rows_done],
-        num_thoughts=[k for _, k, _ in rows_done],
-        num_tokens=[len(completion) for completion, _, _ in rows_done],
-        thoughts=[thoughts for _, _, thoughts in rows_done] if return_thoughts else None,
+        completions=[completion for completion, _, _ in ordered],
+        num_thoughts=[k for _, k, _ in ordered],
+        num_tokens=[len(completion) for completion, _, _ in ordered],
+        thoughts=[thoughts for _, _, thoughts in ordered] if return_thoughts else None,
     )
 
 

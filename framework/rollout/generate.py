@@ -15,7 +15,7 @@ from framework.data.sample import Example
 from framework.models.formats import Generation
 from framework.models.reasoner import Reasoner
 from framework.rollout.latent import LatentRollout, latent_rollout
-from framework.rollout.sampling import SamplingConfig, sample
+from framework.rollout.sampling import SamplingConfig, cut_after_eos, sample
 
 
 def generate(
@@ -48,9 +48,7 @@ def generate_from_ids(
 def until_eos(reasoner: Reasoner, ids: Sequence[int]) -> list[int]:
     """`ids` up to and including the first EOS: under a chat template decoding stops at the end of turn
     (`Reasoner.stop_token_id`), and a model that writes EOS instead has stopped too."""
-    ids = list(ids)
-    eos = reasoner.tokenizer.eos_token_id
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
+    return cut_after_eos(ids, reasoner.tokenizer.eos_token_id)
 
 
 def rollout_latent(

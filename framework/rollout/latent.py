@@ -5,10 +5,9 @@ every thought and every token. Here a batch of left-padded prompts (each
 `prompt <think> <bot> <latent> x k <eot>`, as `Reasoner.prompt_ids` writes
 them) is run once through `run_with_thoughts`: the prefix in one pass, one
 cached position per thought. The cache then holds every prompt column but the
-last, and the decode loop of `framework.rollout.sampling` continues from it (it
-runs only the columns the cache lacks): thoughts and tokens come from one
-loop, and greedy and sampled decoding, `SamplingConfig` and EOS handling are
-exactly those of `sample`.
+last, and the decode loop of `framework.rollout.sampling` continues from that
+cache (it runs only the columns the cache lacks): greedy and sampled decoding,
+`SamplingConfig` and EOS handling are exactly those of `sample`.
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ def latent_rollout(
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompts, pad_token_id, device)
     with eval_mode(model):
-        # Fill the cache for every column but the last: generate runs that one and decodes on.
+        # Fill the cache for every column but the last: the decode loop runs that one and decodes on.
         filled = run_with_thoughts(
             model, input_ids[:, :-1], attention_mask[:, :-1], latent_token_id=latent_token_id, projection=projection,
             match_norm=match_norm,

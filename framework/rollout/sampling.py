@@ -11,11 +11,12 @@ reasons measured on the CPU (`python -m benchmarks.rollout`):
   cost over a 32k-50k vocabulary on the CPU.
 
 Temperature, top-k and top-p are Hugging Face's own logits warpers, and the
-forward pass is the model's own (any `AutoModelForCausalLM`, its cache and
-`logits_to_keep`), so greedy tokens are `generate`'s up to float rounding
-between batch shapes (`tests/test_sampling.py` checks that a divergence only
-happens at a float64-sized tie). `SamplingConfig` is the whole specification:
-the model's `generation_config` is not consulted.
+forward pass is the model's own (a causal LM whose forward takes
+`position_ids`, a cache and `logits_to_keep`, as transformers' do), so greedy
+tokens are `generate`'s up to float rounding between batch shapes
+(`tests/test_sampling.py` checks that a divergence only happens at a
+float64-sized tie). `SamplingConfig` is the whole specification: the model's
+`generation_config` (a repetition penalty, say) is not consulted.
 """
 
 from __future__ import annotations
@@ -93,10 +94,13 @@ def generate_completions(
     if batch == 0 or config.max_new_tokens <= 0:
         return completions
     cache = DynamicCache(config=model.config) if cache is None else cache
+    cached = cache.get_seq_length()
+    if not 0 <= cached < input_ids.shape[1]:
+        raise ValueError(f"the cache holds {cached} columns of {input_ids.shape[1]}-column prompts: it must leave at "
+                         "least the last column to run")
     warpers = logits_warpers(config)
     positions = position_ids_from_mask(attention_mask)
-    cached = cache.get_seq_length()
-    rows = torch.arange(batch, device=input_ids.device)  # the original row of each row still decoding
+    rows = list(range(batch))  # the original row of each row still decoding
     step_ids, step_positions = input_ids[:, cached:], positions[:, cached:]
     with eval_mode(model):
         for step in range(config.max_new_tokens):
@@ -104,23 +108,30 @@ def generate_completions(
                 input_ids=step_ids, attention_mask=attention_mask, position_ids=step_positions,
                 **cache_argument(cache), use_cache=True, logits_to_keep=1,
             ).logits[:, -1].float()
-            tokens = next_tokens(logits, config, warpers, step_ids)
-            for row, token in zip(rows.tolist(), tokens.tolist()):
+            tokens = next_tokens(logits, config, warpers).to(input_ids.device)
+            chosen = tokens.tolist()
+            for row, token in zip(rows, chosen):
                 completions[row].append(token)
             if step + 1 == config.max_new_tokens:
                 break
-            going = tokens != eos_token_id
-            if not bool(going.all()):
-                if not bool(going.any()):
-                    break
+            going = [i for i, token in enumerate(chosen) if token != eos_token_id]
+            if not going:
+                break
+            if len(going) < len(rows):
                 # The finished rows leave the batch: every later step costs only the unfinished ones.
-                keep = going.nonzero().flatten()
+                keep = torch.tensor(going, device=input_ids.device)
                 cache.reorder_cache(keep)
-                rows, tokens, attention_mask = rows[keep], tokens[keep], attention_mask[keep]
-                step_positions = step_positions[keep]
+                rows = [rows[i] for i in going]
+                tokens, attention_mask, step_positions = tokens[keep], attention_mask[keep], step_positions[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
             step_ids, step_positions = tokens[:, None], step_positions[:, -1:] + 1
     return completions
+
+
+def cut_after_eos(ids: Sequence[int], eos_token_id: int) -> list[int]:
+    """`ids` up to and including the first `eos_token_id` (all of them when there is none)."""
+    ids = list(ids)
+    return ids[: ids.index(eos_token_id) + 1] if eos_token_id in ids else ids
 
 
 def logits_warpers(config: SamplingConfig) -> LogitsProcessorList:
@@ -137,13 +148,15 @@ def logits_warpers(config: SamplingConfig) -> LogitsProcessorList:
     return warpers
 
 
-def next_tokens(
-    logits: torch.Tensor, config: SamplingConfig, warpers: LogitsProcessorList, input_ids: torch.Tensor
-) -> torch.Tensor:
-    """One token per row of `logits` `[B, V]`: the argmax when greedy, else a draw from the warped softmax."""
+def next_tokens(logits: torch.Tensor, config: SamplingConfig, warpers: LogitsProcessorList) -> torch.Tensor:
+    """One token per row of `logits` `[B, V]`: the argmax when greedy, else a draw from the warped softmax.
+
+    The warpers (temperature, top-k, top-p) read only the scores, so they get no input ids; a processor that
+    reads the sequence (a repetition penalty) would need them.
+    """
     if not config.do_sample:
         return logits.argmax(-1)
-    return draw(torch.softmax(warpers(input_ids, logits), dim=-1))
+    return draw(torch.softmax(warpers(None, logits), dim=-1))
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -154,6 +167,9 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     never drawn. The sums are scaled by the row's total, not assumed to be 1.
     """
     cumulative = probs.double().cumsum(-1)
+    total = cumulative[:, -1]
+    if not bool(((total > 0) & total.isfinite()).all()):  # as torch.multinomial refuses them: an overflow upstream
+        raise ValueError("probabilities with NaN, inf or no mass: cannot draw a token from them")
     uniform = torch.rand(probs.shape[0], 1, device=probs.device, dtype=torch.float64, generator=generator)
     drawn = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True)
     return drawn.clamp(max=probs.shape[-1] - 1).flatten()
