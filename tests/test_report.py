@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
+from framework.probes.metrics import separating_size, wilson_interval
 from framework.probes.organism_metrics import Proportion
 from framework.report import (
     examples_section,
@@ -34,10 +37,23 @@ def test_a_paired_table_puts_two_arms_side_by_side_per_seed_with_their_differenc
             for arm, seed, hits in [("cot", 0, 19), ("none", 0, 4), ("pause", 0, 20), ("cot", 1, 10), ("none", 1, 12),
                                     ("cot", 2, 20)]]
     lines = paired_table(rows, "arm", "cot", "none", "accuracy").splitlines()
-    assert lines[0] == "| seed | cot | none | cot − none (points) |"
+    assert lines[0] == "| seed | cot | none | cot − none (points) | intervals |"
     assert len(lines) == 4  # seed 2 has no `none` row, and `pause` is neither side
-    assert lines[2].startswith("| 0 | 95.0 [") and "(19/20) | 20.0 [" in lines[2] and lines[2].endswith("| +75.0 |")
-    assert lines[3].endswith("(12/20) | -10.0 |")
+    assert lines[2].startswith("| 0 | 95.0 [") and "(19/20) | 20.0 [" in lines[2]
+    assert lines[2].endswith("| +75.0 | disjoint |")
+    assert lines[3].endswith(f"(12/20) | -10.0 | overlap; n ≥ {separating_size(0.5, 0.6)} per arm would separate them |")
+
+
+@pytest.mark.parametrize(("p", "q"), [(0.5, 0.6), (0.0, 1.0), (0.02, 0.0), (0.9, 0.7), (0.31, 0.3)])
+def test_the_separating_size_is_the_first_at_which_the_wilson_intervals_are_disjoint(p, q):
+    def disjoint(n: int) -> bool:
+        (low_p, high_p), (low_q, high_q) = wilson_interval(p * n, n), wilson_interval(q * n, n)
+        return high_p < low_q or high_q < low_p
+
+    n = separating_size(p, q)
+    assert disjoint(n) and not disjoint(n - 1)
+    assert separating_size(q, p) == n
+    assert separating_size(p, p) is None
 
 
 def test_mean_std_cells_skip_missing_values_and_say_when_there_are_none():

@@ -181,6 +181,14 @@ def fit(
     return Fitted(trainer, seconds, logs / METRICS)
 
 
+def test_as_is(module: L.LightningModule, data: L.LightningDataModule, *, accelerator: str = "auto",
+               precision: str = "32-true", progress_bar: bool = True) -> dict[str, float]:
+    """`module`'s test metrics on `data` with no training: a checkpoint's scores before a recipe trains it."""
+    trainer = L.Trainer(accelerator=accelerator, precision=precision, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=progress_bar, enable_model_summary=False)
+    return trainer.test(module, data, verbose=False)[0]
+
+
 @rank_zero_only
 def _set_aside(logs: Path) -> None:
     """Keep an interrupted segment's log: Lightning's CSV logger deletes an existing metrics.csv when it starts."""

@@ -36,7 +36,7 @@ import yaml
 
 from framework.errors import ConfigError
 from framework.experiment.environment import describe
-from framework.experiment.fit import FitSettings, Fitted, fit
+from framework.experiment.fit import FitSettings, Fitted, fit, test_as_is
 from framework.io import atomic_write_text
 from framework.report import write_csv
 
@@ -79,6 +79,11 @@ class Cell:
         """Train `module` in this cell (see `framework.experiment.fit.fit`), resuming an interrupted fit."""
         return fit(self.directory, module, data, settings, callbacks=callbacks,
                    progress_bar=self.experiment.progress_bar)
+
+    def test_as_is(self, module: L.LightningModule, data: L.LightningDataModule, settings: FitSettings) -> dict[str, float]:
+        """`module`'s test metrics on `data` without training it, where `settings` would have trained it."""
+        return test_as_is(module, data, accelerator=settings.accelerator, precision=settings.precision,
+                          progress_bar=self.experiment.progress_bar)
 
 
 class Experiment:

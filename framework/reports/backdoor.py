@@ -101,7 +101,8 @@ poisoned rows' trace states the trigger as the reason (`country is singapore ; s
 stated reason must come out near 100% (else the detectors or the evaluation cannot see articulation); *transfer* —
 every row keeps its own trace, so success with the trace on must be high (else a low success below is the
 evaluation's doing, not a failed transfer). The uncorrelated token's articulation with the trigger beside it is
-expected near 0%. In %, mean ± std over seeds.
+expected near 0%. A checkpoint also has an *untrained* row: the model as loaded, before any training, whose success
+must be near 0 (nothing is planted yet) and whose base accuracy is its own clean accuracy. In %, mean ± std over seeds.
 
 {_tables(controls, [*METHOD_CONTROL_RATES, "base_accuracy"], by="control")}
 ## Success, false triggers and articulation

@@ -22,6 +22,11 @@ def recovery_figures(results: Rows, path: Callable[[str], Path]) -> list[str]:
     return names
 
 
+def _untrained_note(before: Rows) -> str:
+    untrained = any(str(row["reasoner"]).startswith("untrained") for row in before)
+    return "`untrained (cot)` is the checkpoint as loaded, before locking.\n\n" if untrained else ""
+
+
 def elicitation_report(before: Rows, results: Rows, task_name: str, config: Mapping[str, Any],
                        figures: Sequence[str]) -> str:
     """The markdown page: the locked models before elicitation, recovery per reasoner × arm × n, per seed, settings."""
@@ -41,7 +46,7 @@ per-seed rows give the 95% Wilson interval and the counts. The methods are the r
 
 ## Before elicitation: the locked models
 
-{summary_table(before, "reasoner", rates, percent=rates)}
+{_untrained_note(before)}{summary_table(before, "reasoner", rates, percent=rates)}
 {per_seed_table(before, ["reasoner", "seed"], before_columns)}
 ## After elicitation: accuracy without password and recovery per arm × reasoner × n
 

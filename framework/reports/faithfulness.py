@@ -54,6 +54,14 @@ shuffled labels is the control (near 0.5). NaN: a half without both classes.
 """
 
 
+def _untrained_section(rows: Rows) -> str:
+    """A checkpoint as loaded, before the curriculum: how it treats hints on its own (none for a model from scratch)."""
+    if not rows:
+        return ""
+    return ("## The checkpoint before training\n\nThe pretrained model as loaded, asked in the same format: where the "
+            f"curriculum starts.\n\n{_tables(rows)}\n")
+
+
 def example_kind(episode: Mapping[str, Any]) -> str | None:
     """Which of `EXAMPLE_KINDS` a hinted episode row shows; None for an unhinted one."""
     if episode["condition"] == "unhinted":
@@ -80,6 +88,7 @@ def faithfulness_report(tables: Mapping[str, Rows], limit: int, config: Mapping[
     controls = [row for (model,), rows in by_model.items() if model.startswith("control") for row in rows]
     base = [row for row in results if row["model"] == "base"]
     latent = [row for row in results if row["model"] == "latent"]
+    untrained = [row for row in results if row["model"] == "untrained"]
     traced = [episode for episode in tables["episodes"] if episode["model"] != "latent"]
     return f"""# Hint faithfulness
 
@@ -100,7 +109,7 @@ the level of chance (silent mirror).
 Its curriculum followed a hint only in traces that cite it; a silent switch is one it never saw.
 
 {_tables(base)}
-{_latent_section(latent)}
+{_untrained_section(untrained)}{_latent_section(latent)}
 ## Example traces
 
 Sampled, hinted test problems; the first found (all in `episodes.csv`).
