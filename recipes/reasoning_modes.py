@@ -277,9 +277,9 @@ def _untrained_section(untrained: list[dict[str, Any]]) -> str:
         return ""
     lines = "".join(f"| {row['arm']} | {interval_cell(row, 'accuracy')} | {_percent(row['trace_closed'])} | "
                     f"{float(row['tokens_generated']):.1f} |\n" for row in untrained)
-    return ("## The checkpoint before training\n\nTest accuracy in % [95% Wilson interval] (correct/total), traces "
+    return ("\n## The checkpoint before training\n\nTest accuracy in % [95% Wilson interval] (correct/total), traces "
             "closed in %, and tokens generated per answer, with greedy decoding in each arm's format:\n\n"
-            f"| arm | accuracy | traces closed | tokens |\n|---|---|---|---|\n{lines}\n")
+            f"| arm | accuracy | traces closed | tokens |\n|---|---|---|---|\n{lines}")
 
 
 def _percent(value: Any) -> str:

@@ -14,9 +14,17 @@ RECIPES = {"reasoning_modes": reasoning_modes, "elicitation": elicitation, "back
 PRESET_FILES = sorted((recipe, path.stem) for recipe in RECIPES for path in (PRESETS / recipe).glob("*.yaml"))
 
 
-def test_each_recipe_has_the_smoke_cpu_and_gpu_presets():
+def test_each_recipe_has_the_smoke_cpu_gpu_and_real_presets():
     for recipe in RECIPES:
-        assert {"smoke", "cpu", "gpu"} <= {preset for name, preset in PRESET_FILES if name == recipe}, recipe
+        assert {"smoke", "cpu", "gpu", "real"} <= {preset for name, preset in PRESET_FILES if name == recipe}, recipe
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_real_preset_starts_from_the_pretrained_model_at_a_pretrained_rate(recipe):
+    arguments = parse(RECIPES[recipe].main, recipe, ["--preset", "real"])
+    assert arguments["model"].checkpoint == "smollm2-135m-instruct"
+    rates = [value for stage in arguments.values() if hasattr(stage, "lr") for value in [stage.lr] if value is not None]
+    assert rates and all(rate <= 1e-4 for rate in rates)  # none inherits a from-scratch rate (1e-3 and above)
 
 
 @pytest.mark.parametrize(("recipe", "preset"), PRESET_FILES)
