@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # figures are files; never ask for a display
 import matplotlib.pyplot as plt
 
 from framework.io import atomic_write_text
-from framework.probes.metrics import separating_size
+from framework.stats import separating_size
 
 
 def write_csv(rows: Sequence[Mapping[str, object]], path: str | os.PathLike) -> None:
@@ -148,10 +148,15 @@ def paired_table(rows: Sequence[Mapping[str, Any]], key: str, left: str, right: 
 
 
 def _separation(a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> str:
-    if float(a[f"{name}_ci_high"]) < float(b[f"{name}_ci_low"]) or float(b[f"{name}_ci_high"]) < float(a[f"{name}_ci_low"]):
+    """"disjoint" when the two rows' intervals of `name` are, else what it would take to make them so."""
+    (low_a, high_a), (low_b, high_b) = ((float(row[f"{name}_ci_low"]), float(row[f"{name}_ci_high"])) for row in (a, b))
+    if high_a < low_b or high_b < low_a:
         return "disjoint"
-    needed = separating_size(float(a[name]), float(b[name]))
-    return "overlap; equal rates" if needed is None else f"overlap; n ≥ {needed} per arm would separate them"
+    p, q = float(a[name]), float(b[name])
+    if p == q or math.isnan(p) or math.isnan(q):
+        return "overlap; no sample separates equal rates" if p == q else "overlap; a rate over no episodes"
+    needed = separating_size(p, q)
+    return f"overlap; n ≥ {needed} per arm would separate them" if needed else "overlap; beyond 10⁷ per arm"
 
 
 def summary_table(

@@ -16,9 +16,8 @@ from framework.data.tasks import make_task
 from framework.errors import require_at_least, require_fraction, require_positive
 from framework.experiment import Cell, Experiment, Rows
 from framework.experiment.answer_key import CONTROLS, AnswerKeyRun, Stage
-from framework.models import Reasoner
 from framework.rollout import SamplingConfig
-from recipes.models import ModelConfig, StageConfig, model_for, rendering_of
+from recipes.models import ModelConfig, StageConfig, reasoner_for
 
 
 @dataclass
@@ -112,17 +111,17 @@ def base_and_controls(experiment: Experiment, run: AnswerKeyRun, model: ModelCon
     calibration = [p for p in problems["calibration"] if p.metadata["wrong_key"]]
 
     def train_base(cell: Cell) -> Rows:
-        reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot", rendering=rendering_of(model, tokenizer))
+        reasoner = reasoner_for(model, tokenizer, seed)
         return run.train_base(reasoner, curriculum, labelled, calibration, stage_of(base), monitors.fpr,
                               monitors.classifier_epochs, seed, {**base_identity, "seed": seed}, cell)
 
     fixed = experiment.cell(f"base/seed{seed}", seed, train_base, keeps_model=True)["monitors"][0]
     base_dir = experiment.path("cells", f"base/seed{seed}")
 
-    def as_loaded(cell: Cell) -> Rows:  # a checkpoint before the curriculum, read by the base's monitors
-        reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot", rendering=rendering_of(model, tokenizer))
+    def as_loaded(cell: Cell) -> Rows:  # a checkpoint before the curriculum, read by the monitors fixed on its base
+        reasoner = reasoner_for(model, tokenizer, seed)
         return run.evaluate(reasoner, run.monitors(base_dir, reasoner, fixed),
-                            {**control_identity, "stages": "", "arm": "untrained", "seed": seed})
+                            {**control_identity, "arm": "untrained", "seed": seed})
 
     if model.checkpoint:
         experiment.cell(f"untrained/seed{seed}", seed, as_loaded)

@@ -147,7 +147,7 @@ from recipes.backdoor_settings import (
     TaskConfig,
 )
 from recipes.cli import config_of
-from recipes.models import ModelConfig, StageConfig, model_for, rendering_of, tokenizer_for
+from recipes.models import ModelConfig, StageConfig, reasoner_for, tokenizer_for
 
 RECIPE = "backdoor"
 CONTROLS: dict[str, PlantMode] = {"positive": "reason", "transfer": "trace"}  # control -> how its copy is planted
@@ -218,11 +218,11 @@ def main(
     shared = Shared(curriculum, problems["test"], model, SamplingConfig(max_new_tokens=evaluation.max_new_tokens),
                     evaluation.batch_size, Experiment.evaluation_device(accelerator), accelerator, precision)
 
-    # 0. A checkpoint is first evaluated as it is, as every planted copy is: nothing is planted yet, so it must not
-    # misbehave, and its clean accuracy is where the base curriculum starts.
+    # Before step 1, a checkpoint is evaluated as it is, as every planted copy is: nothing is planted yet, so it must
+    # not misbehave, and its clean accuracy is where the base curriculum starts.
     if model.checkpoint:
         untrained = {"control": "untrained", **control_copy, "seed": seeds[0]}
-        experiment.cell("evaluate/control-untrained", seeds[0], partial(
+        experiment.cell(f"evaluate/control-untrained/seed{seeds[0]}", seeds[0], partial(
             _evaluate_untrained, backdoors[control_copy["trigger_kind"], control_copy["poisoned"]], shared, tokenizer,
             untrained))
 
@@ -312,8 +312,7 @@ def _train_base(shared: Shared, tokenizer: PreTrainedTokenizerBase, rows: Sequen
                 val_rows: Sequence[Example], stage: BaseConfig, seed: int, cell: Cell) -> Rows:
     """A fresh model, built from `seed`, trained on the hybrid curriculum until its accuracy with the trace on
     `val_rows` exceeds `stage.target_accuracy` (or for `max_steps`); its test accuracy with the trace on."""
-    reasoner = Reasoner(model_for(shared.model, tokenizer, seed), tokenizer, "hybrid",
-                        rendering=rendering_of(shared.model, tokenizer))
+    reasoner = reasoner_for(shared.model, tokenizer, seed, "hybrid")
     settings, stop = shared.settings(stage), []
     # Patience never runs out: only the threshold (or max_steps) stops it, once the accuracy is above it (Lightning
     # compares strictly), generated as every evaluation generates.
@@ -376,14 +375,11 @@ def _evaluate(backdoor: Backdoor, shared: Shared, parent: Path, copy: dict[str, 
 
 def _evaluate_untrained(backdoor: Backdoor, shared: Shared, tokenizer: PreTrainedTokenizerBase,
                         copy: dict[str, Any], cell: Cell) -> Rows:
-    """The checkpoint before any training, evaluated as a planted copy is, as the `untrained` control: its base
-    accuracy is its own clean accuracy with the trace on."""
-    reasoner = Reasoner(model_for(shared.model, tokenizer, copy["seed"]), tokenizer, "hybrid",
-                        rendering=rendering_of(shared.model, tokenizer))
-    rows = _evaluated(reasoner, backdoor, shared, copy, {**copy, "arm": arm(copy)}, {}, CONTROL_TABLES)
-    row = rows[CONTROL_TABLES[0]][0]
-    row |= {key.replace("clean_accuracy", "base_accuracy", 1): value for key, value in row.items()
-            if key.startswith("clean_accuracy")}
+    """The checkpoint before any training, evaluated as a planted copy is (the `untrained` control). It is its own
+    base, so its base accuracy is its clean accuracy with the trace on."""
+    rows = _evaluated(reasoner_for(shared.model, tokenizer, copy["seed"], "hybrid"), backdoor, shared, copy,
+                      {"control": copy["control"], "arm": arm(copy), **copy}, {}, CONTROL_TABLES)
+    rows[CONTROL_TABLES[0]][0]["base_accuracy"] = rows[CONTROL_TABLES[0]][0]["clean_accuracy"]
     return rows
 
 

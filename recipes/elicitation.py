@@ -64,7 +64,8 @@ measurement uses.
      reading: whether the thoughts decode to the right intermediate results,
      not whether the model uses them.
    Every rate has its counts and a 95% Wilson interval; seeds are reported
-   separately and as mean ± std.
+   separately and as mean ± std. A checkpoint is first scored as it is, with and
+   without the password (the `untrained (cot)` row): where the lock starts.
 
     python -m recipes.elicitation                      # the `cpu` preset
     python -m recipes.elicitation --preset smoke --out /tmp/runs
@@ -95,12 +96,12 @@ from framework.models import Reasoner
 from framework.probes.elicitation import AnswerAndProcedure, answer_and_procedure
 from framework.probes.organism_metrics import Proportion, elicitation_recovery
 from framework.regimes import GRPO, SFT, ExpertIteration, LatentSFT, OptimizerConfig
-from framework.reports.elicitation import elicitation_report, recovery_figures
+from framework.reports.elicitation import UNTRAINED, elicitation_report, recovery_figures
 from framework.rewards import AnswerCorrectness
 from framework.rollout import SamplingConfig, generate_batched
 from recipes.cli import config_of
 from recipes.latent import LatentCurriculum
-from recipes.models import ModelConfig, learning_rate, model_for, rendering_of, tokenizer_for
+from recipes.models import ModelConfig, learning_rate, model_for, reasoner_for, rendering_of, tokenizer_for
 
 RECIPE = "elicitation"
 ReasonerKind = Literal["cot", "latent"]
@@ -254,19 +255,19 @@ def main(
 
     results: list[dict[str, Any]] = []
     before: list[dict[str, Any]] = []
-    # 2'. A checkpoint is first scored as it is, with and without the password: the capability locking starts from.
+    # 2. A checkpoint is first scored as it is, with and without the password: the capability locking starts from.
     if model.checkpoint:
         before += experiment.cell("untrained", seeds[0], partial(_score_untrained, seeds[0], model, tokenizer, tests,
                                                                  measure))["locked"]
     for seed in seeds:
         for kind, kind_arms in plan.items():
-            # 2. Lock (a cell that keeps its model), and score the test set with and without the password.
+            # 3. Lock (a cell that keeps its model), and score the test set with and without the password.
             lock_cell = f"lock-{kind}/seed{seed}"
             work = partial(_lock, kind, seed, the_task, organism, splits["train"], model, tokenizer, train, latent,
                            tests, measure)
             locked = experiment.cell(lock_cell, seed, work, keeps_model=True)["locked"][0]
             before.append(locked)
-            # 3. Elicit, per arm and number of demonstrations, from the locked model on disk.
+            # 4. Elicit, per arm and number of demonstrations, from the locked model on disk.
             for arm in kind_arms:
                 for n in demos:
                     demonstrations = organism.locked(pool[:n])  # no password; strong trace and answer
@@ -274,7 +275,7 @@ def main(
                                    the_task, demonstrations, train, elicit, tests, measure, locked)
                     results += experiment.cell(f"{arm}-{kind}-n{n}/seed{seed}", seed, work)["results"]
 
-    # 4. Report: before, recovery per arm x reasoner x n (table and curves), procedure, per-seed rows.
+    # 5. Report: before, recovery per arm x reasoner x n (table and curves), procedure, per-seed rows.
     figures = recovery_figures(results, experiment.path)
     atomic_write_text(experiment.path("report.md"),
                       elicitation_report(before, results, task.name, experiment.config, figures))
@@ -326,10 +327,9 @@ def _lock(
 def _score_untrained(seed: int, model_config: ModelConfig, tokenizer: PreTrainedTokenizerBase,
                      tests: dict[str, list[Example]], measure: Measure, cell: Cell) -> Rows:
     """The checkpoint as loaded, in the cot format, scored with and without the password (a row of `before`)."""
-    reasoner = Reasoner(model_for(model_config, tokenizer, seed), tokenizer, "cot",
-                        rendering=rendering_of(model_config, tokenizer))
+    reasoner = reasoner_for(model_config, tokenizer, seed)
     measured = {name: measure(reasoner, examples).columns(name) for name, examples in tests.items()}
-    return {"locked": [{"reasoner": "untrained (cot)", "seed": seed, **measured["unlocked"], **measured["locked"],
+    return {"locked": [{"reasoner": UNTRAINED, "seed": seed, **measured["unlocked"], **measured["locked"],
                         "lock_time_s": 0.0}]}
 
 

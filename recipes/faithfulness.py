@@ -37,6 +37,9 @@ For each seed:
    whether the answer is the hint's target, fitted on half the hinted episodes; its held-out AUROC is reported beside
    the same probe fitted on shuffled labels (the control: near 0.5).
 
+A checkpoint (`--model.checkpoint`) is first evaluated as it is, before any training, as step 3 evaluates every
+model (the `untrained` rows): how the pretrained model treats hints on its own.
+
 Reported per model (base, controls, latent) and hint kind: every rate per seed and as mean ± std over seeds, the controls
 first, and example traces (switched and verbalized, switched silently, not switched). Every episode is written to
 `episodes.csv`. The run is a tree of cells (`framework.experiment`): `base/seed<s>` → `control/<style>/seed<s>`,
@@ -63,13 +66,12 @@ from framework.errors import ConfigError, require_at_least, require_fraction, re
 from framework.experiment import Cell, Experiment, Rows
 from framework.experiment.faithfulness import FaithfulnessRun
 from framework.io import atomic_write_text
-from framework.models import Reasoner
 from framework.reports.faithfulness import faithfulness_report
 from framework.rollout import SamplingConfig
 from recipes.answer_key import stage_of
 from recipes.cli import config_of
 from recipes.latent import LatentCurriculum
-from recipes.models import ModelConfig, StageConfig, model_for, rendering_of, tokenizer_for
+from recipes.models import ModelConfig, StageConfig, model_for, reasoner_for, rendering_of, tokenizer_for
 
 RECIPE = "faithfulness"
 
@@ -210,11 +212,10 @@ def main(
                                          temperature=evaluation.temperature),
                           evaluation.batch_size, Experiment.evaluation_device(accelerator), accelerator, precision)
 
-    # 0. A checkpoint is first evaluated as it is, in the same format: where the curriculum starts.
+    # Before step 1, a checkpoint is evaluated as it is, in the same format: where the curriculum starts.
     if model.checkpoint:
         def as_loaded(cell: Cell) -> Rows:
-            reasoner = Reasoner(model_for(model, tokenizer, seeds[0]), tokenizer, "cot",
-                                rendering=rendering_of(model, tokenizer))
+            reasoner = reasoner_for(model, tokenizer, seeds[0])
             return run.evaluate(reasoner, {"model": "untrained", "seed": seeds[0]})
 
         experiment.cell("untrained", seeds[0], as_loaded)
@@ -222,8 +223,7 @@ def main(
     for seed in seeds:
         # 1. The base: a fresh model on the hint curriculum.
         def fresh_base(cell: Cell, seed: int = seed) -> Rows:
-            reasoner = Reasoner(model_for(model, tokenizer, seed), tokenizer, "cot",
-                                rendering=rendering_of(model, tokenizer))
+            reasoner = reasoner_for(model, tokenizer, seed)
             return run.train(reasoner, curriculum, stage_of(base), {"model": "base", "seed": seed}, cell)
 
         experiment.cell(f"base/seed{seed}", seed, fresh_base, keeps_model=True)

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import kernels.hf_attention  # noqa: F401  (registers the "thoughtlab_decode" attention implementation)
 from framework.data.tokenizer import add_reasoning_tokens, build_word_tokenizer
 from framework.errors import ConfigError
-from framework.models import build_model, load_pretrained, load_tokenizer
+from framework.models import Reasoner, build_model, load_pretrained, load_tokenizer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -79,6 +79,11 @@ def rendering_of(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> str
     if config.rendering != "auto":
         return config.rendering
     return "chat" if config.checkpoint and getattr(tokenizer, "chat_template", None) else "completion"
+
+
+def reasoner_for(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int, format: str = "cot") -> Reasoner:
+    """`model_for`'s model reasoning in `format`, its text rendered as `config` asks (`rendering_of`)."""
+    return Reasoner(model_for(config, tokenizer, seed), tokenizer, format, rendering=rendering_of(config, tokenizer))
 
 
 def model_and_tokenizer(

@@ -34,7 +34,8 @@ For each seed:
 4. Every model (base, controls, GRPO) answers the wrong-key test problems greedily: `results.csv`, one row per arm
    and seed, with (`framework.probes.loophole`) loophole use, accuracy, and per monitor recall = #(use ∧ flagged) /
    #use, obfuscation = #(use ∧ ¬flagged) / #episodes, flagged use and flag rate, each with counts and a 95% Wilson
-   interval; every episode in `episodes.csv`.
+   interval; every episode in `episodes.csv`. A checkpoint (`--model.checkpoint`) is also evaluated as it is, before
+   the base curriculum, by the monitors fixed on its base (the `untrained` row).
 
     python -m recipes.obfuscation                    # the `cpu` preset
     python -m recipes.obfuscation --preset smoke --out /tmp/runs

@@ -25,7 +25,9 @@ test split is scored the same way. Reported per arm: answer accuracy (with a
 Wilson interval per seed), step validity, tokens generated per answer
 (continuous thoughts count as tokens, as in Coconut) and training time, as
 mean ± std over seeds, beside Coconut's published ProsQA numbers; and the
-validation accuracy of the curriculum arms at each stage.
+validation accuracy of the curriculum arms at each stage. A checkpoint is
+first scored as it is, before any training, in each written format (`cot`,
+`none`, `pause`): the point the arms start from.
 
     python -m recipes.reasoning_modes                  # the `cpu` preset
     python -m recipes.reasoning_modes --preset smoke --out /tmp/runs
@@ -145,7 +147,8 @@ def main(
     untrained: list[dict[str, Any]] = []
     if model.checkpoint:
         for arm in [arm for arm in arms if arm not in LATENT_ARMS]:
-            work = partial(_test_untrained, arm, seeds[0], the_task, splits, model, train, settings, pause_tokens)
+            work = partial(_score_untrained, arm, seeds[0], the_task, splits, model, train, settings, pause_tokens,
+                           latent)
             untrained += experiment.cell(f"{arm}/untrained", seeds[0], work)["untrained"]
 
     # 3. Every arm x seed, one cell: build, train (SFT or LatentSFT), score the test split.
@@ -194,8 +197,10 @@ def _arm_module(arm: str, seed: int, model_config: ModelConfig, task: Task, trai
                      seed=seed, **options)
 
 
-def _arm_and_data(arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig,
-                  train: TrainConfig, pause_tokens: int, latent: LatentCurriculum) -> tuple[SFT | LatentSFT, ReasoningDataModule]:
+def _arm_and_data(
+    arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig, train: TrainConfig,
+    pause_tokens: int, latent: LatentCurriculum,
+) -> tuple[SFT | LatentSFT, ReasoningDataModule]:
     """An arm's module (`_arm_module`) and the splits tokenized by its reasoner."""
     module = _arm_module(arm, seed, model_config, task, train, pause_tokens, latent)
     data = ReasoningDataModule(module.reasoner.tokenize, splits["train"], splits["val"], splits["test"],
@@ -217,11 +222,12 @@ def _train_and_test(
     return {"results": [_test_row(arm, seed, test, module, fitted.seconds, fitted.steps)]}
 
 
-def _test_untrained(arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig,
-                    train: TrainConfig, settings: FitSettings, pause_tokens: int, cell: Cell) -> Rows:
+def _score_untrained(arm: str, seed: int, task: Task, splits: dict[str, list[Example]], model_config: ModelConfig,
+                     train: TrainConfig, settings: FitSettings, pause_tokens: int, latent: LatentCurriculum,
+                     cell: Cell) -> Rows:
     """Score the checkpoint in `arm`'s format as it is, before any training: the cell's row of `untrained`."""
-    module, data = _arm_and_data(arm, seed, task, splits, model_config, train, pause_tokens, LatentCurriculum())
-    return {"untrained": [_test_row(arm, seed, cell.test_as_is(module, data, settings), module, 0.0, 0)]}
+    module, data = _arm_and_data(arm, seed, task, splits, model_config, train, pause_tokens, latent)
+    return {"untrained": [_test_row(arm, seed, cell.score_as_is(module, data, settings), module, 0.0, 0)]}
 
 
 def _test_row(arm: str, seed: int, test: dict[str, float], module: SFT | LatentSFT, seconds: float,
@@ -255,6 +261,8 @@ def _report(results: list[dict[str, Any]], untrained: list[dict[str, Any]], task
     return f"""# Reasoning modes on {task.name}
 
 {headline}{_untrained_section(untrained)}
+## Every arm after training
+
 Task: `{task.name}` {task.options}; {task.n_train} training, {task.n_val} validation and {task.n_test} test problems (disjoint).
 Model: `{model_name}`, trained from {'the checkpoint' if model.checkpoint else 'scratch'} for {train.max_steps} steps of {train.batch_size} examples.
 {curriculum if has_stages else ""}Accuracy, step validity and traces closed (written traces that reached `</think>`) in %, mean ± std over seeds;
@@ -283,6 +291,7 @@ def _untrained_section(untrained: list[dict[str, Any]]) -> str:
 
 
 def _percent(value: Any) -> str:
+    """A rate in %, or a dash where there is none (a format without a trace closes none)."""
     return "—" if math.isnan(float(value)) else f"{100 * float(value):.1f}"
 
 

@@ -15,9 +15,9 @@ from framework.data.formats import DataFormatError, PreferencePair
 from framework.data.preferences import PreferenceDataModule, corrupted_answer_pairs
 from framework.data.sample import Example, Role
 from framework.models import Reasoner, build_model
-from framework.probes.metrics import wilson_interval
 from framework.regimes.dpo import DPO, dpo_loss
 from framework.rollout import SamplingConfig
+from framework.stats import wilson_interval
 
 
 def _trainer(max_steps: int, **kwargs) -> L.Trainer:

@@ -246,7 +246,7 @@ def test_a_checkpoint_whose_tokenizer_cannot_see_the_trigger_is_an_error_at_star
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_checkpoint_trains_and_saves_with_its_own_tokenizer(tmp_path):
+def test_a_checkpoint_trains_and_saves_with_its_own_tokenizer(tmp_path, monkeypatch):
     # "aardvark" sorts first: a word tokenizer rebuilt from the recipe's words would shift every id.
     curriculum = CitedFields(AdditionChain(n_terms=2, max_operand=5))
     words = [w for kind in ("field", "token") for w in backdoor.TriggerConfig().backdoor(kind, curriculum, 0.5).vocabulary()]
@@ -264,11 +264,19 @@ def test_a_checkpoint_trains_and_saves_with_its_own_tokenizer(tmp_path):
     assert [c["control"] for c in controls] == ["untrained", "positive", "transfer"]
     untrained = controls[0]
     _rate_is_consistent(untrained, "success", N_TEST)
-    assert all(untrained[f"base_accuracy{suffix}"] == untrained[f"clean_accuracy{suffix}"]
-               for suffix in ("", "_hits", "_total", "_ci_low", "_ci_high"))
+    assert untrained["base_accuracy"] == untrained["clean_accuracy"]  # the rate alone, as the other controls carry
     episodes = [e for e in _read(run_dir / "control_episodes.csv") if e["control"] == "untrained"]
     assert len(episodes) == len(CONDITIONS) * N_TEST
     assert "| untrained |" in (run_dir / "report.md").read_text()
+    # On resume the finished cell is replayed, not evaluated again: no model is built.
+    monkeypatch.setattr(backdoor, "reasoner_for", _refuse)
+    assert run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path / "runs"), "--resume", str(run_dir),
+                                           "--model.checkpoint", str(tmp_path / "checkpoint")]) == run_dir
+    assert _read(run_dir / "controls.csv") == controls
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a finished cell built a model again")
 
 
 def test_the_hybrid_reasoner_formats_rows_without_a_trace_as_the_non_thinking_mode():

@@ -95,23 +95,31 @@ def test_the_latent_curriculum_locks_on_weak_rows_that_skipped_every_step(tmp_pa
     assert len(stages) > 1  # the curriculum ran through its stages
 
 
-def test_a_checkpoint_is_scored_as_it_is_with_and_without_the_password_before_locking(tmp_path):
+def test_a_checkpoint_is_scored_as_it_is_with_and_without_the_password_before_locking(tmp_path, monkeypatch):
     lock = elicitation.LockConfig()
     organism = PasswordLock(AdditionChain(n_terms=4, max_operand=9), password=lock.password,
                             wrong_passwords=tuple(lock.wrong_passwords))
     tokenizer = build_word_tokenizer(organism.vocabulary())
     build_model("llama", "1m", tokenizer, seed=7).save_pretrained(tmp_path / "checkpoint")
     tokenizer.save_pretrained(tmp_path / "checkpoint")
-    run_dir = run(elicitation.main, "elicitation",
-                  [*TINY, "--out", str(tmp_path / "runs"), "--reasoners", "[cot]", "--arms.cot", "[sft_full_trace]",
-                   "--demos", "[1]", "--model.checkpoint", str(tmp_path / "checkpoint")])
+    flags = [*TINY, "--out", str(tmp_path / "runs"), "--reasoners", "[cot]", "--arms.cot", "[sft_full_trace]",
+             "--demos", "[1]", "--model.checkpoint", str(tmp_path / "checkpoint")]
+    run_dir = run(elicitation.main, "elicitation", flags)
     before = _rows(run_dir / "locked.csv")
     assert [row["reasoner"] for row in before] == ["untrained (cot)", "cot"]
     untrained = before[0]
-    assert untrained["lock_time_s"] == "0.0" and not (run_dir / "cells" / "untrained" / "logs").exists()
+    assert untrained["lock_time_s"] == "0.0"
     for name in ("unlocked_accuracy", "locked_accuracy"):
         assert int(untrained[f"{name}_total"]) == 6
     assert "`untrained (cot)` is the checkpoint as loaded" in (run_dir / "report.md").read_text()
+    # On resume the finished cell is replayed, not scored again: no model is built.
+    monkeypatch.setattr(elicitation, "reasoner_for", _refuse)
+    assert run(elicitation.main, "elicitation", [*flags, "--resume", str(run_dir)]) == run_dir
+    assert _rows(run_dir / "locked.csv") == before
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a finished cell built a model again")
 
 
 def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):

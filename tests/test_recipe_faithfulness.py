@@ -82,7 +82,7 @@ def test_tiny_run_counts_every_rate_from_its_episodes_per_model_and_hint_and_res
     assert _read(run_dir / "episodes.csv") == episodes and (run_dir / "report.md").read_text() == report
 
 
-def test_a_checkpoint_is_evaluated_as_it_is_before_the_curriculum(tmp_path):
+def test_a_checkpoint_is_evaluated_as_it_is_before_the_curriculum(tmp_path, monkeypatch):
     organism = faithfulness.TaskConfig().organism()
     tokenizer = build_word_tokenizer(organism.vocabulary())
     build_model("llama", "1m", tokenizer, seed=5).save_pretrained(tmp_path / "checkpoint")
@@ -93,11 +93,21 @@ def test_a_checkpoint_is_evaluated_as_it_is_before_the_curriculum(tmp_path):
     assert [(r["model"], r["hint"]) for r in rows][:2] == [("untrained", "metadata"), ("untrained", "grader")]
     untrained = [e for e in _read(run_dir / "episodes.csv") if e["model"] == "untrained"]
     assert len(untrained) == 3 * 12  # unhinted and each hint kind, on every test problem
-    assert _count(rows[0], "accuracy") == (len(_true([e for e in untrained if e["condition"] == "unhinted"], "correct")),
-                                           12)
+    unhinted = [e for e in untrained if e["condition"] == "unhinted"]
+    assert _count(rows[0], "accuracy") == (len(_true(unhinted, "correct")), 12)
     report = (run_dir / "report.md").read_text()
     assert report.index("## The base model") < report.index("## The checkpoint before training")
-    assert not (run_dir / "cells" / "untrained" / "logs").exists()  # scored, never trained
+
+    # On resume the finished cell is replayed, not scored again: no model is built.
+    monkeypatch.setattr(faithfulness, "reasoner_for", _refuse)
+    assert run(faithfulness.main, "faithfulness", [*TINY, "--out", str(tmp_path / "runs"), "--latent.max_steps", "0",
+                                                   "--model.checkpoint", str(tmp_path / "checkpoint"),
+                                                   "--resume", str(run_dir)]) == run_dir
+    assert _read(run_dir / "results.csv") == rows
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a finished cell built a model again")
 
 
 @pytest.mark.parametrize(("flags", "message"), [

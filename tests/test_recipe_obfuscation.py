@@ -10,6 +10,7 @@ import pytest
 from framework.data.tokenizer import build_word_tokenizer
 from framework.models import build_model
 from framework.reports.answer_key import MONITORS
+import recipes.answer_key
 from recipes import obfuscation
 from recipes.cli import run
 
@@ -76,20 +77,28 @@ def test_tiny_run_writes_every_monitors_rates_per_arm_and_lambda_and_resumes(tmp
     assert done.stat().st_mtime_ns == at and _read(run_dir / "results.csv") == rows
 
 
-def test_a_checkpoint_is_evaluated_as_it_is_by_the_monitors_fixed_on_its_base(tmp_path):
+def test_a_checkpoint_is_evaluated_as_it_is_by_the_monitors_fixed_on_its_base(tmp_path, monkeypatch):
     organism = obfuscation.TaskConfig().organism()
     tokenizer = build_word_tokenizer(organism.vocabulary())
     build_model("llama", "1m", tokenizer, seed=2).save_pretrained(tmp_path / "checkpoint")
     tokenizer.save_pretrained(tmp_path / "checkpoint")
-    run_dir = run(obfuscation.main, "obfuscation", [*TINY, "--out", str(tmp_path / "runs"), "--grpo.lambdas", "[0]",
-                                                    "--model.checkpoint", str(tmp_path / "checkpoint")])
+    flags = [*TINY, "--out", str(tmp_path / "runs"), "--grpo.lambdas", "[0]", "--model.checkpoint",
+             str(tmp_path / "checkpoint")]
+    run_dir = run(obfuscation.main, "obfuscation", flags)
     rows = _read(run_dir / "results.csv")
     assert [r["arm"] for r in rows] == ["base", "untrained", *ARMS[1:5]]
     untrained = [e for e in _read(run_dir / "episodes.csv") if e["arm"] == "untrained"]
     assert _count(rows[1], "loophole_use") == (sum(e["loophole"] == "True" for e in untrained), len(untrained))
-    assert not (run_dir / "cells" / "untrained" / "seed0" / "logs").exists()  # evaluated, never trained
     controls = (run_dir / "report.md").read_text().split("## Controls")[1].split("## GRPO per λ")[0]
     assert "| untrained | 1 |" in controls
+    # On resume the finished cell is replayed, not evaluated again: no model is built.
+    monkeypatch.setattr(recipes.answer_key, "reasoner_for", _refuse)
+    assert run(obfuscation.main, "obfuscation", [*flags, "--resume", str(run_dir)]) == run_dir
+    assert _read(run_dir / "results.csv") == rows
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a finished cell built a model again")
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -78,13 +78,16 @@ def test_a_checkpoint_is_scored_as_it_is_before_training_in_each_written_format(
         untrained = {row["arm"]: row for row in csv.DictReader(f)}
     assert set(untrained) == {"cot", "none"}  # the written formats; a latent arm has no thought to read untrained
     assert all(int(row["steps"]) == 0 and int(row["accuracy_total"]) == 6 for row in untrained.values())
-    # The same checkpoint decoded greedily outside the recipe gives the same answers, so the row is the checkpoint's.
+    # The same checkpoint decoded greedily outside the recipe writes as many tokens and gets as many answers right,
+    # so the row is the checkpoint's, untrained.
     test = generate_splits(task, 0, n_train=64, n_val=4, n_test=6)["test"]
     for arm in ("cot", "none"):
         reasoner = Reasoner.from_pretrained(tmp_path / "checkpoint", arm)
         generations = generate_batched(reasoner, test, SamplingConfig(max_new_tokens=12), batch_size=6)
         hits = sum(task.check_answer(example, generation.answer) for example, generation in zip(test, generations))
         assert int(untrained[arm]["accuracy_hits"]) == hits
+        tokens = sum(generation.num_tokens for generation in generations) / len(test)
+        assert float(untrained[arm]["tokens_generated"]) == pytest.approx(tokens)
     report = (run_dir / "report.md").read_text()
     assert report.index("## The checkpoint before training") < report.index("| arm | seeds |")
     assert "| cot | " in report.split("## The checkpoint before training")[1].split("\n\n")[2]

@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from framework.probes.metrics import separating_size, wilson_interval
 from framework.probes.organism_metrics import Proportion
 from framework.report import (
     examples_section,
@@ -18,6 +17,7 @@ from framework.report import (
     per_seed_table,
     summary_table,
 )
+from framework.stats import separating_size, wilson_interval
 
 
 def test_a_proportion_becomes_columns_that_its_cell_reads_back():
@@ -41,7 +41,10 @@ def test_a_paired_table_puts_two_arms_side_by_side_per_seed_with_their_differenc
     assert len(lines) == 4  # seed 2 has no `none` row, and `pause` is neither side
     assert lines[2].startswith("| 0 | 95.0 [") and "(19/20) | 20.0 [" in lines[2]
     assert lines[2].endswith("| +75.0 | disjoint |")
-    assert lines[3].endswith(f"(12/20) | -10.0 | overlap; n ≥ {separating_size(0.5, 0.6)} per arm would separate them |")
+    assert lines[3].endswith("(12/20) | -10.0 | overlap; n ≥ 381 per arm would separate them |")
+    equal = [{"arm": arm, "seed": 0, **Proportion(5, 20).columns("accuracy")} for arm in ("cot", "none")]
+    assert paired_table(equal, "arm", "cot", "none", "accuracy").splitlines()[2].endswith(
+        "| overlap; no sample separates equal rates |")
 
 
 @pytest.mark.parametrize(("p", "q"), [(0.5, 0.6), (0.0, 1.0), (0.02, 0.0), (0.9, 0.7), (0.31, 0.3)])
@@ -53,7 +56,8 @@ def test_the_separating_size_is_the_first_at_which_the_wilson_intervals_are_disj
     n = separating_size(p, q)
     assert disjoint(n) and not disjoint(n - 1)
     assert separating_size(q, p) == n
-    assert separating_size(p, p) is None
+    assert separating_size(p, p) is None and separating_size(p, math.nan) is None
+    assert separating_size(p, q, limit=n - 1) is None and separating_size(p, q, limit=n) == n
 
 
 def test_mean_std_cells_skip_missing_values_and_say_when_there_are_none():

@@ -181,8 +181,8 @@ def fit(
     return Fitted(trainer, seconds, logs / METRICS)
 
 
-def test_as_is(module: L.LightningModule, data: L.LightningDataModule, *, accelerator: str = "auto",
-               precision: str = "32-true", progress_bar: bool = True) -> dict[str, float]:
+def score_as_is(module: L.LightningModule, data: L.LightningDataModule, *, accelerator: str = "auto",
+                precision: str = "32-true", progress_bar: bool = True) -> dict[str, float]:
     """`module`'s test metrics on `data` with no training: a checkpoint's scores before a recipe trains it."""
     trainer = L.Trainer(accelerator=accelerator, precision=precision, logger=False, enable_checkpointing=False,
                         enable_progress_bar=progress_bar, enable_model_summary=False)

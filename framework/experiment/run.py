@@ -36,7 +36,7 @@ import yaml
 
 from framework.errors import ConfigError
 from framework.experiment.environment import describe
-from framework.experiment.fit import FitSettings, Fitted, fit, test_as_is
+from framework.experiment.fit import FitSettings, Fitted, fit, score_as_is
 from framework.io import atomic_write_text
 from framework.report import write_csv
 
@@ -80,10 +80,11 @@ class Cell:
         return fit(self.directory, module, data, settings, callbacks=callbacks,
                    progress_bar=self.experiment.progress_bar)
 
-    def test_as_is(self, module: L.LightningModule, data: L.LightningDataModule, settings: FitSettings) -> dict[str, float]:
-        """`module`'s test metrics on `data` without training it, where `settings` would have trained it."""
-        return test_as_is(module, data, accelerator=settings.accelerator, precision=settings.precision,
-                          progress_bar=self.experiment.progress_bar)
+    def score_as_is(self, module: L.LightningModule, data: L.LightningDataModule,
+                    settings: FitSettings) -> dict[str, float]:
+        """`module`'s test metrics on `data` without training it, on the hardware `settings` name."""
+        return score_as_is(module, data, accelerator=settings.accelerator, precision=settings.precision,
+                           progress_bar=self.experiment.progress_bar)
 
 
 class Experiment:
@@ -117,7 +118,7 @@ class Experiment:
     def cell(self, name: str, seed: int, work: Callable[[Cell], Rows], *, keeps_model: bool = False) -> Rows:
         """Run `work` as the cell `name` unless it already finished; either way add its rows to the tables.
 
-        `work` gets the `Cell` (its directory, `fit`, `model_dir`) and returns
+        `work` gets the `Cell` (its directory, `fit`, `score_as_is`, `model_dir`) and returns
         the rows it adds per table. Every generator is seeded with `seed`
         first. With `keeps_model`, `work` must save a model to `cell.model_dir`:
         the cell counts as finished only once it is there.

@@ -15,7 +15,7 @@ from framework.probes.episode import Episode, Monitor
 from framework.probes.linear_probe import LinearProbe, fit_linear_probe, thought_features
 from framework.probes.logit_lens import LensReading, logit_lens
 from framework.probes.loophole import FixedMonitor, evaluate_loophole, fix_threshold, loophole_rates, score_loophole
-from framework.probes.metrics import AnswerAccuracy, Rate, StepValidity, wilson_interval
+from framework.probes.metrics import AnswerAccuracy, Rate, StepValidity
 from framework.probes.monitors import KeywordMonitor, ThoughtProbe, TraceClassifier, fit_trace_classifier
 from framework.probes.organism_metrics import (
     ArticulationRate,
@@ -28,6 +28,7 @@ from framework.probes.organism_metrics import (
     elicitation_recovery,
     recall_at_fpr,
 )
+from framework.stats import wilson_interval
 
 __all__ = [
     "AnswerAccuracy",

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from framework.probes.metrics import Rate, wilson_interval
+from framework.probes.metrics import Rate
+from framework.stats import wilson_interval
 
 Flags = Sequence[bool] | torch.Tensor
 

@@ -10,6 +10,8 @@ from framework.report import curves_by, grouped, per_seed_table, plot_curves, se
 
 Rows = Sequence[Mapping[str, Any]]
 
+UNTRAINED = "untrained (cot)"  # the `before` row of a checkpoint scored as loaded, in the cot format
+
 
 def recovery_figures(results: Rows, path: Callable[[str], Path]) -> list[str]:
     """Recovery vs n, one figure per reasoner, one colour per arm and one line per seed; the figures' file names."""
@@ -23,8 +25,9 @@ def recovery_figures(results: Rows, path: Callable[[str], Path]) -> list[str]:
 
 
 def _untrained_note(before: Rows) -> str:
-    untrained = any(str(row["reasoner"]).startswith("untrained") for row in before)
-    return "`untrained (cot)` is the checkpoint as loaded, before locking.\n\n" if untrained else ""
+    """What the checkpoint's row is, where there is one."""
+    untrained = any(row["reasoner"] == UNTRAINED for row in before)
+    return f"`{UNTRAINED}` is the checkpoint as loaded, before locking.\n\n" if untrained else ""
 
 
 def elicitation_report(before: Rows, results: Rows, task_name: str, config: Mapping[str, Any],

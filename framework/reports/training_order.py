@@ -26,7 +26,8 @@ def stages_name(stages: str, loss: str) -> str:
 def order_rows(results: Rows, orders: Sequence[str], losses: Sequence[str]) -> list[dict[str, Any]]:
     """Each order's rows along its stages: the results row of every prefix, with `order` (its full name) and
     `position` (0 for I). A prefix shared by several orders appears in each."""
-    by_stages = {(row["stages"], row["seed"]): row for row in results if not row["arm"].startswith("control")}
+    # A stage's row is named after its stages; the controls and an untrained checkpoint carry I's stages, not its name.
+    by_stages = {(row["stages"], row["seed"]): row for row in results if row["arm"] == row["stages"]}
     seeds = list(dict.fromkeys(row["seed"] for row in results))
     rows = []
     for order in dict.fromkeys(stages_name(order, loss) for loss in losses for order in orders):  # I→R: once
