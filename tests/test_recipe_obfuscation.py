@@ -7,10 +7,10 @@ import math
 
 import pytest
 
+import recipes.answer_key
 from framework.data.tokenizer import build_word_tokenizer
 from framework.models import build_model
 from framework.reports.answer_key import MONITORS
-import recipes.answer_key
 from recipes import obfuscation
 from recipes.cli import run
 
