@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _recipe_runs import refuse_to_build
 
 from framework.data.organisms import CONDITIONS, CitedFields
 from framework.data.parts import without_trace
@@ -269,14 +270,10 @@ def test_a_checkpoint_trains_and_saves_with_its_own_tokenizer(tmp_path, monkeypa
     assert len(episodes) == len(CONDITIONS) * N_TEST
     assert "| untrained |" in (run_dir / "report.md").read_text()
     # On resume the finished cell is replayed, not evaluated again: no model is built.
-    monkeypatch.setattr(backdoor, "reasoner_for", _refuse)
+    monkeypatch.setattr(backdoor, "reasoner_for", refuse_to_build)
     assert run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path / "runs"), "--resume", str(run_dir),
                                            "--model.checkpoint", str(tmp_path / "checkpoint")]) == run_dir
     assert _read(run_dir / "controls.csv") == controls
-
-
-def _refuse(*args, **kwargs):
-    raise AssertionError("a finished cell built a model again")
 
 
 def test_the_hybrid_reasoner_formats_rows_without_a_trace_as_the_non_thinking_mode():

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import yaml
-from _recipe_runs import finish, kill_at, start, timeless_rows
+from _recipe_runs import finish, kill_at, refuse_to_build, start, timeless_rows
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 import recipes.models
@@ -113,13 +113,9 @@ def test_a_checkpoint_is_scored_as_it_is_with_and_without_the_password_before_lo
         assert int(untrained[f"{name}_total"]) == 6
     assert "`untrained (cot)` is the checkpoint as loaded" in (run_dir / "report.md").read_text()
     # On resume the finished cell is replayed, not scored again: no model is built.
-    monkeypatch.setattr(elicitation, "reasoner_for", _refuse)
+    monkeypatch.setattr(elicitation, "reasoner_for", refuse_to_build)
     assert run(elicitation.main, "elicitation", [*flags, "--resume", str(run_dir)]) == run_dir
     assert _rows(run_dir / "locked.csv") == before
-
-
-def _refuse(*args, **kwargs):
-    raise AssertionError("a finished cell built a model again")
 
 
 def test_an_arm_the_reasoner_cannot_run_is_an_error_before_training(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+from _recipe_runs import refuse_to_build
 
 from framework.data.tokenizer import build_word_tokenizer
 from framework.models import build_model
@@ -99,15 +100,11 @@ def test_a_checkpoint_is_evaluated_as_it_is_before_the_curriculum(tmp_path, monk
     assert report.index("## The base model") < report.index("## The checkpoint before training")
 
     # On resume the finished cell is replayed, not scored again: no model is built.
-    monkeypatch.setattr(faithfulness, "reasoner_for", _refuse)
+    monkeypatch.setattr(faithfulness, "reasoner_for", refuse_to_build)
     assert run(faithfulness.main, "faithfulness", [*TINY, "--out", str(tmp_path / "runs"), "--latent.max_steps", "0",
                                                    "--model.checkpoint", str(tmp_path / "checkpoint"),
                                                    "--resume", str(run_dir)]) == run_dir
     assert _read(run_dir / "results.csv") == rows
-
-
-def _refuse(*args, **kwargs):
-    raise AssertionError("a finished cell built a model again")
 
 
 @pytest.mark.parametrize(("flags", "message"), [

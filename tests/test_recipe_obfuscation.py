@@ -6,6 +6,7 @@ import csv
 import math
 
 import pytest
+from _recipe_runs import refuse_to_build
 
 import recipes.answer_key
 from framework.data.tokenizer import build_word_tokenizer
@@ -92,13 +93,9 @@ def test_a_checkpoint_is_evaluated_as_it_is_by_the_monitors_fixed_on_its_base(tm
     controls = (run_dir / "report.md").read_text().split("## Controls")[1].split("## GRPO per λ")[0]
     assert "| untrained | 1 |" in controls
     # On resume the finished cell is replayed, not evaluated again: no model is built.
-    monkeypatch.setattr(recipes.answer_key, "reasoner_for", _refuse)
+    monkeypatch.setattr(recipes.answer_key, "reasoner_for", refuse_to_build)
     assert run(obfuscation.main, "obfuscation", [*flags, "--resume", str(run_dir)]) == run_dir
     assert _read(run_dir / "results.csv") == rows
-
-
-def _refuse(*args, **kwargs):
-    raise AssertionError("a finished cell built a model again")
 
 
 @pytest.mark.parametrize(("flags", "message"), [
