@@ -50,8 +50,7 @@ from framework.data.masks import TRAIN_ON_COMPLETION
 from framework.data.tasks import AdditionChain
 from framework.data.tokenizer import build_word_tokenizer
 from framework.models import LatentConfig, Reasoner, build_model, latent_forward
-from framework.models.backbone import cache_argument
-from framework.models.latent import position_ids_from_mask
+from framework.models.backbone import cache_argument, position_ids_from_mask
 from framework.regimes.loss import hidden_states_loss
 from framework.rollout import SamplingConfig, latent_rollout
 from framework.rollout.sampling import cut_after_eos

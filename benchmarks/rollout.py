@@ -47,8 +47,7 @@ from benchmarks.common import padded_word_tokenizer
 from framework.data.collate import left_pad
 from framework.data.tasks import AdditionChain
 from framework.models import build_model
-from framework.models.backbone import cache_argument
-from framework.models.latent import position_ids_from_mask
+from framework.models.backbone import cache_argument, position_ids_from_mask
 from framework.rollout.sampling import SamplingConfig, cut_after_eos, sample
 
 PROVIDERS = ("hf generate", "cache loop", "thoughtlab")

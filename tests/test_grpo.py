@@ -120,7 +120,7 @@ def test_micro_batch_losses_add_up_to_the_whole_batch(loss_type):
 
 
 def test_token_policy_rescores_what_it_sampled(word_tokenizer):
-    """Right-padded re-scoring of a batch equals each row's own unpadded log-softmax (prompts of different lengths)."""
+    """Re-scoring a padded batch equals each row's own unpadded log-softmax (prompts of different lengths)."""
     reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
     examples = [Example("3 + 5", "", "8"), Example("3 + 5 + 2", "", "10"), Example("1 + 1 + 1", "", "3")]
     policy = TokenPolicy(reasoner)
@@ -141,6 +141,29 @@ def test_token_policy_rescores_what_it_sampled(word_tokenizer):
 
 # -- the module ----------------------------------------------------------------------------------
 
+
+
+def test_a_group_shares_its_prompts_pass_with_each_rows_logprobs_and_gradient(word_tokenizer):
+    """Completions of one prompt are re-scored after one pass of it; their log-probs and the gradient of a weighted
+    sum of them are those of scoring each row alone (float64, in GPT-2, whose norms stay in float64)."""
+    reasoner = Reasoner(build_model("gpt2", "1m", word_tokenizer, seed=0).double(), word_tokenizer, "cot")
+    examples = [Example("3 + 5", "", "8")] * 3 + [Example("3 + 5 + 2", "", "10")] * 3
+    policy = TokenPolicy(reasoner)
+    torch.manual_seed(0)
+    rollout = policy.rollout(examples, SAMPLING)
+    weights = torch.randn(rollout.action_mask.shape, dtype=torch.float64)
+    parameters = list(reasoner.model.parameters())
+
+    def weighted_sum(logprobs: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        return logprobs.detach(), torch.autograd.grad((logprobs * weights).sum(), parameters)
+
+    shared, shared_grads = weighted_sum(policy.logprobs(reasoner.model, rollout.inputs))
+    alone, alone_grads = weighted_sum(torch.cat(
+        [policy.logprobs(reasoner.model, rollout.rows(slice(row, row + 1)).inputs) for row in range(len(examples))]))
+    torch.testing.assert_close(shared, alone)
+    for shared_grad, alone_grad in zip(shared_grads, alone_grads):
+        torch.testing.assert_close(shared_grad, alone_grad)
+    assert len(set(map(tuple, rollout.completion_ids))) > 2  # the group's completions differ
 
 def digit_share(completions, **kwargs):
     """A reward that varies even for an untrained model: the share of words that are numbers."""

@@ -102,6 +102,27 @@ def test_a_sampled_latent_token_in_a_completion_is_a_token_not_a_thought(word_to
         torch.testing.assert_close(policy.logprobs(policy.module, inputs)[0], naive_action_logprobs(reasoner, prompt, completion))
 
 
+def test_a_group_thinks_once_with_each_rows_logprobs_and_gradient(word_tokenizer, addition_task, fed_inputs):
+    """Rows that repeat a prompt think once, when sampled and when re-scored; their log-probs and the gradient of a
+    weighted sum of them are those of each row re-scored alone (float64, in GPT-2, whose norms stay in float64)."""
+    reasoner = _random_reasoner("gpt2", word_tokenizer, projection=True)
+    policy = LatentPolicy(reasoner)
+    torch.manual_seed(0)
+    rollout = policy.rollout([e for e in _prompts(addition_task, 2) for _ in range(3)], SAMPLING)
+    assert fed_inputs and {fed.shape[0] for fed in fed_inputs} == {2}  # each thought column: one row per prompt
+    fed_inputs.clear()
+    weights = torch.randn(rollout.action_mask.shape, dtype=torch.float64)
+    parameters = list(policy.module.parameters())
+    shared = policy.logprobs(policy.module, rollout.inputs)
+    assert {fed.shape[0] for fed in fed_inputs} == {2}
+    shared_grads = torch.autograd.grad((shared * weights).sum(), parameters)
+    alone = torch.cat([policy.logprobs(policy.module, rollout.rows(slice(row, row + 1)).inputs) for row in range(6)])
+    torch.testing.assert_close(shared, alone)
+    for shared_grad, alone_grad in zip(shared_grads, torch.autograd.grad((alone * weights).sum(), parameters)):
+        torch.testing.assert_close(shared_grad, alone_grad)
+    assert len(set(map(tuple, rollout.completion_ids))) > 2  # the group's completions differ
+
+
 @pytest.mark.parametrize("projection", [False, True])
 def test_its_own_samples_rescore_at_ratio_one_in_any_micro_batching(projection, word_tokenizer, addition_task):
     """The old log-probs (no grad, whole batch) and the new ones (train mode, with grad, micro-batches) agree in

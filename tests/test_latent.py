@@ -27,7 +27,8 @@ from framework.data.tokenizer import (
     add_reasoning_tokens,
 )
 from framework.models import FAMILIES, LatentConfig, Reasoner, build_model, latent_forward, load_pretrained
-from framework.models.latent import position_ids_from_mask, run_with_thoughts
+from framework.models.backbone import position_ids_from_mask
+from framework.models.latent import run_with_thoughts
 from framework.probes import thought_features
 from framework.regimes import LatentSFT
 from framework.regimes.latent_policy import LatentPolicy

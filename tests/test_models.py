@@ -20,7 +20,7 @@ from framework.models import (
     load_pretrained,
     load_tokenizer,
 )
-from framework.models.latent import position_ids_from_mask
+from framework.models.backbone import backbone, distinct_rows, position_ids_from_mask, prompt_pass
 from framework.rollout import SamplingConfig, generate, sample
 
 
@@ -57,6 +57,61 @@ def test_backbone_hidden_states_from_ids_embeddings_or_a_growing_cache_agree(fam
         backbone_hidden_states(model, ids, mask, inputs_embeds=embeds)
     with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
         backbone_hidden_states(model, attention_mask=mask)
+
+
+def test_distinct_rows_keep_first_occurrences_in_order():
+    ids = torch.tensor([[1, 2], [3, 4], [1, 2], [5, 6], [3, 4]])
+    first, of = distinct_rows(ids)
+    assert first.tolist() == [0, 1, 3] and of.tolist() == [0, 1, 0, 2, 1]
+    first, of = distinct_rows(ids, torch.tensor([0, 0, 1, 0, 0]))  # rows differ if any tensor tells them apart
+    assert first.tolist() == [0, 1, 2, 3] and of.tolist() == [0, 1, 2, 3, 1]
+    first, of = distinct_rows(torch.tensor([[9], [7], [8]]))  # nothing repeated: the batch's own order
+    assert first.tolist() == of.tolist() == [0, 1, 2]
+
+
+def test_a_shared_prompt_pass_has_each_rows_states_and_gradient(word_tokenizer):
+    """Rows that repeat a prompt share one pass (`prompt_pass`); its hidden states, its cache and the gradient of a
+    loss on a continuation after that cache are those of every row run on its own (float64)."""
+    # GPT-2, because its float64 is float64 throughout: Llama's RMSNorm rounds through float32 (transformers 5.24),
+    # which turns the two batch shapes' last-bit differences into float32-sized ones.
+    model = build_model("gpt2", "1m", word_tokenizer, seed=0).double().eval()
+    torch.manual_seed(0)
+    distinct = torch.randint(4, len(word_tokenizer), (3, 7))
+    mask = torch.ones_like(distinct)
+    mask[1, :4] = 0
+    mask[2, :6] = 0  # one real token: its pass is all padding but the last column
+    rows = [0, 2, 1, 0, 2, 0]
+    ids, mask = distinct[rows], mask[rows]
+    continuation = torch.randint(4, len(word_tokenizer), (len(rows), 3))
+    full_mask = torch.cat([mask, torch.ones_like(continuation)], dim=1)
+    positions = position_ids_from_mask(full_mask)[:, ids.shape[1]:]
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def run(shared: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if shared:
+            hidden, cache = prompt_pass(model, ids, mask)
+        else:
+            cache = DynamicCache(config=model.config)
+            hidden = backbone_hidden_states(model, ids, mask, position_ids=position_ids_from_mask(mask), cache=cache)
+        after = backbone_hidden_states(model, continuation, full_mask, position_ids=positions, cache=cache)
+        states = torch.cat([hidden[mask.bool()], after.flatten(0, 1)])
+        loss = (after.sin() * torch.arange(1.0, len(rows) + 1, dtype=after.dtype)[:, None, None]).sum()
+        return states, torch.autograd.grad(loss, parameters, allow_unused=True)
+
+    batch_sizes: list[int] = []
+    hook = backbone(model).register_forward_hook(
+        lambda module, args, kwargs, out: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        shared_states, shared_grads = run(shared=True)
+    finally:
+        hook.remove()
+    assert batch_sizes == [3, len(rows)]  # the prompts once each, then every row's continuation
+    own_states, own_grads = run(shared=False)
+    torch.testing.assert_close(shared_states, own_states)
+    for shared_grad, own_grad in zip(shared_grads, own_grads):
+        assert (shared_grad is None) == (own_grad is None)
+        if own_grad is not None:
+            torch.testing.assert_close(shared_grad, own_grad)
 
 
 def test_factory_rejects_unknown_family_and_size(word_tokenizer):

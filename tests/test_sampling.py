@@ -150,3 +150,26 @@ def test_greedy_ignores_warpers_and_nothing_to_decode_is_empty(word_tokenizer):
         model(input_ids=ids, attention_mask=mask, **cache_argument(full), use_cache=True)
     with pytest.raises(ValueError, match="must leave at least the last column"):
         generate_completions(model, ids, mask, eos_token_id=1, cache=full)
+
+
+def test_a_repeated_prompt_runs_once_and_draws_what_unshared_rows_draw(word_tokenizer):
+    """GRPO's groups: rows that repeat a prompt share one run of it before decoding, and with the same seed every row
+    draws the tokens it draws when each row runs its own prompt (float64, in GPT-2, whose norms stay in float64)."""
+    model = build_model("gpt2", "1m", word_tokenizer, seed=1).double().eval()
+    pad, eos = word_tokenizer.pad_token_id, word_tokenizer.eos_token_id
+    distinct = [*_prompts(seed=4, count=3, vocab=len(word_tokenizer)), [12]]  # [12]: padding before its last column
+    prompts = [distinct[i] for i in (0, 1, 0, 2, 3, 1, 0, 3)]
+    config = SamplingConfig(max_new_tokens=8, do_sample=True)
+    calls: list[tuple[int, int]] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
+    try:
+        torch.manual_seed(0)
+        shared = sample(model, prompts, pad_token_id=pad, eos_token_id=eos, config=config)
+    finally:
+        hook.remove()
+    width = max(map(len, prompts))
+    assert calls[:2] == [(len(distinct), width - 1), (len(prompts), 1)]  # distinct prompts once, then every row
+    torch.manual_seed(0)
+    input_ids, attention_mask = left_pad(prompts, pad, "cpu")
+    assert shared == generate_completions(model, input_ids, attention_mask, eos_token_id=eos, config=config)
+    assert len({tuple(row) for row in shared}) > len(distinct)  # the draws differ within a group

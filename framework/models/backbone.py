@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import transformers
 from packaging.version import Version
-from transformers import Cache, PreTrainedModel
+from transformers import Cache, DynamicCache, PreTrainedModel
 
 # transformers 5.24 renamed the `past_key_values` argument of models and `generate` to `cache` and warns on the old
 # name, which 5.40 removes from models; 5.17 (on the GPU machines) knows only the old name.
@@ -50,3 +50,43 @@ def backbone_hidden_states(
         use_cache=cache is not None,
     )
     return output.last_hidden_state
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, … over each row's real tokens, so left padding does not shift positions (as HF generate does)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def distinct_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`first`, the index of each distinct row (its first occurrence, in order), and `of`, each row's index into
+    `first`, rows being compared across all `tensors` (same first dimension): `tensors[k][first][of]` is `tensors[k]`."""
+    key = torch.cat([t.reshape(t.shape[0], -1).long() for t in tensors], dim=1)
+    _, of = torch.unique(key, dim=0, sorted=True, return_inverse=True)
+    rows = torch.arange(key.shape[0], device=key.device)
+    first = torch.full((int(of.max()) + 1,), key.shape[0], device=key.device).scatter_reduce(0, of, rows, "amin")
+    order = first.argsort()  # distinct rows in order of first occurrence, so a batch of distinct rows keeps its order
+    return first[order], order.argsort()[of]
+
+
+def prompt_pass(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, DynamicCache]:
+    """Hidden states `[B, T, H]` and the KV cache of left-padded prompts, each distinct prompt run once.
+
+    GRPO samples a group of completions per prompt, and sampling and scoring
+    them would otherwise run the same prompt once per completion. Here the
+    distinct rows run and their hidden states and cache are gathered back to
+    every row. The gather is differentiable: a loss on each row's continuation
+    reaches the shared pass summed over the rows that share it, which is the
+    gradient of running every row on its own.
+    """
+    first, of = distinct_rows(input_ids, attention_mask)
+    cache = DynamicCache(config=model.config)
+    hidden = backbone_hidden_states(
+        model, input_ids[first], attention_mask[first], position_ids=position_ids_from_mask(attention_mask[first]),
+        cache=cache,
+    )
+    if len(first) < input_ids.shape[0]:  # else `of` is 0, 1, …: nothing to gather
+        cache.reorder_cache(of)
+        hidden = hidden[of]
+    return hidden, cache

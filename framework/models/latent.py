@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from framework.models.backbone import backbone_hidden_states
+from framework.models.backbone import backbone_hidden_states, distinct_rows, position_ids_from_mask
 
 
 class LatentProjection(nn.Linear):
@@ -71,11 +71,6 @@ def matched_to_embeddings(thought: torch.Tensor, target: torch.Tensor) -> torch.
     wide = _at_least_float32(thought)
     norm = wide.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(wide.dtype).eps)
     return (wide * (target / norm)).to(thought.dtype)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0, 1, 2, … over each row's real tokens, so left padding does not shift positions (as HF generate does)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def forward_one_position(
@@ -125,10 +120,18 @@ def run_with_thoughts(
     `projection` if given, then `matched_to_embeddings` with `match_norm`) and
     other rows their token's embedding; the rest is
     one pass against the cache. Position ids come from `attention_mask`, so
-    left padding is transparent. Differentiable end to end.
+    left padding is transparent. Rows that repeat a prompt (GRPO's groups)
+    think once and share the result, as `prompt_pass` shares a prompt.
+    Differentiable end to end.
     """
     if input_ids.shape != attention_mask.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
+    distinct, of = distinct_rows(input_ids, attention_mask)
+    if len(distinct) < input_ids.shape[0]:
+        shared = run_with_thoughts(model, input_ids[distinct], attention_mask[distinct], latent_token_id=latent_token_id,
+                                   projection=projection, match_norm=match_norm)
+        shared.cache.reorder_cache(of)
+        return ThoughtPass(shared.hidden[of], shared.cache, shared.slots[of])
     slots = (input_ids == latent_token_id) & attention_mask.bool()
     embeds = model.get_input_embeddings()(input_ids)
     positions = position_ids_from_mask(attention_mask)

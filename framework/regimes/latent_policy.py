@@ -34,8 +34,8 @@ from torch import nn
 from framework.data.collate import left_pad, right_pad
 from framework.data.masks import IGNORE_INDEX
 from framework.data.sample import Example
-from framework.models.backbone import backbone_hidden_states
-from framework.models.latent import position_ids_from_mask, run_with_thoughts
+from framework.models.backbone import backbone_hidden_states, position_ids_from_mask
+from framework.models.latent import run_with_thoughts
 from framework.regimes.loss import hidden_states_logprobs
 from framework.regimes.policy import Rollout, decode_completions, require_generation
 from framework.rollout.generate import rollout_latent, until_eos

@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from framework.data.collate import pad, right_pad
+from framework.data.collate import left_pad, right_pad
 from framework.data.masks import IGNORE_INDEX
 from framework.data.sample import Example
-from framework.regimes.loss import completion_logprobs
+from framework.models.backbone import backbone_hidden_states, position_ids_from_mask, prompt_pass
+from framework.regimes.loss import hidden_states_logprobs
 from framework.rollout.generate import until_eos
 from framework.rollout.sampling import SamplingConfig, sample
 
@@ -88,9 +89,11 @@ class Policy(Protocol):
 class TokenPolicy:
     """A text-format `Reasoner` (cot, none, pause, hybrid, ...) as a policy whose actions are its completion tokens.
 
-    Rollouts are sampled left-padded with a KV cache (`sample`); they are
-    re-scored right-padded, prompt then completion from position 0, so every
-    token sits at the position it was generated at.
+    Rollouts are sampled left-padded with a KV cache (`sample`) and re-scored
+    the same way: the prompts left-padded, each distinct one run once
+    (`prompt_pass`), then every completion right-padded after its prompt's
+    cache, so every token sits at the position it was generated at. The
+    log-probs are `[N, C]`, C the longest completion.
     """
 
     def __init__(self, reasoner: Reasoner) -> None:
@@ -113,15 +116,18 @@ class TokenPolicy:
             config=sampling)]
         completions, finished = decode_completions(tokenizer, completion_ids, self.reasoner.stop_token_id)
         prompts = ["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples]
-        inputs = _right_padded(prompt_ids, completion_ids, tokenizer.pad_token_id, self.module.device)
+        device = self.module.device
+        padded_prompts, prompt_mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
+        padded_completions, completion_mask = right_pad(completion_ids, tokenizer.pad_token_id, device)
         return Rollout(
             examples=list(examples),
             prompts=prompts,
             completions=completions,
             completion_ids=completion_ids,
             truncated=torch.tensor([not done for done in finished]),
-            inputs=inputs,
-            action_mask=inputs["labels"][:, 1:] != IGNORE_INDEX,
+            inputs={"prompt_ids": padded_prompts, "prompt_attention_mask": prompt_mask,
+                    "completion_ids": padded_completions, "completion_attention_mask": completion_mask},
+            action_mask=completion_mask.bool(),
         )
 
     def logprobs(
@@ -132,14 +138,19 @@ class TokenPolicy:
         temperature: float = 1.0,
         return_entropy: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return completion_logprobs(
-            module,
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            inputs["labels"],
-            temperature=temperature,
-            return_entropy=return_entropy,
+        """Log-probs `[N, C]` of the completion tokens under `module` (differentiably); padding holds 0."""
+        prompt_mask, completion_mask = inputs["prompt_attention_mask"], inputs["completion_attention_mask"]
+        prompt_hidden, cache = prompt_pass(module, inputs["prompt_ids"], prompt_mask)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        completion_hidden = backbone_hidden_states(
+            module, inputs["completion_ids"], attention_mask,
+            position_ids=position_ids_from_mask(attention_mask)[:, prompt_mask.shape[1]:], cache=cache,
         )
+        # The last prompt column predicts the first completion token; the scorer shifts by one.
+        hidden = torch.cat([prompt_hidden[:, -1:], completion_hidden], dim=1)
+        labels = inputs["completion_ids"].masked_fill(~completion_mask.bool(), IGNORE_INDEX)
+        labels = torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
+        return hidden_states_logprobs(module, hidden, labels, temperature=temperature, return_entropy=return_entropy)
 
 
 def require_generation(reasoner: Reasoner) -> None:
@@ -163,12 +174,3 @@ def decode_completions(
         tokenizer.decode(ids[:-1] if done else ids, skip_special_tokens=False) for ids, done in zip(completion_ids, finished)
     ]
     return texts, finished
-
-
-def _right_padded(
-    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_token_id: int, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """`input_ids`, `attention_mask` and `labels` (completion tokens only) of prompt + completion rows."""
-    input_ids, attention_mask = right_pad([[*p, *c] for p, c in zip(prompts, completions)], pad_token_id, device)
-    labels = pad([[IGNORE_INDEX] * len(p) + [*c] for p, c in zip(prompts, completions)], IGNORE_INDEX, device=device)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -35,8 +35,7 @@ from transformers.generation.logits_process import (
 
 from framework.data.collate import left_pad
 from framework.eval_mode import eval_mode
-from framework.models.backbone import cache_argument
-from framework.models.latent import position_ids_from_mask
+from framework.models.backbone import cache_argument, position_ids_from_mask, prompt_pass
 
 
 @dataclass(frozen=True)
@@ -64,12 +63,17 @@ def sample(
     """New tokens per prompt, cut after the first EOS (which is kept).
 
     Left padding plus position ids counted over each row's real tokens make a
-    batched row decode as it would alone.
+    batched row decode as it would alone. A prompt that several rows repeat
+    (GRPO's group) is run once before decoding (`prompt_pass`).
     """
     if not prompts:
         return []
     input_ids, attention_mask = left_pad(prompts, pad_token_id, next(model.parameters()).device)
-    return generate_completions(model, input_ids, attention_mask, eos_token_id=eos_token_id, config=config)
+    cache = None
+    if input_ids.shape[1] > 1 and len(set(map(tuple, prompts))) < len(prompts):
+        with eval_mode(model):  # all but the last column: the decode loop runs that one and samples after it
+            _, cache = prompt_pass(model, input_ids[:, :-1], attention_mask[:, :-1])
+    return generate_completions(model, input_ids, attention_mask, eos_token_id=eos_token_id, config=config, cache=cache)
 
 
 @torch.no_grad()
