@@ -31,21 +31,21 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from framework.data.collate import left_pad, right_pad
-from framework.data.masks import IGNORE_INDEX
 from framework.data.sample import Example
-from framework.models.backbone import backbone_hidden_states, position_ids_from_mask
 from framework.models.latent import run_with_thoughts
-from framework.regimes.loss import hidden_states_logprobs
-from framework.regimes.policy import Rollout, decode_completions, require_generation
+from framework.regimes.policy import (
+    Rollout,
+    checked_inputs,
+    completion_logprobs_after,
+    decode_completions,
+    require_generation,
+    rollout_inputs,
+)
 from framework.rollout.generate import rollout_latent, until_eos
 from framework.rollout.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     from framework.models.reasoner import Reasoner
-
-INPUT_KEYS = ("prompt_ids", "prompt_attention_mask", "completion_ids", "completion_attention_mask")
-
 
 class LatentPolicy:
     """A `latent`-mode `Reasoner` as a `Policy` (see `framework.regimes.policy`).
@@ -74,22 +74,16 @@ class LatentPolicy:
         sampled = rollout_latent(self.reasoner, examples, sampling)
         sampled_ids = [until_eos(self.reasoner, ids) for ids in sampled.completions]  # EOS ends a turn too
         completions, finished = decode_completions(tokenizer, sampled_ids, self.reasoner.stop_token_id)
-        device = self.reasoner.model.device
-        prompt_ids, prompt_mask = left_pad([self.reasoner.prompt_ids(e) for e in examples], tokenizer.pad_token_id, device)
-        completion_ids, completion_mask = right_pad(sampled_ids, tokenizer.pad_token_id, device)
+        prompt_ids = [self.reasoner.prompt_ids(e) for e in examples]
+        inputs = rollout_inputs(prompt_ids, sampled_ids, tokenizer.pad_token_id, self.reasoner.model.device)
         return Rollout(
             examples=list(examples),
             prompts=["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples],
             completions=completions,
             completion_ids=sampled_ids,
             truncated=torch.tensor([not done for done in finished]),
-            inputs={
-                "prompt_ids": prompt_ids,
-                "prompt_attention_mask": prompt_mask,
-                "completion_ids": completion_ids,
-                "completion_attention_mask": completion_mask,
-            },
-            action_mask=completion_mask.bool(),
+            inputs=inputs,
+            action_mask=inputs["completion_attention_mask"].bool(),
         )
 
     def logprobs(
@@ -106,25 +100,14 @@ class LatentPolicy:
         positions hold 0 (and entropy 0).
         """
         model, projection = _parts(module)
-        prompt_ids, prompt_mask, completion_ids, completion_mask = _checked(inputs)
+        prompt_ids, prompt_mask, _, _ = checked_inputs(inputs, "LatentPolicy")
         thought_pass = run_with_thoughts(
             model, prompt_ids, prompt_mask, latent_token_id=self.reasoner.latent_token_id, projection=projection,
             match_norm=self.reasoner.latent.match_norm,
         )
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        positions = position_ids_from_mask(attention_mask)[:, prompt_ids.shape[1] :]
-        answer_hidden = backbone_hidden_states(
-            model,
-            attention_mask=attention_mask,
-            inputs_embeds=model.get_input_embeddings()(completion_ids),
-            position_ids=positions,
-            cache=thought_pass.cache,
-        )
-        # The last prompt column (`<eot>`) predicts the first completion token; the shift happens in the scorer.
-        hidden = torch.cat([thought_pass.hidden[:, -1:], answer_hidden], dim=1)
-        labels = completion_ids.masked_fill(~completion_mask.bool(), IGNORE_INDEX)
-        labels = torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
-        return hidden_states_logprobs(model, hidden, labels, temperature=temperature, return_entropy=return_entropy)
+        # The last prompt column (`<eot>`) predicts the first completion token.
+        return completion_logprobs_after(model, thought_pass.hidden[:, -1:], thought_pass.cache, inputs,
+                                         temperature=temperature, return_entropy=return_entropy)
 
 
 def _parts(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:
@@ -135,21 +118,3 @@ def _parts(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:
         )
     projection = module["projection"] if "projection" in module else None  # noqa: SIM401 (ModuleDict has no .get)
     return module["model"], projection
-
-
-def _checked(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    missing = [key for key in INPUT_KEYS if key not in inputs]
-    if missing:
-        raise ValueError(f"inputs lack {missing}: LatentPolicy.logprobs takes the inputs of its own rollouts")
-    prompt_ids, prompt_mask, completion_ids, completion_mask = (inputs[key] for key in INPUT_KEYS)
-    if prompt_ids.shape != prompt_mask.shape or completion_ids.shape != completion_mask.shape:
-        raise ValueError(
-            f"inputs: prompt_ids {tuple(prompt_ids.shape)} / prompt_attention_mask {tuple(prompt_mask.shape)} and "
-            f"completion_ids {tuple(completion_ids.shape)} / completion_attention_mask {tuple(completion_mask.shape)} "
-            "must match pairwise"
-        )
-    if prompt_ids.shape[0] != completion_ids.shape[0]:
-        raise ValueError(f"inputs: {prompt_ids.shape[0]} prompts but {completion_ids.shape[0]} completions")
-    if prompt_ids.shape[1] < 1 or completion_ids.shape[1] < 1:
-        raise ValueError("inputs: prompts and completions need at least one column each")
-    return prompt_ids, prompt_mask, completion_ids, completion_mask

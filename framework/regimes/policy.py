@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from framework.data.collate import left_pad, right_pad
 from framework.data.masks import IGNORE_INDEX
@@ -116,18 +116,15 @@ class TokenPolicy:
             config=sampling)]
         completions, finished = decode_completions(tokenizer, completion_ids, self.reasoner.stop_token_id)
         prompts = ["".join(segment.text for segment in self.reasoner.prompt_segments(e)) for e in examples]
-        device = self.module.device
-        padded_prompts, prompt_mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
-        padded_completions, completion_mask = right_pad(completion_ids, tokenizer.pad_token_id, device)
+        inputs = rollout_inputs(prompt_ids, completion_ids, tokenizer.pad_token_id, self.module.device)
         return Rollout(
             examples=list(examples),
             prompts=prompts,
             completions=completions,
             completion_ids=completion_ids,
             truncated=torch.tensor([not done for done in finished]),
-            inputs={"prompt_ids": padded_prompts, "prompt_attention_mask": prompt_mask,
-                    "completion_ids": padded_completions, "completion_attention_mask": completion_mask},
-            action_mask=completion_mask.bool(),
+            inputs=inputs,
+            action_mask=inputs["completion_attention_mask"].bool(),
         )
 
     def logprobs(
@@ -139,18 +136,10 @@ class TokenPolicy:
         return_entropy: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Log-probs `[N, C]` of the completion tokens under `module` (differentiably); padding holds 0."""
-        prompt_mask, completion_mask = inputs["prompt_attention_mask"], inputs["completion_attention_mask"]
-        prompt_hidden, cache = prompt_pass(module, inputs["prompt_ids"], prompt_mask)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        completion_hidden = backbone_hidden_states(
-            module, inputs["completion_ids"], attention_mask,
-            position_ids=position_ids_from_mask(attention_mask)[:, prompt_mask.shape[1]:], cache=cache,
-        )
-        # The last prompt column predicts the first completion token; the scorer shifts by one.
-        hidden = torch.cat([prompt_hidden[:, -1:], completion_hidden], dim=1)
-        labels = inputs["completion_ids"].masked_fill(~completion_mask.bool(), IGNORE_INDEX)
-        labels = torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
-        return hidden_states_logprobs(module, hidden, labels, temperature=temperature, return_entropy=return_entropy)
+        prompt_ids, prompt_mask, _, _ = checked_inputs(inputs, "TokenPolicy")
+        prompt_hidden, cache = prompt_pass(module, prompt_ids, prompt_mask)
+        return completion_logprobs_after(module, prompt_hidden[:, -1:], cache, inputs, temperature=temperature,
+                                         return_entropy=return_entropy)
 
 
 def require_generation(reasoner: Reasoner) -> None:
@@ -174,3 +163,61 @@ def decode_completions(
         tokenizer.decode(ids[:-1] if done else ids, skip_special_tokens=False) for ids, done in zip(completion_ids, finished)
     ]
     return texts, finished
+
+
+INPUT_KEYS = ("prompt_ids", "prompt_attention_mask", "completion_ids", "completion_attention_mask")
+
+
+def rollout_inputs(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_token_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """`Rollout.inputs` of both policies: the prompts left-padded (`[N, P]`, as sampled), the completions
+    right-padded (`[N, C]`; their mask is the rollout's action mask)."""
+    prompt_ids, prompt_mask = left_pad(prompts, pad_token_id, device)
+    completion_ids, completion_mask = right_pad(completions, pad_token_id, device)
+    return dict(zip(INPUT_KEYS, (prompt_ids, prompt_mask, completion_ids, completion_mask)))
+
+
+def checked_inputs(inputs: dict[str, torch.Tensor], policy: str) -> tuple[torch.Tensor, ...]:
+    """`inputs`' four tensors (`INPUT_KEYS`), or a ValueError naming what does not fit."""
+    missing = [key for key in INPUT_KEYS if key not in inputs]
+    if missing:
+        raise ValueError(f"inputs lack {missing}: {policy}.logprobs takes the inputs of its own rollouts")
+    prompt_ids, prompt_mask, completion_ids, completion_mask = (inputs[key] for key in INPUT_KEYS)
+    if prompt_ids.shape != prompt_mask.shape or completion_ids.shape != completion_mask.shape:
+        raise ValueError(
+            f"inputs: prompt_ids {tuple(prompt_ids.shape)} / prompt_attention_mask {tuple(prompt_mask.shape)} and "
+            f"completion_ids {tuple(completion_ids.shape)} / completion_attention_mask {tuple(completion_mask.shape)} "
+            "must match pairwise"
+        )
+    if prompt_ids.shape[0] != completion_ids.shape[0]:
+        raise ValueError(f"inputs: {prompt_ids.shape[0]} prompts but {completion_ids.shape[0]} completions")
+    if prompt_ids.shape[1] < 1 or completion_ids.shape[1] < 1:
+        raise ValueError("inputs: prompts and completions need at least one column each")
+    return prompt_ids, prompt_mask, completion_ids, completion_mask
+
+
+def completion_logprobs_after(
+    model: PreTrainedModel,
+    last_prompt_hidden: torch.Tensor,
+    cache: Cache,
+    inputs: dict[str, torch.Tensor],
+    *,
+    temperature: float,
+    return_entropy: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs `[N, C]` of `inputs`' completions, run after their prompts' `cache`; `last_prompt_hidden`
+    `[N, 1, H]` is the last prompt column's hidden state, which predicts the first completion token.
+
+    The completions are embedded as tokens, whatever their ids: a `<latent>` a policy sampled is a token here.
+    """
+    prompt_mask, completion_ids, completion_mask = (inputs[key] for key in INPUT_KEYS[1:])
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    completion_hidden = backbone_hidden_states(
+        model, completion_ids, attention_mask,
+        position_ids=position_ids_from_mask(attention_mask)[:, prompt_mask.shape[1]:], cache=cache,
+    )
+    hidden = torch.cat([last_prompt_hidden, completion_hidden], dim=1)  # the scorer shifts by one
+    labels = completion_ids.masked_fill(~completion_mask.bool(), IGNORE_INDEX)
+    labels = torch.cat([labels.new_full((labels.shape[0], 1), IGNORE_INDEX), labels], dim=1)
+    return hidden_states_logprobs(model, hidden, labels, temperature=temperature, return_entropy=return_entropy)
