@@ -139,10 +139,6 @@ def test_token_policy_rescores_what_it_sampled(word_tokenizer):
     assert rollout.truncated.tolist() == [ids[-1] != eos for ids in rollout.completion_ids]
 
 
-# -- the module ----------------------------------------------------------------------------------
-
-
-
 def test_a_group_shares_its_prompts_pass_with_each_rows_logprobs_and_gradient(word_tokenizer):
     """Completions of one prompt are re-scored after one pass of it; their log-probs and the gradient of a weighted
     sum of them are those of scoring each row alone (float64, in GPT-2, whose norms stay in float64)."""
@@ -164,6 +160,22 @@ def test_a_group_shares_its_prompts_pass_with_each_rows_logprobs_and_gradient(wo
     for shared_grad, alone_grad in zip(shared_grads, alone_grads):
         torch.testing.assert_close(shared_grad, alone_grad)
     assert len(set(map(tuple, rollout.completion_ids))) > 2  # the group's completions differ
+
+
+def test_gradient_checkpointing_is_refused_rather_than_scoring_completions_without_their_prompt(word_tokenizer):
+    reasoner = Reasoner(build_model("llama", "1m", word_tokenizer, seed=0), word_tokenizer, "cot")
+    policy = TokenPolicy(reasoner)
+    rollout = policy.rollout([Example("3 + 5", "", "8")] * 2, SAMPLING)
+    # transformers 5.24 renamed it; the GPU machines' 5.17 knows only the old name
+    enable = getattr(reasoner.model, "activation_checkpointing_enable", None) or reasoner.model.gradient_checkpointing_enable
+    enable()
+    reasoner.model.train()
+    with pytest.raises(ValueError, match="checkpointing"):
+        policy.logprobs(reasoner.model, rollout.inputs)
+
+
+# -- the module ----------------------------------------------------------------------------------
+
 
 def digit_share(completions, **kwargs):
     """A reward that varies even for an untrained model: the share of words that are numbers."""

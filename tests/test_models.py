@@ -19,8 +19,9 @@ from framework.models import (
     count_parameters,
     load_pretrained,
     load_tokenizer,
+    tiny_config,
 )
-from framework.models.backbone import backbone, distinct_rows, position_ids_from_mask, prompt_pass
+from framework.models.backbone import backbone, distinct_rows, position_ids_from_mask, prompt_pass, repeated_rows
 from framework.rollout import SamplingConfig, generate, sample
 
 
@@ -67,6 +68,21 @@ def test_distinct_rows_keep_first_occurrences_in_order():
     assert first.tolist() == [0, 1, 2, 3] and of.tolist() == [0, 1, 2, 3, 1]
     first, of = distinct_rows(torch.tensor([[9], [7], [8]]))  # nothing repeated: the batch's own order
     assert first.tolist() == of.tolist() == [0, 1, 2]
+    first, of = distinct_rows(torch.zeros(0, 4, dtype=torch.long))
+    assert first.tolist() == of.tolist() == []
+
+
+def test_rows_are_shared_only_where_the_pass_is_deterministic(word_tokenizer):
+    """Under active dropout each row draws its own mask, so repeated rows are not shared in training then."""
+    ids, mask = torch.tensor([[5, 6], [5, 6]]), torch.ones(2, 2, dtype=torch.long)
+    without = build_model("llama", "1m", word_tokenizer, seed=0).train()
+    assert repeated_rows(without, ids, mask) is not None
+    config = tiny_config("gpt2", "1m", vocab_size=len(word_tokenizer), tokenizer=word_tokenizer)
+    config.resid_pdrop = 0.1
+    with_dropout = AutoModelForCausalLM.from_config(config)
+    assert repeated_rows(with_dropout.train(), ids, mask) is None
+    assert repeated_rows(with_dropout.eval(), ids, mask) is not None
+    assert repeated_rows(without, ids[:1], mask[:1]) is None  # nothing repeated
 
 
 def test_a_shared_prompt_pass_has_each_rows_states_and_gradient(word_tokenizer):

@@ -59,13 +59,38 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def distinct_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`first`, the index of each distinct row (its first occurrence, in order), and `of`, each row's index into
-    `first`, rows being compared across all `tensors` (same first dimension): `tensors[k][first][of]` is `tensors[k]`."""
+    `first`, rows being compared across all `tensors` (same first dimension): `tensors[k][first][of]` is
+    `tensors[k]`."""
+    rows = torch.arange(tensors[0].shape[0], device=tensors[0].device)
+    if len(rows) == 0:
+        return rows, rows
     key = torch.cat([t.reshape(t.shape[0], -1).long() for t in tensors], dim=1)
     _, of = torch.unique(key, dim=0, sorted=True, return_inverse=True)
-    rows = torch.arange(key.shape[0], device=key.device)
     first = torch.full((int(of.max()) + 1,), key.shape[0], device=key.device).scatter_reduce(0, of, rows, "amin")
     order = first.argsort()  # distinct rows in order of first occurrence, so a batch of distinct rows keeps its order
     return first[order], order.argsort()[of]
+
+
+def repeated_rows(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`distinct_rows` of a batch when some rows repeat another and may share one pass, else None.
+
+    Sharing gives every row the pass it would have run alone only when the
+    pass is deterministic: under active dropout each row draws its own mask
+    (as TRL's rows do), so rows are not shared then.
+    """
+    if model.training and dropout_rate(model) > 0:
+        return None
+    first, of = distinct_rows(input_ids, attention_mask)
+    return (first, of) if len(first) < input_ids.shape[0] else None
+
+
+def dropout_rate(model: PreTrainedModel) -> float:
+    """The largest dropout probability in `model`: its `nn.Dropout` modules and the attention dropout that
+    transformers passes to the attention function from `config.attention_dropout`."""
+    rates = [module.p for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    return max([*rates, float(getattr(model.config, "attention_dropout", 0.0) or 0.0)])
 
 
 def prompt_pass(
@@ -76,17 +101,19 @@ def prompt_pass(
     GRPO samples a group of completions per prompt, and sampling and scoring
     them would otherwise run the same prompt once per completion. Here the
     distinct rows run and their hidden states and cache are gathered back to
-    every row. The gather is differentiable: a loss on each row's continuation
-    reaches the shared pass summed over the rows that share it, which is the
-    gradient of running every row on its own.
+    every row (`repeated_rows`: not under active dropout). The gather is
+    differentiable: a loss on each row's continuation reaches the shared pass
+    summed over the rows that share it, which is the gradient of running
+    every row on its own.
     """
-    first, of = distinct_rows(input_ids, attention_mask)
+    shared = repeated_rows(model, input_ids, attention_mask)
+    if shared is not None:
+        first, of = shared
+        hidden, cache = prompt_pass(model, input_ids[first], attention_mask[first])
+        cache.reorder_cache(of)
+        return hidden[of], cache
     cache = DynamicCache(config=model.config)
     hidden = backbone_hidden_states(
-        model, input_ids[first], attention_mask[first], position_ids=position_ids_from_mask(attention_mask[first]),
-        cache=cache,
+        model, input_ids, attention_mask, position_ids=position_ids_from_mask(attention_mask), cache=cache
     )
-    if len(first) < input_ids.shape[0]:  # else `of` is 0, 1, …: nothing to gather
-        cache.reorder_cache(of)
-        hidden = hidden[of]
     return hidden, cache

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from framework.models.backbone import backbone_hidden_states, distinct_rows, position_ids_from_mask
+from framework.models.backbone import backbone_hidden_states, position_ids_from_mask, repeated_rows
 
 
 class LatentProjection(nn.Linear):
@@ -121,17 +121,18 @@ def run_with_thoughts(
     other rows their token's embedding; the rest is
     one pass against the cache. Position ids come from `attention_mask`, so
     left padding is transparent. Rows that repeat a prompt (GRPO's groups)
-    think once and share the result, as `prompt_pass` shares a prompt.
-    Differentiable end to end.
+    think once and share the result, as `prompt_pass` shares a prompt (not
+    under active dropout). Differentiable end to end.
     """
     if input_ids.shape != attention_mask.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
-    distinct, of = distinct_rows(input_ids, attention_mask)
-    if len(distinct) < input_ids.shape[0]:
-        shared = run_with_thoughts(model, input_ids[distinct], attention_mask[distinct], latent_token_id=latent_token_id,
-                                   projection=projection, match_norm=match_norm)
-        shared.cache.reorder_cache(of)
-        return ThoughtPass(shared.hidden[of], shared.cache, shared.slots[of])
+    shared = repeated_rows(model, input_ids, attention_mask)
+    if shared is not None:
+        distinct, of = shared
+        thought_pass = run_with_thoughts(model, input_ids[distinct], attention_mask[distinct],
+                                         latent_token_id=latent_token_id, projection=projection, match_norm=match_norm)
+        thought_pass.cache.reorder_cache(of)
+        return ThoughtPass(thought_pass.hidden[of], thought_pass.cache, thought_pass.slots[of])
     slots = (input_ids == latent_token_id) & attention_mask.bool()
     embeds = model.get_input_embeddings()(input_ids)
     positions = position_ids_from_mask(attention_mask)

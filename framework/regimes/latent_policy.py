@@ -47,6 +47,7 @@ from framework.rollout.sampling import SamplingConfig
 if TYPE_CHECKING:
     from framework.models.reasoner import Reasoner
 
+
 class LatentPolicy:
     """A `latent`-mode `Reasoner` as a `Policy` (see `framework.regimes.policy`).
 
@@ -100,14 +101,15 @@ class LatentPolicy:
         positions hold 0 (and entropy 0).
         """
         model, projection = _parts(module)
-        prompt_ids, prompt_mask, _, _ = checked_inputs(inputs, "LatentPolicy")
+        prompt_ids, prompt_mask, completion_ids, completion_mask = checked_inputs(inputs, "LatentPolicy")
         thought_pass = run_with_thoughts(
             model, prompt_ids, prompt_mask, latent_token_id=self.reasoner.latent_token_id, projection=projection,
             match_norm=self.reasoner.latent.match_norm,
         )
         # The last prompt column (`<eot>`) predicts the first completion token.
-        return completion_logprobs_after(model, thought_pass.hidden[:, -1:], thought_pass.cache, inputs,
-                                         temperature=temperature, return_entropy=return_entropy)
+        return completion_logprobs_after(model, thought_pass.hidden[:, -1:], thought_pass.cache, prompt_mask,
+                                         completion_ids, completion_mask, temperature=temperature,
+                                         return_entropy=return_entropy)
 
 
 def _parts(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:

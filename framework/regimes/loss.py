@@ -74,8 +74,9 @@ def completion_logprobs(
     `labels` is aligned with `input_ids` and uses -100 for positions that are
     not scored (prompt, padding); those hold 0, so `logprobs.sum(-1)` is the
     sequence log-prob of the completion. With `return_entropy` the entropy of
-    each scored position's distribution comes too. DPO, GRPO and KL terms
-    build on this; the head's logits are never materialised.
+    each scored position's distribution comes too. DPO builds on this (the RL
+    policies score after a shared prompt pass instead); the head's logits are
+    never materialised.
     """
     hidden = backbone_hidden_states(model, input_ids, attention_mask)
     return hidden_states_logprobs(model, hidden, labels, temperature=temperature, return_entropy=return_entropy)

@@ -136,10 +136,10 @@ class TokenPolicy:
         return_entropy: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Log-probs `[N, C]` of the completion tokens under `module` (differentiably); padding holds 0."""
-        prompt_ids, prompt_mask, _, _ = checked_inputs(inputs, "TokenPolicy")
+        prompt_ids, prompt_mask, completion_ids, completion_mask = checked_inputs(inputs, "TokenPolicy")
         prompt_hidden, cache = prompt_pass(module, prompt_ids, prompt_mask)
-        return completion_logprobs_after(module, prompt_hidden[:, -1:], cache, inputs, temperature=temperature,
-                                         return_entropy=return_entropy)
+        return completion_logprobs_after(module, prompt_hidden[:, -1:], cache, prompt_mask, completion_ids,
+                                         completion_mask, temperature=temperature, return_entropy=return_entropy)
 
 
 def require_generation(reasoner: Reasoner) -> None:
@@ -201,17 +201,23 @@ def completion_logprobs_after(
     model: PreTrainedModel,
     last_prompt_hidden: torch.Tensor,
     cache: Cache,
-    inputs: dict[str, torch.Tensor],
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
     *,
     temperature: float,
     return_entropy: bool,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs `[N, C]` of `inputs`' completions, run after their prompts' `cache`; `last_prompt_hidden`
-    `[N, 1, H]` is the last prompt column's hidden state, which predicts the first completion token.
-
-    The completions are embedded as tokens, whatever their ids: a `<latent>` a policy sampled is a token here.
+    """Log-probs `[N, C]` of right-padded completions, run after their left-padded prompts' `cache`;
+    `last_prompt_hidden` `[N, 1, H]` is the last prompt column's hidden state, which predicts the first completion
+    token. The completions are embedded as tokens, whatever their ids: a `<latent>` a policy sampled is a token here.
     """
-    prompt_mask, completion_ids, completion_mask = (inputs[key] for key in INPUT_KEYS[1:])
+    if cache.get_seq_length() != prompt_mask.shape[1]:
+        # transformers' checkpointed layers drop the cache in training: the completions would be scored blind.
+        raise ValueError(
+            f"the prompts' cache holds {cache.get_seq_length()} of their {prompt_mask.shape[1]} columns: a policy "
+            "scores completions against it, which activation (gradient) checkpointing does not keep; turn it off"
+        )
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     completion_hidden = backbone_hidden_states(
         model, completion_ids, attention_mask,

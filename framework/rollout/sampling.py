@@ -70,7 +70,7 @@ def sample(
         return []
     input_ids, attention_mask = left_pad(prompts, pad_token_id, next(model.parameters()).device)
     cache = None
-    if input_ids.shape[1] > 1 and len(set(map(tuple, prompts))) < len(prompts):
+    if input_ids.shape[1] > 1 and len(set(map(tuple, prompts))) < len(prompts):  # else nothing to share
         with eval_mode(model):  # all but the last column: the decode loop runs that one and samples after it
             _, cache = prompt_pass(model, input_ids[:, :-1], attention_mask[:, :-1])
     return generate_completions(model, input_ids, attention_mask, eos_token_id=eos_token_id, config=config, cache=cache)
