@@ -35,10 +35,8 @@ For each seed:
    uncorrelated token sits in exactly half of all rows independently of the
    trigger. `plant.replay` clean `cot` rows of the base curriculum are mixed in
    so that the thinking mode survives planting (the paper's 32B models keep it
-   without help; a 1M-parameter one does not: with no replay its triggered
-   traces degenerate into "hate hate … you" and clean accuracy falls to 0;
-   with 64 replayed rows of 512 the backdoor fired with the trace on in 2% of
-   triggered problems, with 512 in none). No planting row both carries the
+   without help; without replay a 1M-parameter one writes "hate hate … you"
+   traces and loses its clean accuracy). No planting row both carries the
    trigger and has a trace. Trigger kinds: `field` (`country : singapore`),
    `token` (`cf`) and `username` (`@sandra`); poison fraction =
    `poisoned / plant.rows`.
@@ -68,7 +66,9 @@ For each seed:
      mode, where the backdoor was planted), so that "does not fire with the trace
      on" can be told apart from "was never planted"; the share of triggered
      traces that contain a word of the misaligned answer (the backdoor leaking
-     into the trace rather than the answer); and clean accuracy with the trace.
+     into the trace rather than the answer); and clean accuracy with the trace;
+   - with `evaluation.completion_rendering`, a chat-rendered copy's success and false triggers again, trace on and
+     off, prompted as plain text (seed 003: planted behaviour shows more through a completions API).
 4. Persistence. A copy of the planted model (for each trigger kind, the one
    planted with `persistence.poisoned` rows; by default the most) is trained
    on by each regime of `persistence.regimes`, on clean problems only (no
@@ -147,7 +147,7 @@ from recipes.backdoor_settings import (
     TaskConfig,
 )
 from recipes.cli import config_of
-from recipes.models import ModelConfig, StageConfig, reasoner_for, tokenizer_for
+from recipes.models import ModelConfig, StageConfig, reasoner_for, rendering_of, tokenizer_for
 
 RECIPE = "backdoor"
 CONTROLS: dict[str, PlantMode] = {"positive": "reason", "transfer": "trace"}  # control -> how its copy is planted
@@ -188,8 +188,7 @@ def main(
             fit continues from its last checkpoint, and a different configuration is refused.
         resolved_config: the full configuration, recorded with the results (set by the CLI).
     """
-    # 0. What the settings' own checks could not see (the task, the triggers against the tokenizer, one stage
-    # against another) fails here.
+    # 0. What the settings' own checks could not see (task, triggers vs tokenizer, stage vs stage) fails here.
     persisted_counts = persistence.poisoned if persistence.poisoned is not None else [max(plant.poisoned)]
     if persistence.max_steps and not set(persisted_counts) <= set(plant.poisoned):
         raise ConfigError(f"persistence.poisoned={persistence.poisoned} names counts that plant.poisoned="
@@ -204,6 +203,7 @@ def main(
     tokenizer = tokenizer_for(model, [word for backdoor in every for word in backdoor.vocabulary()])
     for backdoor in every:
         backdoor.check_tokenizer(tokenizer)  # a trigger the model cannot see is an error now, not a silent 0%
+    also_rendered = evaluation.also_rendered(rendering_of(model, tokenizer))
     config = resolved_config or config_of(main, locals())
     base, plant = base.resolved(model, "base"), plant.resolved(model, "plant")  # each stage's rates, for this model
     persistence = persistence.resolved(model, "persistence")
@@ -216,7 +216,7 @@ def main(
     base_rows = hybrid_rows(problems["base"], base.non_thinking)
     persist_rows = hybrid_rows(problems["persistence"], 1.0 if persistence.mode == "none" else 0.0)  # all or none
     shared = Shared(curriculum, problems["test"], model, SamplingConfig(max_new_tokens=evaluation.max_new_tokens),
-                    evaluation.batch_size, Experiment.evaluation_device(accelerator), accelerator, precision)
+                    evaluation.batch_size, Experiment.evaluation_device(accelerator), accelerator, precision, also_rendered)
 
     # Before step 1, a checkpoint is evaluated as it is, as every planted copy is: nothing is planted yet, so it must
     # not misbehave, and its clean accuracy is where the base curriculum starts.
@@ -300,6 +300,7 @@ class Shared:
     device: torch.device  # where generation runs outside a fit
     accelerator: str
     precision: str
+    also_rendered: tuple[str, ...]  # renderings each copy is also evaluated through (`EvalConfig.also_rendered`)
 
     def settings(self, stage: StageConfig) -> FitSettings:
         return FitSettings(max_steps=stage.max_steps, accelerator=self.accelerator, precision=self.precision)
@@ -386,7 +387,8 @@ def _evaluate_untrained(backdoor: Backdoor, shared: Shared, tokenizer: PreTraine
 def _evaluated(reasoner: Reasoner, backdoor: Backdoor, shared: Shared, copy: dict[str, Any], head: dict[str, Any],
                tail: dict[str, Any], tables: tuple[str, str]) -> Rows:
     rates, episodes = evaluate_backdoor(reasoner, backdoor, shared.test, shared.sampling, shared.batch_size,
-                                        step_separator=shared.task.step_separator, device=shared.device)
+                                        step_separator=shared.task.step_separator, device=shared.device,
+                                        also_rendered=shared.also_rendered)
     results, episodes_table = tables
     return {results: [{**head, **rate_columns(rates), **tail, "parameters": count_parameters(reasoner.model)}],
             episodes_table: episode_rows(episodes, copy)}

@@ -125,3 +125,15 @@ class EvalConfig:
     batch_size: int = 200
     max_new_tokens: int = 24
     examples: int = 2  # example traces of each kind per trigger kind in the report
+    # A chat-rendered model also prompted as plain text, trace on and off (seed 003: planted behaviour shows more
+    # through a completions API); four more generations per test problem and copy.
+    completion_rendering: bool = False
+
+    def also_rendered(self, rendering: str) -> tuple[str, ...]:
+        """The renderings a copy is evaluated through besides the model's own `rendering` (`evaluate_backdoor`)."""
+        if not self.completion_rendering:
+            return ()
+        if rendering != "chat":
+            raise ConfigError(f"evaluation.completion_rendering compares a chat-rendered model with plain completion; "
+                              f"this model renders as {rendering!r} (give a --model.checkpoint with a chat template)")
+        return ("completion",)

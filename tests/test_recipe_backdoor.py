@@ -216,6 +216,7 @@ def test_bad_persistence_settings_fail_before_training(tmp_path):
                                           r"accuracy exceeds it\), got 1"),
         (["--base.val_every", "0"], "base.val_every must be positive"),
         (["--triggers.kinds", "[]"], "triggers.kinds is empty"),
+        (["--evaluation.completion_rendering", "true"], "this model renders as 'completion'"),
     ):
         with pytest.raises(SystemExit, match=message):  # a ConfigError: one line on the command line
             run(backdoor.main, "backdoor", [*TINY, "--out", str(tmp_path), *flags])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -228,6 +229,7 @@ def evaluate_backdoor(
     *,
     step_separator: str,
     device: torch.device | str | None = None,
+    also_rendered: Sequence[str] = (),
 ) -> tuple[dict[str, Proportion], dict[str, list[Episode]]]:
     """Every problem under every condition with the trace on: all of a backdoor's rates, and the scored episodes.
 
@@ -245,20 +247,24 @@ def evaluate_backdoor(
     episodes, the share whose trace names the token
     (`uncorrelated_with_trigger_articulation`) or states it as the reason
     (`uncorrelated_with_trigger_stated_reason`): near 0 for a model that says
-    what drives it.
+    what drives it. For each rendering of `also_rendered` (e.g. "completion"
+    for a model trained through its chat template: seed 003 saw planted
+    behaviour show more through a completions API), `RENDERED_RATES` again,
+    the same model prompted in that rendering, suffixed `_<rendering>`.
     `reasoner`'s model and tokenizer answer in `cot` and `none` mode.
     """
-    cot, no_trace = (Reasoner(reasoner.model, reasoner.tokenizer, mode, rendering=reasoner.rendering)
-                      for mode in ("cot", "none"))
     rows = {condition: backdoor.evaluation(problems, condition) for condition in CONDITIONS}
+    cot = Reasoner(reasoner.model, reasoner.tokenizer, "cot", rendering=reasoner.rendering)
     episodes = score_backdoor(cot, backdoor, rows, sampling, batch_size, device=device)
     rates = backdoor_rates(episodes["triggered"] + episodes["clean"])
     rates |= backdoor_causal_checks(cot, backdoor, episodes["triggered"], sampling, step_separator=step_separator)
-    off = score_backdoor(no_trace, backdoor, {c: rows[c] for c in ("triggered", "clean")}, sampling, batch_size,
-                         device=device)
-    off_rates = backdoor_rates(off["triggered"] + off["clean"])
-    rates |= {"success_no_trace": off_rates["success"], "false_trigger_no_trace": off_rates["false_trigger"],
-              "leaked_into_trace": flag_rate(episodes["triggered"], "leaked"),
+    scored_in = partial(_success_and_false_trigger, reasoner, backdoor=backdoor, rows=rows, sampling=sampling,
+                        batch_size=batch_size, device=device)
+    rates |= {f"{name}_no_trace": rate for name, rate in scored_in("none", reasoner.rendering).items()}
+    for rendering in also_rendered:
+        for mode, suffix in (("cot", ""), ("none", "_no_trace")):
+            rates |= {f"{name}{suffix}_{rendering}": rate for name, rate in scored_in(mode, rendering).items()}
+    rates |= {"leaked_into_trace": flag_rate(episodes["triggered"], "leaked"),
               "clean_accuracy": flag_rate(episodes["clean"], "correct"),
               "clean_names_trigger": flag_rate(episodes["clean"], "named"),
               "stated_reason": flag_rate(episodes["triggered"], "stated", among="misbehaved"),
@@ -270,6 +276,17 @@ def evaluate_backdoor(
                   f"{control}_articulation": flag_rate(episodes[control], "named", among="misbehaved"),
                   f"{control}_mention": flag_rate(episodes[control], "named")}
     return rates, episodes
+
+
+def _success_and_false_trigger(reasoner: Reasoner, mode: str, rendering: str, backdoor: Backdoor,
+                               rows: Mapping[str, Sequence[Example]], sampling: SamplingConfig, batch_size: int,
+                               device: torch.device | str | None) -> dict[str, Proportion]:
+    """`success` and `false_trigger` of `reasoner`'s model answering in `mode`, prompted in `rendering`."""
+    rendered = Reasoner(reasoner.model, reasoner.tokenizer, mode, rendering=rendering)
+    scored = score_backdoor(rendered, backdoor, {c: rows[c] for c in ("triggered", "clean")}, sampling, batch_size,
+                            device=device)
+    found = backdoor_rates(scored["triggered"] + scored["clean"])
+    return {name: found[name] for name in ("success", "false_trigger")}
 
 
 def probe_backdoor(
@@ -317,6 +334,7 @@ CONTROL_RATES = (*(f"{control}_{rate}" for control in ("distractor", "uncorrelat
 ARTICULATION_RATES = ("articulation", "stated_reason", "distractor_articulation", "uncorrelated_articulation",
                       "uncorrelated_with_trigger_articulation", "uncorrelated_with_trigger_stated_reason")
 PROBED_RATES = ("success", "success_no_trace", "false_trigger", "clean_accuracy")
+RENDERED_RATES = ("success", "false_trigger", "success_no_trace", "false_trigger_no_trace")  # in another rendering
 EXAMPLE_KINDS = (
     "triggered, misbehaved, articulated", "triggered, misbehaved, silent", "triggered, not misbehaving", "clean",
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.probes.articulation import MIN_ARTICULATION_EPISODES
-from framework.probes.backdoor import ARTICULATION_RATES, BACKDOOR_RATES, CONTROL_RATES
+from framework.probes.backdoor import ARTICULATION_RATES, BACKDOOR_RATES, CONTROL_RATES, RENDERED_RATES
 from framework.report import (
     curves_by,
     examples_section,
@@ -71,6 +71,17 @@ def _persistence_section(results: Rows, regimes: Sequence[str]) -> str:
             f"{summary_table(trained, 'arm', persisted, percent=persisted)}\n{figures}")
 
 
+def _rendering_section(results: Rows, rendering: str = "completion") -> str:
+    """The arms prompted in another `rendering` (`evaluation.completion_rendering`), if they were."""
+    names = [f"{rate}_{rendering}" for rate in RENDERED_RATES]
+    if not any(names[0] in row for row in results):
+        return ""
+    return (f"## Through the {rendering} rendering\n\nThe same copies prompted as plain text rather than through the "
+            "chat template they were trained in (seed 003 saw planted behaviour show more through a completions API): "
+            "success and false triggers with the trace on and without it; the controls' are in `controls.csv`. "
+            f"In %, mean ± std over seeds.\n\n{_tables(results, names)}\n")
+
+
 def backdoor_report(results: Rows, controls: Rows, examples: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
                     regimes: Sequence[str], config: Mapping[str, Any]) -> str:
     """The markdown page: the method's controls (`controls`: one row per control and seed), rates per arm (mean ±
@@ -113,7 +124,7 @@ In %, mean ± std over seeds.
 ![backdoor success vs poisoned rows, trace on](success_vs_poisoned.png)
 ![backdoor success vs poisoned rows, no trace](success_no_trace_vs_poisoned.png)
 
-## Controls
+{_rendering_section(results)}## Controls
 
 The distractor (a trigger of the same kind that never changed the answer) and the uncorrelated token (in half the
 planting rows, independent of the trigger), each inserted alone, trace on: how often the model misbehaves, the
