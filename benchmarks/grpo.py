@@ -21,6 +21,7 @@ The machine's speed drifts when it is shared, so the providers run in turn,
 `--repeats` times each, and each cell is the median over those runs.
 
     python -m benchmarks.grpo              # both providers, one table
+    python -m benchmarks.grpo --terms 24   # longer prompts, nearer a chat template's (a group shares its prompt)
     python -m benchmarks.grpo --provider trl --json   # one provider, machine-readable
 """
 
@@ -54,6 +55,7 @@ class Setting:
     prompts: int = 4  # per step
     group: int = 8  # completions per prompt
     max_new_tokens: int = 32
+    terms: int = 3  # operands per prompt's sum: 3 gives ~6 prompt tokens; 24 a chat-length prompt of ~50
     steps: int = 3  # measured, after one warm-up step
     lr: float = 1e-6
     seed: int = 0
@@ -65,7 +67,7 @@ def exact_answer(completions: list[str], answer: list[str], **kwargs) -> list[fl
 
 
 def _setup(setting: Setting):
-    task = AdditionChain(n_terms=3, max_operand=9)
+    task = AdditionChain(n_terms=setting.terms, max_operand=9)
     tokenizer = padded_word_tokenizer(task.vocabulary(), setting.vocab)
     model = build_model(setting.family, setting.size, tokenizer, seed=setting.seed)
     reasoner = Reasoner(model, tokenizer, "cot")
