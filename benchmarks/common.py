@@ -211,6 +211,7 @@ class StepClock:
     def __init__(self) -> None:
         self.step_s: list[float] = []
         self.rollout_s: list[float] = []
+        self.completion_tokens: list[float] = []  # per step, where the provider reports it: its mean completion length
         self._start = 0.0
         self._baseline_kib = 0
 
@@ -224,13 +225,16 @@ class StepClock:
             self._baseline_kib = reset_peak_rss()
 
     def result(self) -> dict[str, float]:
-        """Medians over the steps after the warm-up: step, rollout and update (step - rollout) seconds; peak MiB."""
+        """Medians over the steps after the warm-up: step, rollout and update (step - rollout) seconds, completion
+        tokens where reported; peak MiB."""
         steps, rollouts = self.step_s[1:], self.rollout_s[1:]
         updates = [s - r for s, r in zip(steps, rollouts)]
+        lengths = {"completion_tokens": statistics.median(self.completion_tokens[1:])} if self.completion_tokens else {}
         return {
             "step_s": statistics.median(steps),
             "rollout_s": statistics.median(rollouts),
             "update_s": statistics.median(updates),
+            **lengths,
             "peak_mib": (rss_kib("VmHWM") - self._baseline_kib) / 1024,
         }
 

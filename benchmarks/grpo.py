@@ -13,6 +13,9 @@ Per step, after one warm-up step:
 - rollout: generating the completions and scoring them (TRL: the time inside
   `_generate_and_score_completions`; thoughtlab: the logged `train/rollout_s`);
 - update: everything else in the step (forward, backward, optimizer);
+- completion tokens: the mean length of the step's completions, as each side
+  logs it (both should be near `max_new_tokens`: a random model rarely writes
+  EOS, and a side that stopped earlier would be timed on less work);
 - peak: the process's extra resident memory over the measured steps
   (`VmHWM` after `malloc_trim` and a `clear_refs` reset at the end of the
   warm-up step, minus `VmRSS` then), in a fresh interpreter per provider.
@@ -90,6 +93,7 @@ def run_thoughtlab(setting: Setting) -> dict[str, float]:
             clock.begin()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.completion_tokens.append(float(trainer.callback_metrics["train/completions/mean_length"]))
             clock.end(float(trainer.callback_metrics["train/rollout_s"]))
 
     module = GRPO(
@@ -127,6 +131,10 @@ def run_trl(setting: Setting) -> dict[str, float]:
         def on_step_end(self, args, state, control, **kwargs):
             clock.end(rollout["s"])
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:  # logged once per step (logging_steps=1)
+                clock.completion_tokens.append(float(logs["completions/mean_length"]))
+
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
             output_dir=out, max_steps=setting.steps + 1, per_device_train_batch_size=setting.prompts * setting.group,
@@ -162,14 +170,16 @@ measure = partial(measure_in_subprocess, "benchmarks.grpo")
 
 
 def print_table(results: dict[str, dict[str, float]]) -> None:
-    print("| provider | rollout s | update s | step s | steps/s | x TRL steps/s | peak MiB | x TRL peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| provider | rollout s | update s | step s | steps/s | x TRL steps/s | peak MiB | x TRL peak "
+          "| completion tokens |")
+    print("|---|---|---|---|---|---|---|---|---|")
     trl = results.get("trl")
     for provider, r in results.items():
         speedup = f"{trl['step_s'] / r['step_s']:.2f}" if trl else "n/a"
         memory = f"{r['peak_mib'] / trl['peak_mib']:.2f}" if trl else "n/a"
         print(f"| {provider} | {r['rollout_s']:.3f} | {r['update_s']:.3f} | {r['step_s']:.3f} | "
-              f"{1 / r['step_s']:.2f} | {speedup} | {r['peak_mib']:.0f} | {memory} |")
+              f"{1 / r['step_s']:.2f} | {speedup} | {r['peak_mib']:.0f} | {memory} | "
+              f"{r.get('completion_tokens', float('nan')):.1f} |")
 
 
 def main() -> None:
