@@ -58,7 +58,7 @@ class Setting:
     prompts: int = 4  # per step
     group: int = 8  # completions per prompt
     max_new_tokens: int = 32
-    terms: int = 3  # operands per prompt's sum: 3 gives ~6 prompt tokens; 24 a chat-length prompt of ~50
+    terms: int = 3  # operands per prompt's sum: 3 gives ~7 prompt tokens; 24 a chat-length prompt of ~49
     steps: int = 3  # measured, after one warm-up step
     lr: float = 1e-6
     seed: int = 0

@@ -22,4 +22,5 @@ def test_grpo_step(benchmark, provider):
     benchmark.group = "grpo step cpu"
     result = benchmark.pedantic(measure, args=(provider, setting), rounds=1, iterations=1)
     assert 0 < result["rollout_s"] < result["step_s"] and result["update_s"] > 0
+    assert 0 < result["completion_tokens"] <= setting.max_new_tokens
     benchmark.extra_info.update(result)
