@@ -7,6 +7,8 @@ import transformers
 from packaging.version import Version
 from transformers import Cache, DynamicCache, PreTrainedModel
 
+from framework.models.kv_cache import growing_cache
+
 # transformers 5.24 renamed the `past_key_values` argument of models and `generate` to `cache` and warns on the old
 # name, which 5.40 removes from models; 5.17 (on the GPU machines) knows only the old name.
 _CACHE_ARGUMENT = "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
@@ -112,7 +114,7 @@ def prompt_pass(
         hidden, cache = prompt_pass(model, input_ids[first], attention_mask[first])
         cache.reorder_cache(of)
         return hidden[of], cache
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model.config)
     hidden = backbone_hidden_states(
         model, input_ids, attention_mask, position_ids=position_ids_from_mask(attention_mask), cache=cache
     )

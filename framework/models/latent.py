@@ -36,6 +36,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from framework.models.backbone import backbone_hidden_states, position_ids_from_mask, repeated_rows
+from framework.models.kv_cache import growing_cache
 
 
 class LatentProjection(nn.Linear):
@@ -136,7 +137,7 @@ def run_with_thoughts(
     slots = (input_ids == latent_token_id) & attention_mask.bool()
     embeds = model.get_input_embeddings()(input_ids)
     positions = position_ids_from_mask(attention_mask)
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model.config)
     columns = slots.any(0).nonzero().flatten().tolist()
     if not columns:
         hidden = backbone_hidden_states(
