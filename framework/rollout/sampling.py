@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import Cache, DynamicCache, PreTrainedModel
+from transformers import Cache, PreTrainedModel
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -36,6 +36,7 @@ from transformers.generation.logits_process import (
 from framework.data.collate import left_pad
 from framework.eval_mode import eval_mode
 from framework.models.backbone import cache_argument, position_ids_from_mask, prompt_pass
+from framework.models.kv_cache import growing_cache
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def generate_completions(
     completions: list[list[int]] = [[] for _ in range(batch)]
     if batch == 0 or config.max_new_tokens <= 0:
         return completions
-    cache = DynamicCache(config=model.config) if cache is None else cache
+    cache = growing_cache(model.config) if cache is None else cache
     cached = cache.get_seq_length()
     if not 0 <= cached < input_ids.shape[1]:
         raise ValueError(f"the cache holds {cached} columns of {input_ids.shape[1]}-column prompts: it must leave at "
@@ -166,14 +167,39 @@ def next_tokens(logits: torch.Tensor, config: SamplingConfig, warpers: LogitsPro
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per row of `probs` `[B, V]`, row i drawing index j with probability `probs[i, j]` (inverse CDF).
 
-    Token j is drawn when a uniform u falls in [c[j-1], c[j]) of the row's
-    cumulative sums c: a zero-probability token has an empty interval and is
-    never drawn. The sums are scaled by the row's total, not assumed to be 1.
+    Token j is drawn when a uniform u, scaled by the row's total (`probs`
+    need not sum to 1), falls in [c[j-1], c[j]) of the row's cumulative sums
+    c: a zero-probability token has an empty interval and is never drawn.
+    The search runs in two levels, over the masses of blocks of `DRAW_BLOCK`
+    tokens and then inside the block it lands in, so only `V / DRAW_BLOCK`
+    float64 sums are cumulated per row rather than `V` (a sequential pass on
+    the CPU that cost more than the rest of the draw).
     """
-    cumulative = probs.double().cumsum(-1)
-    total = cumulative[:, -1]
+    rows, vocab = probs.shape
+    blocks = -(-vocab // DRAW_BLOCK)
+    padded = probs if vocab % DRAW_BLOCK == 0 else torch.nn.functional.pad(probs, (0, blocks * DRAW_BLOCK - vocab))
+    grouped = padded.reshape(rows, blocks, DRAW_BLOCK)
+    block_mass = grouped.sum(-1, dtype=torch.float64)
+    cumulative = block_mass.cumsum(-1)
+    total = cumulative[:, -1:]
     if not bool(((total > 0) & total.isfinite()).all()):  # as torch.multinomial refuses them: an overflow upstream
         raise ValueError("probabilities with NaN, inf or no mass: cannot draw a token from them")
-    uniform = torch.rand(probs.shape[0], 1, device=probs.device, dtype=torch.float64, generator=generator)
-    drawn = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True)
-    return drawn.clamp(max=probs.shape[-1] - 1).flatten()
+    target = torch.rand(rows, 1, device=probs.device, dtype=torch.float64, generator=generator) * total
+    block = torch.searchsorted(cumulative, target, right=True)
+    # u * total can round up to the total: then the last block with mass, never a massless one after it.
+    block = torch.minimum(block, _last_positive(block_mass))
+    residual = (target - (cumulative - block_mass).gather(1, block)).clamp(min=0)  # >= 0: a leading zero is skipped
+    inside = grouped[torch.arange(rows, device=probs.device), block[:, 0]]
+    offset = torch.searchsorted(inside.double().cumsum(-1), residual, right=True)
+    # The block's sum and its cumulative sum round differently: a residual past its last token takes that token.
+    offset = torch.minimum(offset, _last_positive(inside))
+    return (block * DRAW_BLOCK + offset).flatten()
+
+
+DRAW_BLOCK = 128  # tokens per block of `draw`'s first-level search
+
+
+def _last_positive(values: torch.Tensor) -> torch.Tensor:
+    """`[B, 1]`: the index of each row's last positive entry of `values` `[B, N]` (-1 where none is)."""
+    index = torch.arange(values.shape[-1], device=values.device)
+    return torch.where(values > 0, index, -1).amax(-1, keepdim=True)
