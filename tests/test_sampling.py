@@ -116,6 +116,21 @@ def test_draw_follows_the_probabilities_and_never_draws_a_zero(word_tokenizer):
             draw(broken)
 
 
+def test_draw_searches_blocks_without_drawing_a_zero_at_their_edges_or_in_an_empty_block():
+    # 300 tokens: two full 128-token blocks and a padded one; the second block is empty, and zeros sit on each
+    # remaining block edge, where a residual rounded past a block's total or below zero would land.
+    probs = torch.rand(300, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.2
+    probs[128:256] = 0
+    probs[[0, 127, 256, 299]] = 0
+    n = 60_000
+    drawn = draw(probs.float().expand(n, -1), generator=torch.Generator().manual_seed(4))
+    counts = torch.bincount(drawn, minlength=300).double()
+    assert counts[probs == 0].sum() == 0
+    expected = probs / probs.sum() * n
+    sigma = (expected * (1 - expected / n)).sqrt()
+    assert ((counts - expected).abs() <= 5 * sigma + 1e-9).all()  # about 250 expected per token: normal enough
+
+
 @pytest.mark.parametrize("top_k, top_p, temperature", [(3, 1.0, 1.0), (0, 0.6, 1.0), (5, 0.8, 0.5), (0, 1.0, 2.0)])
 def test_sampled_tokens_stay_in_the_support_of_hfs_warpers(top_k, top_p, temperature):
     config = SamplingConfig(do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature)
