@@ -1,14 +1,16 @@
 """Batched, KV-cached sampling: one decode loop for every rollout (tokens after a prompt, or after latent thoughts).
 
-The loop is thoughtlab's own rather than Hugging Face `generate`, for two
+The loop is thoughtlab's own rather than Hugging Face `generate`, for three
 reasons measured on the CPU (`python -m benchmarks.rollout`):
 
 - a row that has written EOS leaves the batch (its cache rows are dropped),
   so the rest of the rollout costs what the unfinished rows cost; `generate`
   keeps decoding finished rows as padding until the last row stops;
-- sampling draws by inverse CDF (a cumulative sum and a binary search per
-  row), which has `torch.multinomial`'s distribution at a fraction of its
-  cost over a 32k-50k vocabulary on the CPU.
+- sampling draws by inverse CDF (`draw`: binary searches over cumulative
+  sums of token blocks, then of one block), which has `torch.multinomial`'s
+  distribution at a fraction of its cost over a 32k-50k vocabulary on the CPU;
+- the cache appends in place (`framework.models.kv_cache`), where
+  `DynamicCache` copies itself every step.
 
 Temperature, top-k and top-p are Hugging Face's own logits warpers, and the
 forward pass is the model's own (a causal LM whose forward takes
