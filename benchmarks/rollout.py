@@ -10,7 +10,11 @@ of 12-30 tokens, 32 new tokens at most. Providers:
   step for the whole batch, `torch.multinomial` to sample, until every row
   has written EOS;
 - `thoughtlab`: `framework.rollout.sampling.sample` (finished rows leave the
-  batch; inverse-CDF draws).
+  batch; inverse-CDF draws);
+- with `--compiled`, also `hf generate, compiled`: `generate` with a static
+  cache and its forward compiled by `torch.compile` (the issue's first
+  candidate; transformers compiles on the CPU only when told to, and the
+  warm-up call pays the compilation).
 
 Workloads:
 
@@ -28,6 +32,7 @@ provider's own generated tokens over all its measured calls, divided by their
 total time (sampled completions differ between providers and calls).
 
     OMP_NUM_THREADS=1 python -m benchmarks.rollout --rounds 3
+    OMP_NUM_THREADS=1 python -m benchmarks.rollout --rounds 3 --compiled
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import CompileConfig, DynamicCache, PreTrainedModel
 
 from benchmarks.common import padded_word_tokenizer
 from framework.data.collate import left_pad
@@ -51,6 +56,7 @@ from framework.models.backbone import cache_argument, position_ids_from_mask
 from framework.rollout.sampling import SamplingConfig, cut_after_eos, sample
 
 PROVIDERS = ("hf generate", "cache loop", "thoughtlab")
+COMPILED = "hf generate, compiled"
 
 
 @dataclass(frozen=True)
@@ -114,14 +120,22 @@ def for_workload(setup: Setup, workload: Workload) -> Setup:
 
 
 @torch.no_grad()
-def hf_generate(setup: Setup, config: SamplingConfig) -> list[list[int]]:
+def hf_generate(setup: Setup, config: SamplingConfig, **options) -> list[list[int]]:
     input_ids, attention_mask = left_pad(setup.prompts, setup.pad_token_id, "cpu")
     output = setup.model.generate(
         input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=config.max_new_tokens,
         do_sample=config.do_sample, temperature=1.0 if config.do_sample else None, top_k=0 if config.do_sample else None,
         top_p=1.0 if config.do_sample else None, pad_token_id=setup.pad_token_id, eos_token_id=setup.eos_token_id,
+        **options,
     )
     return [cut_after_eos(row, setup.eos_token_id) for row in output[:, input_ids.shape[1]:].tolist()]
+
+
+@torch.no_grad()
+def hf_generate_compiled(setup: Setup, config: SamplingConfig) -> list[list[int]]:
+    compile_config = CompileConfig(mode="default", dynamic=False)
+    compile_config._compile_all_devices = True  # transformers' switch for compiling off CUDA
+    return hf_generate(setup, config, cache_implementation="static", compile_config=compile_config)
 
 
 @torch.no_grad()
@@ -154,33 +168,35 @@ def thoughtlab(setup: Setup, config: SamplingConfig) -> list[list[int]]:
 
 
 RUNNERS: dict[str, Callable[[Setup, SamplingConfig], list[list[int]]]] = {
-    "hf generate": hf_generate, "cache loop": cache_loop, "thoughtlab": thoughtlab}
+    "hf generate": hf_generate, "cache loop": cache_loop, "thoughtlab": thoughtlab, COMPILED: hf_generate_compiled}
 
 
 # -- the report ----------------------------------------------------------------------------------
 
 
-def check_greedy_agreement(setup: Setup, config: SamplingConfig) -> int:
+def check_greedy_agreement(setup: Setup, config: SamplingConfig, providers: Sequence[str] = PROVIDERS) -> int:
     """Rows on which every provider writes the same greedy tokens (of the batch)."""
-    outputs = [RUNNERS[name](setup, config) for name in PROVIDERS]
+    outputs = [RUNNERS[name](setup, config) for name in providers]
     return sum(all(rows[i] == outputs[0][i] for rows in outputs) for i in range(len(setup.prompts)))
 
 
-def measure(setup: Setup, workload: Workload, max_new_tokens: int, rounds: int) -> dict[str, tuple[float, float]]:
+def measure(
+    setup: Setup, workload: Workload, max_new_tokens: int, rounds: int, providers: Sequence[str] = PROVIDERS
+) -> dict[str, tuple[float, float]]:
     """Per provider: median seconds per batch, and generated tokens per second over all its measured calls (its
     own tokens: sampled completions differ between providers and calls)."""
     config = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=workload.do_sample)
     setup = for_workload(setup, workload)
-    for name in PROVIDERS:  # warm-up
+    for name in providers:  # warm-up
         RUNNERS[name](setup, config)
-    seconds: dict[str, list[float]] = {name: [] for name in PROVIDERS}
-    tokens = dict.fromkeys(PROVIDERS, 0)
+    seconds: dict[str, list[float]] = {name: [] for name in providers}
+    tokens = dict.fromkeys(providers, 0)
     for _ in range(rounds):
-        for name in PROVIDERS:
+        for name in providers:
             start = time.perf_counter()
             tokens[name] += sum(map(len, RUNNERS[name](setup, config)))
             seconds[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(seconds[name]), tokens[name] / sum(seconds[name])) for name in PROVIDERS}
+    return {name: (statistics.median(seconds[name]), tokens[name] / sum(seconds[name])) for name in providers}
 
 
 def table(workload: Workload, results: dict[str, tuple[float, float]]) -> list[str]:
@@ -199,14 +215,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", default="20m")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--compiled", action="store_true", help=f"add {COMPILED!r} (its warm-up call compiles)")
     ns = parser.parse_args(argv)
+    providers = (*PROVIDERS, COMPILED) if ns.compiled else PROVIDERS
     setup = build_setup(ns.size, batch=ns.batch)
-    agree = check_greedy_agreement(never_ending(setup), SamplingConfig(max_new_tokens=ns.max_new_tokens))
+    agree = check_greedy_agreement(never_ending(setup), SamplingConfig(max_new_tokens=ns.max_new_tokens), providers)
     print(f"llama {ns.size}, batch {ns.batch}, {ns.max_new_tokens} new tokens at most; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {ns.rounds} interleaved rounds; greedy tokens equal on "
           f"{agree}/{ns.batch} rows")
     for workload in WORKLOADS:
-        print("\n".join(table(workload, measure(setup, workload, ns.max_new_tokens, ns.rounds))))
+        print("\n".join(table(workload, measure(setup, workload, ns.max_new_tokens, ns.rounds, providers))))
 
 
 if __name__ == "__main__":
