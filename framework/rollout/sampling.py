@@ -167,6 +167,9 @@ def next_tokens(logits: torch.Tensor, config: SamplingConfig, warpers: LogitsPro
     return draw(torch.softmax(warpers(None, logits), dim=-1))
 
 
+DRAW_BLOCK = 128  # tokens per block of `draw`'s first-level search
+
+
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per row of `probs` `[B, V]`, row i drawing index j with probability `probs[i, j]` (inverse CDF).
 
@@ -197,9 +200,6 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     # The block's sum and its cumulative sum round differently: a residual past its last token takes that token.
     offset = torch.minimum(offset, _last_positive(inside))
     return (block * DRAW_BLOCK + offset).flatten()
-
-
-DRAW_BLOCK = 128  # tokens per block of `draw`'s first-level search
 
 
 def _last_positive(values: torch.Tensor) -> torch.Tensor:
