@@ -22,6 +22,7 @@ def _states(generator: torch.Generator, rows: int, columns: int, requires_grad: 
             torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_(requires_grad))
 
 
+@torch.no_grad()  # where the decode loops append (in place)
 def test_a_growing_layer_holds_what_a_dynamic_layer_holds_through_appends_selections_and_crops():
     generator = torch.Generator().manual_seed(0)
     growing, dynamic = GrowingLayer(), DynamicLayer()
@@ -48,12 +49,42 @@ def test_a_growing_layer_holds_what_a_dynamic_layer_holds_through_appends_select
     append(1)
     both("batch_select_indices", torch.tensor([5, 1, 4]))  # finished rows leave
     rows = 3
+    append(1)
+    both("batch_select_indices", torch.tensor([True, False, True]))  # or as a boolean mask
+    rows = 2
     append(40)  # past the capacity: reallocated, still equal
     both("crop", -5)
     append(2)
     for got, want in ((growing.keys, dynamic.keys), (growing.values, dynamic.values)):
         assert torch.equal(got, want)
-    assert growing.get_seq_length() == dynamic.get_seq_length() == 75
+    assert growing.get_seq_length() == dynamic.get_seq_length() == 76
+
+
+def test_views_handed_out_before_a_crop_keep_their_values_through_later_appends():
+    generator = torch.Generator().manual_seed(3)
+    layer = GrowingLayer()
+    with torch.no_grad():
+        layer.update(*_states(generator, 2, 7))
+        keys, values = layer.update(*_states(generator, 2, 1))
+        before = keys.clone(), values.clone()
+        layer.crop(-3)
+        layer.update(*_states(generator, 2, 2))  # columns 5 and 6 again: in a new buffer, not over `keys`
+    assert torch.equal(keys, before[0]) and torch.equal(values, before[1])
+
+
+def test_with_grad_enabled_an_append_leaves_the_views_attention_saved_for_backward_untouched():
+    """A query that needs a gradient (LoRA on the query projection alone) makes attention save keys and values
+    that need none: the next step must not write into the buffer those views share."""
+    generator = torch.Generator().manual_seed(4)
+    layer = GrowingLayer()
+    with torch.no_grad():
+        layer.update(*_states(generator, 2, 4))  # a prompt cached for decoding, in a buffer
+    query = torch.randn(2, 3, 1, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    keys, values = layer.update(*_states(generator, 2, 1))
+    attended = torch.softmax(query @ keys.transpose(-1, -2), dim=-1) @ values
+    layer.update(*_states(generator, 2, 1))  # the next position
+    attended.sum().backward()  # an in-place append would fail here: "modified by an inplace operation"
+    assert query.grad is not None and bool(query.grad.abs().sum() > 0)
 
 
 def test_under_autograd_a_growing_layer_appends_by_cat_with_dynamic_layers_gradients():

@@ -8,9 +8,12 @@ free columns, and reallocates (doubling) only when they run out, so a
 rollout copies the cache a logarithmic number of times.
 
 In-place writes are only sound when nothing saved the old views for a
-backward pass, so under autograd (a step whose keys require grad: the
-regimes' teacher-forced and latent-training passes) a layer appends by
-`torch.cat` as `DynamicLayer` does. Both paths hold the same values.
+backward pass. Attention saves them whenever anything in it needs a gradient
+(the query, under LoRA on the query projection alone, while the keys need
+none), so with grad enabled a layer appends by `torch.cat` as `DynamicLayer`
+does: the regimes' teacher-forced and latent-training passes. The decode
+loops run under `no_grad` and append in place. Both paths hold the same
+values.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from transformers.cache_utils import DynamicLayer
 
 
 class GrowingLayer(DynamicLayer):
-    """`DynamicLayer` with amortised O(1) appends outside autograd (see the module docstring)."""
+    """`DynamicLayer` with amortised O(1) appends under `no_grad` (see the module docstring)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -31,7 +34,7 @@ class GrowingLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if key_states.requires_grad or value_states.requires_grad or self.keys.requires_grad:
+        if torch.is_grad_enabled():
             self.key_buffer = self.value_buffer = None  # the cat below leaves nothing to append into
             return super().update(key_states, value_states, *args, **kwargs)
         start = self.get_seq_length()
@@ -76,7 +79,8 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = self.key_buffer[..., :length, :], self.value_buffer[..., :length, :]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.reorder_cache(indices)
+        # DynamicLayer's indexing also takes a boolean mask of the rows to keep.
+        self.reorder_cache(indices.nonzero().flatten() if indices.dtype == torch.bool else indices)
 
     def crop(self, tokens_to_remove: int) -> None:
         super().crop(tokens_to_remove)
