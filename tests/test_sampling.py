@@ -131,6 +131,17 @@ def test_draw_searches_blocks_without_drawing_a_zero_at_their_edges_or_in_an_emp
     assert ((counts - expected).abs() <= 5 * sigma + 1e-9).all()  # about 250 expected per token: normal enough
 
 
+def test_draw_at_the_ends_of_the_unit_interval_takes_the_first_and_last_tokens_with_mass(monkeypatch):
+    """u = 0, and u = 1 standing for a u * total that rounded up to the total: never the massless tokens before the
+    first with mass, after the last in its block, or in an empty block after it."""
+    probs = torch.rand(2, 300, generator=torch.Generator().manual_seed(5)) + 0.2
+    probs[:, :5] = 0  # massless at the start of the first block
+    probs[:, 250:] = 0  # the last token with mass is inside the second block; the third block is empty
+    ends = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: ends.clone())
+    assert draw(probs).tolist() == [5, 249]
+
+
 @pytest.mark.parametrize("top_k, top_p, temperature", [(3, 1.0, 1.0), (0, 0.6, 1.0), (5, 0.8, 0.5), (0, 1.0, 2.0)])
 def test_sampled_tokens_stay_in_the_support_of_hfs_warpers(top_k, top_p, temperature):
     config = SamplingConfig(do_sample=True, top_k=top_k, top_p=top_p, temperature=temperature)
